@@ -1,0 +1,235 @@
+//! The terminus configuration: a TOML file read in two stages. Stage one ([`raw`]) is the file as
+//! written, with unknown keys refused; stage two ([`Config`]) applies the `DEFAULT_*` values
+//! below and checks meaning (addresses, names, references between sections). Every error names
+//! the file, the key and what is wrong.
+//!
+//! File paths in the config (certificates, keys) are relative to the config file's directory.
+
+mod duration;
+mod error;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use duration::{format_duration, parse_duration};
+pub use error::{ConfigError, Result};
+pub use ipnet::IpNet;
+pub use terminus_route::HostPattern;
+
+/// The name the router gives itself in `Via` headers.
+pub const DEFAULT_ROUTER_NAME: &str = "terminus";
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9090";
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stateful resumption cache entries (about 200 bytes each).
+pub const DEFAULT_SESSION_CACHE_SIZE: usize = 20_480;
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(5);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Request headers allowed per request; more is answered 431 (HAProxy's limit is 101).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Backends tried for one request before giving up (Heroku's router tries up to 10).
+pub const DEFAULT_CONNECT_ATTEMPTS: usize = 10;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file this came from; `None` for the command-line quick start.
+    pub source: Option<PathBuf>,
+    pub router: RouterConfig,
+    pub listeners: Vec<Listener>,
+    pub admin: AdminConfig,
+    pub tls: TlsConfig,
+    pub timeouts: Timeouts,
+    pub proxy: ProxyConfig,
+    pub certificates: Vec<CertificateFiles>,
+    pub apps: Vec<AppConfig>,
+    pub domains: Vec<DomainConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    pub name: String,
+    /// Runtime worker threads; 0 means one per CPU.
+    pub threads: usize,
+    /// Requests for hosts no domain covers go to this app instead of a 404.
+    pub default_app: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub min_version: TlsVersion,
+    pub handshake_timeout: Duration,
+    /// Served when SNI is missing or names no known certificate.
+    pub default_certificate: Option<String>,
+    pub session_cache_size: usize,
+    /// Offer the hybrid X25519MLKEM768 key exchange to clients that ask for it.
+    pub post_quantum: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub pool_idle: Duration,
+    pub quarantine: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyConfig {
+    /// Peers whose incoming X-Forwarded-* values are kept.
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_headers: usize,
+    pub connect_attempts: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificateFiles {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppConfig {
+    pub name: String,
+    pub backends: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainConfig {
+    pub pattern: HostPattern,
+    pub app: String,
+    pub certificate: Option<String>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            min_version: TlsVersion::Tls12,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            default_certificate: None,
+            session_cache_size: DEFAULT_SESSION_CACHE_SIZE,
+            post_quantum: true,
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            pool_idle: DEFAULT_POOL_IDLE_TIMEOUT,
+            quarantine: DEFAULT_QUARANTINE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            max_headers: DEFAULT_MAX_HEADERS,
+            connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            file: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
+    }
+
+    /// Validates config text as if read from `path` (relative file names resolve against
+    /// `path`'s directory).
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<Self> {
+        let raw = validate::parse_raw(text, path)?;
+        validate::validate(raw, path)
+    }
+
+    /// The configuration of the command-line quick start: one TLS listener, one certificate
+    /// that is also the default, and one app that every host routes to.
+    pub fn quick_start(
+        listen: SocketAddr,
+        certificate: Option<(PathBuf, PathBuf)>,
+        backends: Vec<SocketAddr>,
+        admin: Option<SocketAddr>,
+    ) -> Self {
+        let certificates: Vec<CertificateFiles> = certificate
+            .into_iter()
+            .map(|(cert, key)| CertificateFiles {
+                name: "default".into(),
+                cert,
+                key,
+            })
+            .collect();
+        let default_certificate = certificates.first().map(|c| c.name.clone());
+        Self {
+            source: None,
+            router: RouterConfig {
+                name: DEFAULT_ROUTER_NAME.into(),
+                threads: 0,
+                default_app: Some("default".into()),
+            },
+            listeners: vec![Listener {
+                address: listen,
+                tls: true,
+            }],
+            admin: AdminConfig {
+                address: admin.unwrap_or_else(validate::default_admin_address),
+            },
+            tls: TlsConfig {
+                default_certificate,
+                ..TlsConfig::default()
+            },
+            timeouts: Timeouts::default(),
+            proxy: ProxyConfig::default(),
+            certificates,
+            apps: vec![AppConfig {
+                name: "default".into(),
+                backends,
+            }],
+            domains: Vec::new(),
+        }
+    }
+
+    /// How errors about this config name its origin.
+    pub fn origin(&self) -> PathBuf {
+        self.source
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("<command line>"))
+    }
+}

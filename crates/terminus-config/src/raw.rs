@@ -1,0 +1,102 @@
+//! Stage one: the file exactly as written. Every table denies unknown keys, every field is
+//! optional where a default exists; stage two ([`crate::Config`]) fills defaults and checks
+//! meaning.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub router: RawRouter,
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<RawCertificate>,
+    #[serde(default, rename = "app")]
+    pub apps: Vec<RawApp>,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<RawDomain>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRouter {
+    pub name: Option<String>,
+    pub threads: Option<usize>,
+    pub default_app: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawListener {
+    pub address: String,
+    pub tls: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub min_version: Option<String>,
+    pub handshake_timeout: Option<String>,
+    pub default_certificate: Option<String>,
+    pub session_cache_size: Option<usize>,
+    pub post_quantum: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTimeouts {
+    pub connect: Option<String>,
+    pub first_byte: Option<String>,
+    pub idle: Option<String>,
+    pub pool_idle: Option<String>,
+    pub quarantine: Option<String>,
+    pub shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    pub trusted_proxies: Option<Vec<String>>,
+    pub max_headers: Option<usize>,
+    pub connect_attempts: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertificate {
+    pub name: String,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApp {
+    pub name: String,
+    #[serde(default)]
+    pub backends: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDomain {
+    pub host: String,
+    pub app: String,
+    pub certificate: Option<String>,
+}

@@ -1,0 +1,177 @@
+//! Every metric terminus exports, named in one place ([`names`]) and registered into a
+//! [`Registry`] that `main` owns and passes down. No global registry.
+//!
+//! Label values are `&'static str` or integers so that counting allocates nothing.
+
+pub mod names;
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+pub use prometheus_client::encoding::text::encode as encode_text;
+pub use prometheus_client::registry::Registry as MetricsRegistry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+    /// `tls1.2`, `tls1.3`, or empty when the handshake failed before a version was agreed.
+    pub version: &'static str,
+    /// Why it failed (`unknown_sni`, `timeout`, `protocol_version`, ...); `none` on success.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub status: u16,
+    /// The router error code (`H12`, ...), empty for requests the backend answered.
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// `https` or `http`.
+    pub listener: &'static str,
+}
+
+/// The data-plane metrics. Cheap to clone: every member is a handle.
+#[derive(Clone, Debug)]
+pub struct ProxyMetrics {
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub backend_connect: Histogram,
+    pub backend_response: Histogram,
+    pub open_connections: Family<ConnectionLabels, Gauge>,
+    pub certificates_loaded: Gauge,
+}
+
+impl ProxyMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            handshakes: Family::default(),
+            requests: Family::default(),
+            backend_connect: latency_histogram(),
+            backend_response: latency_histogram(),
+            open_connections: Family::default(),
+            certificates_loaded: Gauge::default(),
+        };
+        registry.register(
+            names::TLS_HANDSHAKES,
+            "TLS handshakes by result, protocol version and failure reason",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            names::HTTP_REQUESTS,
+            "Requests answered, by status and router error code",
+            m.requests.clone(),
+        );
+        registry.register_with_unit(
+            names::BACKEND_CONNECT,
+            "Time to open a connection to a backend",
+            Unit::Seconds,
+            m.backend_connect.clone(),
+        );
+        registry.register_with_unit(
+            names::BACKEND_RESPONSE,
+            "Time from forwarding a request to the backend's response headers",
+            Unit::Seconds,
+            m.backend_response.clone(),
+        );
+        registry.register(
+            names::OPEN_CONNECTIONS,
+            "Client connections currently open",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            names::CERTIFICATES_LOADED,
+            "Certificates the resolver can serve",
+            m.certificates_loaded.clone(),
+        );
+        m
+    }
+
+    pub fn handshake(&self, ok: bool, version: &'static str, reason: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                result: if ok { "ok" } else { "failed" },
+                version,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn request(&self, status: u16, code: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { status, code })
+            .inc();
+    }
+
+    /// Counts a connection as open until the guard drops.
+    pub fn open_connection(&self, listener: &'static str) -> ConnectionGuard {
+        let gauge = self
+            .open_connections
+            .get_or_create_owned(&ConnectionLabels { listener });
+        gauge.inc();
+        ConnectionGuard { gauge }
+    }
+}
+
+/// 0.5 ms to ~33 s in 17 doubling buckets.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 17))
+}
+
+/// Decrements the open-connection gauge when the connection's task ends, however it ends.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// A registry shared between the admin listener (which encodes it) and whoever registers.
+pub type SharedRegistry = Arc<Registry>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_encode_with_their_names() {
+        let mut registry = Registry::default();
+        let m = ProxyMetrics::register(&mut registry);
+        m.handshake(false, "", "unknown_sni");
+        m.request(503, "H21");
+        {
+            let _guard = m.open_connection("https");
+            m.backend_connect.observe(0.001);
+        }
+        let mut out = String::new();
+        encode_text(&mut out, &registry).unwrap();
+        assert!(out.contains(
+            r#"terminus_tls_handshakes_total{result="failed",version="",reason="unknown_sni"} 1"#
+        ), "{out}");
+        assert!(
+            out.contains(r#"terminus_http_requests_total{status="503",code="H21"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"terminus_open_connections{listener="https"} 0"#),
+            "{out}"
+        );
+        assert!(
+            out.contains("terminus_backend_connect_seconds_count 1"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Metric names, in one place so dashboards and alerts have one list to read. The registry
+//! prefix `terminus_` is added here rather than by a prefixed registry, so each name below is
+//! exactly what a scrape shows (counters gain `_total`, units gain their suffix).
+
+pub const TLS_HANDSHAKES: &str = "terminus_tls_handshakes";
+pub const HTTP_REQUESTS: &str = "terminus_http_requests";
+pub const BACKEND_CONNECT: &str = "terminus_backend_connect";
+pub const BACKEND_RESPONSE: &str = "terminus_backend_response";
+pub const OPEN_CONNECTIONS: &str = "terminus_open_connections";
+pub const CERTIFICATES_LOADED: &str = "terminus_certificates_loaded";

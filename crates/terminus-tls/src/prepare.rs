@@ -1,0 +1,444 @@
+//! The intake pipeline shared by config files and the admin API: PEM → validated certificate
+//! chain and key, with the chain put in serving order and what was dropped reported.
+
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use terminus_route::HostPattern;
+use webpki::{EndEntityCert, KeyUsage};
+
+use crate::error::CertError;
+use crate::info::{format_time, CertInfo, KeyKind};
+use crate::pem::parse_pem;
+
+/// Smallest RSA modulus we serve.
+pub const MIN_RSA_BITS: u32 = 2048;
+
+#[derive(Debug, Clone, Default)]
+pub struct PrepareOptions {
+    /// Keep the chain exactly as uploaded.
+    pub bypass: bool,
+    /// Domains the certificate is meant for; at least one must be covered when non-empty.
+    pub domains: Vec<HostPattern>,
+}
+
+/// A certificate dropped from an upload, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub subject: String,
+    pub reason: DropReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A self-signed CA: clients have it already; sending it wastes bytes on every handshake.
+    Root,
+    Duplicate,
+    /// Not on the path from the leaf to a root.
+    Unrelated,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Root => "root certificate (clients already hold it)",
+            Self::Duplicate => "duplicate",
+            Self::Unrelated => "not part of the chain",
+        }
+    }
+}
+
+/// A validated upload, ready to serve.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Leaf first, then intermediates in path order.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub leaf: CertInfo,
+    pub key_kind: KeyKind,
+    pub dropped: Vec<Dropped>,
+    pub warnings: Vec<String>,
+    /// The served chain verifies against the Mozilla root set now.
+    pub trusted: bool,
+}
+
+/// Validates a certificate and key upload. `now` is Unix seconds.
+pub fn prepare(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    options: &PrepareOptions,
+    provider: &CryptoProvider,
+    now: i64,
+) -> Result<Prepared, CertError> {
+    let bundle = parse_pem(cert_pem, key_pem)?;
+    let infos = bundle
+        .certs
+        .iter()
+        .map(|c| CertInfo::parse(c.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let signing_key = provider
+        .key_provider
+        .load_private_key(bundle.key.clone_key())
+        .map_err(|e| CertError::UnsupportedKey {
+            detail: describe_key_error(&e),
+        })?;
+    let key_spki = signing_key
+        .public_key()
+        .ok_or_else(|| CertError::UnsupportedKey {
+            detail: "its public half cannot be derived".into(),
+        })?;
+    let leaf_idx = infos
+        .iter()
+        .position(|i| i.spki == key_spki.as_ref())
+        .ok_or(CertError::KeyMismatch)?;
+    let leaf = &infos[leaf_idx];
+    let key_kind = check_key_kind(leaf)?;
+
+    let mut warnings = Vec::new();
+    if leaf.not_after < now {
+        return Err(CertError::Expired {
+            not_after: format_time(leaf.not_after),
+        });
+    }
+    if leaf.not_before > now {
+        warnings.push(format!(
+            "the certificate is not valid until {}: clients will refuse it before then",
+            format_time(leaf.not_before)
+        ));
+    }
+    check_domains(leaf, &options.domains, &mut warnings)?;
+
+    let (order, dropped) = if options.bypass {
+        if leaf_idx != 0 {
+            return Err(CertError::BypassLeafNotFirst);
+        }
+        ((0..infos.len()).collect(), Vec::new())
+    } else {
+        build_path(&bundle.certs, &infos, leaf_idx)
+    };
+    let chain: Vec<CertificateDer<'static>> =
+        order.iter().map(|&i| bundle.certs[i].clone()).collect();
+    let trusted = is_trusted(&chain, provider, now);
+    if let Some(&last) = order.last() {
+        let last = &infos[last];
+        let reached_root = dropped.iter().any(|d| d.reason == DropReason::Root);
+        if !trusted && !last.is_self_issued() && !reached_root {
+            warnings.push(format!(
+                "the chain stops at a certificate issued by '{}', which was not uploaded: if that is an intermediate, add it, or clients may not trust this certificate",
+                last.issuer
+            ));
+        }
+    }
+    Ok(Prepared {
+        chain,
+        key: bundle.key,
+        leaf: infos[leaf_idx].clone(),
+        key_kind,
+        dropped,
+        warnings,
+        trusted,
+    })
+}
+
+fn describe_key_error(e: &rustls::Error) -> String {
+    // rustls' messages name the parse failure, never the key bytes.
+    format!("{e}; supported keys are ECDSA P-256/P-384, Ed25519 and RSA of at least {MIN_RSA_BITS} bits")
+}
+
+fn check_key_kind(leaf: &CertInfo) -> Result<KeyKind, CertError> {
+    match leaf.key {
+        Some(KeyKind::Rsa { bits }) if bits < MIN_RSA_BITS => Err(CertError::UnsupportedKey {
+            detail: format!(
+                "RSA keys must have at least {MIN_RSA_BITS} bits, this one has {bits}: create a new key with `openssl genrsa -out server.key 2048` and have the certificate reissued"
+            ),
+        }),
+        Some(KeyKind::EcdsaP521) => Err(CertError::UnsupportedKey {
+            detail: "ECDSA P-521 is not offered by TLS clients in practice: use P-256 or P-384".into(),
+        }),
+        Some(kind) => Ok(kind),
+        None => Err(CertError::UnsupportedKey {
+            detail: "the certificate's public key type is unknown: use ECDSA P-256/P-384, Ed25519 or RSA".into(),
+        }),
+    }
+}
+
+fn check_domains(
+    leaf: &CertInfo,
+    domains: &[HostPattern],
+    warnings: &mut Vec<String>,
+) -> Result<(), CertError> {
+    if domains.is_empty() {
+        return Ok(());
+    }
+    let uncovered: Vec<&HostPattern> = domains
+        .iter()
+        .filter(|d| !pattern_covered(leaf, d))
+        .collect();
+    if uncovered.len() == domains.len() {
+        return Err(CertError::NoDomainCovered {
+            requested: join(domains.iter()),
+            covered: join(leaf.names.iter()),
+        });
+    }
+    if !uncovered.is_empty() {
+        warnings.push(format!(
+            "the certificate does not cover {}: HTTPS requests for those domains will fail",
+            join(uncovered.into_iter())
+        ));
+    }
+    Ok(())
+}
+
+/// A domain pattern is covered by a certificate if the certificate names it exactly, or (for an
+/// exact domain) one of its wildcards matches it.
+fn pattern_covered(leaf: &CertInfo, domain: &HostPattern) -> bool {
+    leaf.names.contains(domain) || (!domain.is_wildcard() && leaf.covers(domain.base().as_str()))
+}
+
+fn join<'a, T: std::fmt::Display + 'a>(items: impl Iterator<Item = &'a T>) -> String {
+    let v: Vec<String> = items.map(|i| i.to_string()).collect();
+    if v.is_empty() {
+        "no names".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Orders the certificates from the leaf towards the root, dropping the root, duplicates and
+/// anything not on the path.
+fn build_path(
+    certs: &[CertificateDer<'static>],
+    infos: &[CertInfo],
+    leaf_idx: usize,
+) -> (Vec<usize>, Vec<Dropped>) {
+    let n = certs.len();
+    let mut duplicate_of = vec![None; n];
+    for i in 0..n {
+        if let Some(first) = (0..i).find(|&j| certs[j] == certs[i]) {
+            duplicate_of[i] = Some(first);
+        }
+    }
+    let leaf_idx = duplicate_of[leaf_idx].unwrap_or(leaf_idx);
+    let mut used = vec![false; n];
+    let mut dropped = Vec::new();
+    let mut order = vec![leaf_idx];
+    used[leaf_idx] = true;
+    let mut current = leaf_idx;
+    while !infos[current].is_self_issued() {
+        let Some(next) = (0..n).find(|&j| {
+            !used[j] && duplicate_of[j].is_none() && infos[current].issued_by(&infos[j])
+        }) else {
+            break;
+        };
+        used[next] = true;
+        if infos[next].is_self_issued() {
+            dropped.push(Dropped {
+                subject: infos[next].subject.clone(),
+                reason: DropReason::Root,
+            });
+            break;
+        }
+        order.push(next);
+        current = next;
+    }
+    for j in 0..n {
+        if used[j] {
+            continue;
+        }
+        let reason = if duplicate_of[j].is_some() {
+            DropReason::Duplicate
+        } else {
+            DropReason::Unrelated
+        };
+        dropped.push(Dropped {
+            subject: infos[j].subject.clone(),
+            reason,
+        });
+    }
+    (order, dropped)
+}
+
+/// Does the chain (leaf first) verify against the Mozilla root set at `now`?
+pub fn is_trusted(chain: &[CertificateDer<'_>], provider: &CryptoProvider, now: i64) -> bool {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(ee) = EndEntityCert::try_from(leaf) else {
+        return false;
+    };
+    let time = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
+    ee.verify_for_usage(
+        provider.signature_verification_algorithms.all,
+        webpki_roots::TLS_SERVER_ROOTS,
+        intermediates,
+        time,
+        KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testpki::{root, self_signed};
+    use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn run(cert: &str, key: &str, opts: &PrepareOptions) -> Result<Prepared, CertError> {
+        prepare(
+            cert.as_bytes(),
+            key.as_bytes(),
+            opts,
+            &crate::provider(true),
+            now(),
+        )
+    }
+
+    fn subjects(p: &Prepared) -> Vec<String> {
+        p.chain
+            .iter()
+            .map(|c| CertInfo::parse(c.as_ref()).unwrap().subject)
+            .collect()
+    }
+
+    #[test]
+    fn shuffled_chain_with_root_duplicate_and_unrelated_is_fixed() {
+        let ca = root("Test Root");
+        let inter = ca.intermediate("Test Intermediate");
+        let (leaf, key) = inter.leaf(&["www.example.com"], &PKCS_ECDSA_P256_SHA256);
+        let other = root("Unrelated Root");
+        let upload = format!("{}{}{}{}{}", ca.pem, inter.pem, other.pem, leaf, inter.pem);
+        let p = run(&upload, &key, &PrepareOptions::default()).unwrap();
+        assert_eq!(subjects(&p), ["CN=www.example.com", "CN=Test Intermediate"]);
+        let mut dropped: Vec<(String, DropReason)> = p
+            .dropped
+            .iter()
+            .map(|d| (d.subject.clone(), d.reason))
+            .collect();
+        dropped.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            dropped,
+            [
+                ("CN=Test Intermediate".into(), DropReason::Duplicate),
+                ("CN=Test Root".into(), DropReason::Root),
+                ("CN=Unrelated Root".into(), DropReason::Unrelated),
+            ]
+        );
+        // A private test root is not in the Mozilla set.
+        assert!(!p.trusted);
+    }
+
+    #[test]
+    fn missing_intermediate_is_untrusted_with_a_hint() {
+        let ca = root("Test Root");
+        let inter = ca.intermediate("Test Intermediate");
+        let (leaf, key) = inter.leaf(&["www.example.com"], &PKCS_ECDSA_P256_SHA256);
+        let p = run(&leaf, &key, &PrepareOptions::default()).unwrap();
+        assert_eq!(subjects(&p), ["CN=www.example.com"]);
+        assert!(!p.trusted);
+        assert!(
+            p.warnings.iter().any(|w| w.contains("Test Intermediate")),
+            "{:?}",
+            p.warnings
+        );
+    }
+
+    #[test]
+    fn bypass_keeps_the_upload_as_is() {
+        let ca = root("Test Root");
+        let inter = ca.intermediate("Test Intermediate");
+        let (leaf, key) = inter.leaf(&["www.example.com"], &PKCS_ECDSA_P256_SHA256);
+        let upload = format!("{}{}{}", leaf, ca.pem, inter.pem);
+        let opts = PrepareOptions {
+            bypass: true,
+            ..Default::default()
+        };
+        let p = run(&upload, &key, &opts).unwrap();
+        assert_eq!(
+            subjects(&p),
+            ["CN=www.example.com", "CN=Test Root", "CN=Test Intermediate"]
+        );
+        assert!(p.dropped.is_empty());
+        let wrong_order = format!("{}{}", inter.pem, leaf);
+        assert_eq!(
+            run(&wrong_order, &key, &opts).unwrap_err(),
+            CertError::BypassLeafNotFirst
+        );
+    }
+
+    #[test]
+    fn key_mismatch_and_domain_checks() {
+        let (cert, _) = self_signed(&["a.example.com"], &PKCS_ECDSA_P256_SHA256);
+        let (_, other_key) = self_signed(&["b.example.com"], &PKCS_ECDSA_P256_SHA256);
+        assert_eq!(
+            run(&cert, &other_key, &PrepareOptions::default()).unwrap_err(),
+            CertError::KeyMismatch
+        );
+        let (cert, key) = self_signed(
+            &["a.example.com", "*.b.example.com"],
+            &PKCS_ECDSA_P256_SHA256,
+        );
+        let opts = |d: &[&str]| PrepareOptions {
+            domains: d.iter().map(|s| HostPattern::parse(s).unwrap()).collect(),
+            ..Default::default()
+        };
+        let err = run(&cert, &key, &opts(&["c.example.com"])).unwrap_err();
+        assert_eq!(err.code(), "no_domain_covered");
+        assert!(
+            err.to_string().contains("a.example.com, *.b.example.com"),
+            "{err}"
+        );
+        let p = run(&cert, &key, &opts(&["x.b.example.com", "c.example.com"])).unwrap();
+        assert!(p.warnings[0].contains("c.example.com"));
+        run(&cert, &key, &opts(&["*.b.example.com"])).unwrap();
+    }
+
+    #[test]
+    fn rsa_key_is_accepted_and_typed() {
+        let (cert, key) = self_signed(&["r.example.com"], &PKCS_RSA_SHA256);
+        let p = run(&cert, &key, &PrepareOptions::default()).unwrap();
+        assert_eq!(p.key_kind, KeyKind::Rsa { bits: 2048 });
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid() {
+        let key = rcgen::KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["old.example.com".into()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let err = run(
+            &cert.pem(),
+            &key.serialize_pem(),
+            &PrepareOptions::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "expired");
+        assert!(err.to_string().contains("2021-01-01"), "{err}");
+
+        params.not_before = rcgen::date_time_ymd(2099, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let p = run(
+            &cert.pem(),
+            &key.serialize_pem(),
+            &PrepareOptions::default(),
+        )
+        .unwrap();
+        assert!(
+            p.warnings[0].contains("not valid until 2099-01-01"),
+            "{:?}",
+            p.warnings
+        );
+    }
+}

@@ -1,0 +1,660 @@
+//! The hot-swappable certificate store and SNI selection.
+//!
+//! Readers (handshakes) look names up in sharded maps: a shard's read lock for one hash lookup,
+//! never a lock a writer holds for more than one insert. Writers are serialized among themselves
+//! by a mutex readers never touch, and each change touches only the names of the certificate it
+//! changes, so its cost does not grow with the store.
+//!
+//! A certificate's served form (`CertifiedKey`: parsed key plus chain) is built on first use and
+//! kept in a bounded cache, so a store of many certificates holds DER, not parsed keys, for the
+//! names nobody is asking for.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use terminus_route::{normalize, HostMap, HostPattern};
+
+use crate::caps::ClientCaps;
+use crate::error::StoreError;
+use crate::info::KeyKind;
+use crate::prepare::Prepared;
+
+/// Served forms kept built by default. A P-256 entry is about 2 KiB.
+pub const DEFAULT_KEY_CACHE: usize = 65_536;
+
+/// Where a certificate's private key comes from when its served form is built.
+pub trait KeySource: Send + Sync + fmt::Debug {
+    /// The key as DER. Errors must not contain key material.
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String>;
+}
+
+/// A private key kept in memory.
+pub struct InMemoryKey(PrivateKeyDer<'static>);
+
+impl InMemoryKey {
+    pub fn new(key: PrivateKeyDer<'static>) -> Self {
+        Self(key)
+    }
+}
+
+impl KeySource for InMemoryKey {
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
+        Ok(self.0.clone_key())
+    }
+}
+
+impl fmt::Debug for InMemoryKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("InMemoryKey(<redacted>)")
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One servable certificate: chain, names, key type, and where its key comes from.
+#[derive(Debug)]
+pub struct CertEntry {
+    id: u64,
+    name: Arc<str>,
+    names: Box<[HostPattern]>,
+    kind: KeyKind,
+    not_after: i64,
+    leaf: CertificateDer<'static>,
+    intermediates: Arc<[CertificateDer<'static>]>,
+    key: Box<dyn KeySource>,
+}
+
+impl CertEntry {
+    /// `names` are the names the leaf covers; `intermediates` follow the leaf in path order.
+    pub fn new(
+        name: &str,
+        leaf: CertificateDer<'static>,
+        intermediates: Arc<[CertificateDer<'static>]>,
+        names: Vec<HostPattern>,
+        kind: KeyKind,
+        not_after: i64,
+        key: Box<dyn KeySource>,
+    ) -> Self {
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            names: names.into_boxed_slice(),
+            kind,
+            not_after,
+            leaf,
+            intermediates,
+            key,
+        }
+    }
+
+    /// An entry for a validated upload whose key stays in memory.
+    pub fn from_prepared(name: &str, prepared: Prepared) -> Self {
+        let mut chain = prepared.chain.into_iter();
+        let leaf = chain
+            .next()
+            .unwrap_or_else(|| CertificateDer::from(Vec::new()));
+        Self::new(
+            name,
+            leaf,
+            chain.collect(),
+            prepared.leaf.names,
+            prepared.key_kind,
+            prepared.leaf.not_after,
+            Box::new(InMemoryKey::new(prepared.key)),
+        )
+    }
+
+    /// Unique per entry: a replaced certificate gets a new id even under the same name.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn names(&self) -> &[HostPattern] {
+        &self.names
+    }
+
+    pub fn kind(&self) -> KeyKind {
+        self.kind
+    }
+
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.leaf
+    }
+
+    /// Does this certificate cover `host` (normalized)? Used for the SNI/Host (421) rule.
+    pub fn covers(&self, host: &str) -> bool {
+        self.names.iter().any(|p| p.matches(host))
+    }
+
+    /// Preference among certificates for one name: ECDSA before RSA (cheaper handshakes), then
+    /// the later expiry, then the newer upload.
+    fn preference(&self) -> (bool, i64, u64) {
+        (!self.kind.is_rsa(), self.not_after, self.id)
+    }
+}
+
+/// How a certificate was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelectedBy {
+    /// The domain is pinned to this certificate (`domains:update HOST --cert NAME`).
+    Pinned,
+    Exact,
+    Wildcard,
+    Default,
+}
+
+/// A certificate chosen for a handshake, with its served form.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub entry: Arc<CertEntry>,
+    pub key: Arc<CertifiedKey>,
+    pub by: SelectedBy,
+}
+
+type Slot = Arc<[Arc<CertEntry>]>;
+
+/// Called with the name and reason when a certificate cannot be built and is taken out of
+/// service.
+type QuarantineHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+
+pub struct CertStore {
+    provider: Arc<CryptoProvider>,
+    by_name: DashMap<Arc<str>, Arc<CertEntry>>,
+    by_host: HostMap<Slot>,
+    pins: HostMap<Arc<str>>,
+    default: ArcSwapOption<String>,
+    keys: quick_cache::sync::Cache<u64, Arc<CertifiedKey>>,
+    writer: Mutex<()>,
+    on_change: Option<Box<dyn Fn(usize) + Send + Sync>>,
+    on_quarantine: Option<QuarantineHook>,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore")
+            .field("certificates", &self.by_name.len())
+            .field("names", &self.by_host.len())
+            .field("built_keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertStore {
+    pub fn new(provider: Arc<CryptoProvider>, key_cache: usize) -> Self {
+        Self {
+            provider,
+            by_name: DashMap::with_shard_amount(64),
+            by_host: HostMap::default(),
+            pins: HostMap::default(),
+            default: ArcSwapOption::empty(),
+            keys: quick_cache::sync::Cache::new(key_cache.max(1)),
+            writer: Mutex::new(()),
+            on_change: None,
+            on_quarantine: None,
+        }
+    }
+
+    /// Reports the certificate count after every change (for a gauge).
+    pub fn on_change(mut self, f: impl Fn(usize) + Send + Sync + 'static) -> Self {
+        self.on_change = Some(Box::new(f));
+        self
+    }
+
+    /// Reports certificates taken out of service because their key cannot be built.
+    pub fn on_quarantine(mut self, f: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+        self.on_quarantine = Some(Box::new(f));
+        self
+    }
+
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Served forms currently built.
+    pub fn built_keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<CertEntry>> {
+        self.by_name.get(name).map(|e| e.clone())
+    }
+
+    /// All entries, sorted by name. Visits every shard: for listings, not hot paths.
+    pub fn entries(&self) -> Vec<Arc<CertEntry>> {
+        let mut v: Vec<_> = self.by_name.iter().map(|e| e.value().clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Adds a certificate under a new name.
+    pub fn insert(&self, entry: CertEntry) -> Result<Arc<CertEntry>, StoreError> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.by_name.contains_key(&entry.name) {
+            return Err(StoreError::DuplicateName(entry.name.to_string()));
+        }
+        Ok(self.publish(entry))
+    }
+
+    /// Adds or replaces the certificate with this entry's name. New handshakes see the new
+    /// certificate once this returns; connections already established keep theirs.
+    pub fn replace(&self, entry: CertEntry) -> Option<Arc<CertEntry>> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.by_name.get(&entry.name).map(|e| e.clone());
+        self.publish(entry);
+        old
+    }
+
+    /// Removes a certificate. Domains pinned to it fall back to SNI matching, then the default.
+    pub fn remove(&self, name: &str) -> Option<Arc<CertEntry>> {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, old) = self.by_name.remove(name)?;
+        for pattern in old.names.iter() {
+            self.slot_remove(pattern, old.id);
+        }
+        self.keys.remove(&old.id);
+        self.changed();
+        Some(old)
+    }
+
+    /// Publishes `entry`, taking its name over from any previous entry. Must hold `writer`.
+    /// The new entry joins its names' slots before the old one leaves them, so no handshake
+    /// finds a name uncovered in between.
+    fn publish(&self, entry: CertEntry) -> Arc<CertEntry> {
+        let entry = Arc::new(entry);
+        for pattern in entry.names.iter() {
+            self.slot_add(pattern, &entry);
+        }
+        if let Some(old) = self.by_name.insert(entry.name.clone(), entry.clone()) {
+            for pattern in old.names.iter() {
+                self.slot_remove(pattern, old.id);
+            }
+            self.keys.remove(&old.id);
+        }
+        self.changed();
+        entry
+    }
+
+    fn slot_add(&self, pattern: &HostPattern, entry: &Arc<CertEntry>) {
+        self.by_host.update(pattern, |slot| {
+            let mut v: Vec<Arc<CertEntry>> = slot.map(|s| s.to_vec()).unwrap_or_default();
+            v.push(entry.clone());
+            v.sort_by_key(|e| std::cmp::Reverse(e.preference()));
+            (Some(Slot::from(v)), ())
+        });
+    }
+
+    fn slot_remove(&self, pattern: &HostPattern, id: u64) {
+        self.by_host.update(pattern, |slot| {
+            let v: Vec<Arc<CertEntry>> = slot
+                .map(|s| s.iter().filter(|e| e.id != id).cloned().collect())
+                .unwrap_or_default();
+            ((!v.is_empty()).then(|| Slot::from(v)), ())
+        });
+    }
+
+    fn changed(&self) {
+        if let Some(f) = &self.on_change {
+            f(self.by_name.len());
+        }
+    }
+
+    /// Serves `name` to clients without SNI or with a name no certificate covers.
+    pub fn set_default(&self, name: Option<&str>) {
+        self.default.store(name.map(|n| Arc::new(n.to_owned())));
+    }
+
+    pub fn default_name(&self) -> Option<String> {
+        self.default.load().as_ref().map(|n| n.to_string())
+    }
+
+    /// Pins a domain to a certificate by name: the pin wins over name matching while that
+    /// certificate exists.
+    pub fn pin(&self, domain: &HostPattern, cert_name: &str) {
+        self.pins.insert(domain, Arc::from(cert_name));
+    }
+
+    pub fn unpin(&self, domain: &HostPattern) {
+        self.pins.remove(domain);
+    }
+
+    pub fn pinned(&self, domain: &HostPattern) -> Option<Arc<str>> {
+        self.pins.get(domain)
+    }
+
+    /// Chooses the certificate for a handshake: a pin, then an exact name, then a wildcard, then
+    /// the default, each only if the client can use its key type. If only unusable candidates
+    /// cover the name, the best of them is returned so the handshake fails with a precise
+    /// alert instead of serving a certificate for another name.
+    pub fn select(
+        &self,
+        sni: Option<&str>,
+        caps: &ClientCaps,
+    ) -> Option<(Arc<CertEntry>, SelectedBy)> {
+        let mut fallback = None;
+        if let Some(sni) = sni {
+            let host = normalize(sni);
+            let host = host.as_ref();
+            if let Some(pinned) = self.pins.lookup(host).and_then(|(n, _)| self.get(&n)) {
+                if caps.supports(pinned.kind) {
+                    return Some((pinned, SelectedBy::Pinned));
+                }
+            }
+            for (slot, by) in [
+                (self.by_host.lookup_exact(host), SelectedBy::Exact),
+                (self.by_host.lookup_wildcard(host), SelectedBy::Wildcard),
+            ] {
+                let Some(slot) = slot else { continue };
+                if let Some(e) = slot.iter().find(|e| caps.supports(e.kind)) {
+                    return Some((e.clone(), by));
+                }
+                if fallback.is_none() {
+                    fallback = slot.first().map(|e| (e.clone(), by));
+                }
+            }
+        }
+        let default = self
+            .default
+            .load()
+            .as_ref()
+            .and_then(|name| self.get(name.as_str()));
+        match (default, fallback) {
+            (Some(d), _) if caps.supports(d.kind) => Some((d, SelectedBy::Default)),
+            (_, Some(f)) => Some(f),
+            (Some(d), None) => Some((d, SelectedBy::Default)),
+            (None, None) => None,
+        }
+    }
+
+    /// Selects and builds: the certificate and its served form. A certificate whose key cannot
+    /// be built is taken out of service (reported through the quarantine hook) and selection
+    /// runs again without it.
+    pub fn resolve(&self, sni: Option<&str>, caps: &ClientCaps) -> Option<Resolved> {
+        for _ in 0..3 {
+            let (entry, by) = self.select(sni, caps)?;
+            match self.certified_key(&entry) {
+                Ok(key) => return Some(Resolved { entry, key, by }),
+                Err(e) => self.quarantine(&entry, &e.to_string()),
+            }
+        }
+        None
+    }
+
+    /// The served form of an entry: from the cache, or built now (CPU only, no I/O).
+    pub fn certified_key(&self, entry: &CertEntry) -> Result<Arc<CertifiedKey>, StoreError> {
+        if let Some(key) = self.keys.get(&entry.id) {
+            return Ok(key);
+        }
+        let load = |detail: String| StoreError::Load {
+            name: entry.name.to_string(),
+            detail,
+        };
+        let der = entry.key.private_key().map_err(load)?;
+        let signing = self
+            .provider
+            .key_provider
+            .load_private_key(der)
+            .map_err(|e| load(e.to_string()))?;
+        let mut chain = Vec::with_capacity(1 + entry.intermediates.len());
+        chain.push(entry.leaf.clone());
+        chain.extend(entry.intermediates.iter().cloned());
+        let key = Arc::new(CertifiedKey::new(chain, signing));
+        self.keys.insert(entry.id, key.clone());
+        Ok(key)
+    }
+
+    fn quarantine(&self, entry: &Arc<CertEntry>, reason: &str) {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let still_current = self
+            .by_name
+            .remove_if(&entry.name, |_, cur| cur.id == entry.id)
+            .is_some();
+        if still_current {
+            for pattern in entry.names.iter() {
+                self.slot_remove(pattern, entry.id);
+            }
+            self.changed();
+            if let Some(f) = &self.on_quarantine {
+                f(&entry.name, reason);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prepare::{prepare, PrepareOptions};
+    use crate::testpki::self_signed;
+    use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
+
+    fn entry(name: &str, names: &[&str], alg: &'static rcgen::SignatureAlgorithm) -> CertEntry {
+        let (cert, key) = self_signed(names, alg);
+        let p = prepare(
+            cert.as_bytes(),
+            key.as_bytes(),
+            &PrepareOptions::default(),
+            &crate::provider(true),
+            1_900_000_000 - 1_000_000_000,
+        )
+        .unwrap();
+        CertEntry::from_prepared(name, p)
+    }
+
+    fn store() -> CertStore {
+        CertStore::new(Arc::new(crate::provider(true)), 16)
+    }
+
+    fn pick(
+        store: &CertStore,
+        sni: Option<&str>,
+        caps: &ClientCaps,
+    ) -> Option<(String, SelectedBy)> {
+        store
+            .resolve(sni, caps)
+            .map(|r| (r.entry.name().to_owned(), r.by))
+    }
+
+    const ECDSA_ONLY: ClientCaps = ClientCaps {
+        rsa: false,
+        ..ClientCaps::ALL
+    };
+    const RSA_ONLY: ClientCaps = ClientCaps {
+        ecdsa_p256: false,
+        ecdsa_p384: false,
+        ed25519: false,
+        rsa: true,
+    };
+
+    #[test]
+    fn exact_beats_wildcard_and_default_catches_the_rest() {
+        let s = store();
+        s.insert(entry("wild", &["*.example.com"], &PKCS_ECDSA_P256_SHA256))
+            .unwrap();
+        s.insert(entry("www", &["www.example.com"], &PKCS_ECDSA_P256_SHA256))
+            .unwrap();
+        s.insert(entry(
+            "fallback",
+            &["default.test"],
+            &PKCS_ECDSA_P256_SHA256,
+        ))
+        .unwrap();
+        let all = ClientCaps::ALL;
+        assert_eq!(
+            pick(&s, Some("www.example.com"), &all),
+            Some(("www".into(), SelectedBy::Exact))
+        );
+        assert_eq!(
+            pick(&s, Some("WWW.Example.com."), &all),
+            Some(("www".into(), SelectedBy::Exact))
+        );
+        assert_eq!(
+            pick(&s, Some("api.example.com"), &all),
+            Some(("wild".into(), SelectedBy::Wildcard))
+        );
+        assert_eq!(pick(&s, Some("a.b.example.com"), &all), None);
+        assert_eq!(pick(&s, None, &all), None);
+        s.set_default(Some("fallback"));
+        assert_eq!(
+            pick(&s, Some("a.b.example.com"), &all),
+            Some(("fallback".into(), SelectedBy::Default))
+        );
+        assert_eq!(
+            pick(&s, None, &all),
+            Some(("fallback".into(), SelectedBy::Default))
+        );
+    }
+
+    #[test]
+    fn key_type_follows_the_client() {
+        let s = store();
+        s.insert(entry("ec", &["both.example.com"], &PKCS_ECDSA_P256_SHA256))
+            .unwrap();
+        s.insert(entry("rsa", &["both.example.com"], &PKCS_RSA_SHA256))
+            .unwrap();
+        assert_eq!(
+            pick(&s, Some("both.example.com"), &ClientCaps::ALL)
+                .unwrap()
+                .0,
+            "ec"
+        );
+        assert_eq!(
+            pick(&s, Some("both.example.com"), &ECDSA_ONLY).unwrap().0,
+            "ec"
+        );
+        assert_eq!(
+            pick(&s, Some("both.example.com"), &RSA_ONLY).unwrap().0,
+            "rsa"
+        );
+    }
+
+    #[test]
+    fn pins_win_while_their_certificate_exists() {
+        let s = store();
+        s.insert(entry("a", &["*.example.com"], &PKCS_ECDSA_P256_SHA256))
+            .unwrap();
+        s.insert(entry(
+            "b",
+            &["*.example.com", "shop.example.com"],
+            &PKCS_ECDSA_P256_SHA256,
+        ))
+        .unwrap();
+        let shop = HostPattern::parse("shop.example.com").unwrap();
+        s.pin(&shop, "a");
+        assert_eq!(
+            pick(&s, Some("shop.example.com"), &ClientCaps::ALL),
+            Some(("a".into(), SelectedBy::Pinned))
+        );
+        s.remove("a");
+        assert_eq!(
+            pick(&s, Some("shop.example.com"), &ClientCaps::ALL),
+            Some(("b".into(), SelectedBy::Exact))
+        );
+    }
+
+    #[test]
+    fn replace_swaps_names_and_drops_the_old_served_form() {
+        let s = store();
+        s.insert(entry("c", &["old.example.com"], &PKCS_ECDSA_P256_SHA256))
+            .unwrap();
+        let before = s
+            .resolve(Some("old.example.com"), &ClientCaps::ALL)
+            .unwrap();
+        assert_eq!(s.built_keys(), 1);
+        let old = s
+            .replace(entry("c", &["new.example.com"], &PKCS_ECDSA_P256_SHA256))
+            .unwrap();
+        assert_eq!(old.id(), before.entry.id());
+        assert_eq!(s.built_keys(), 0);
+        assert!(s
+            .resolve(Some("old.example.com"), &ClientCaps::ALL)
+            .is_none());
+        let after = s
+            .resolve(Some("new.example.com"), &ClientCaps::ALL)
+            .unwrap();
+        assert_ne!(after.entry.id(), before.entry.id());
+        assert_eq!(s.len(), 1);
+        assert!(matches!(
+            s.insert(entry("c", &["x.example.com"], &PKCS_ECDSA_P256_SHA256)),
+            Err(StoreError::DuplicateName(n)) if n == "c"
+        ));
+    }
+
+    #[derive(Debug)]
+    struct BrokenKey;
+    impl KeySource for BrokenKey {
+        fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
+            Err("cannot decrypt".into())
+        }
+    }
+
+    #[test]
+    fn a_key_that_cannot_be_built_is_quarantined_and_others_serve() {
+        let quarantined = Arc::new(Mutex::new(Vec::new()));
+        let q = quarantined.clone();
+        let s = store()
+            .on_quarantine(move |name, why| q.lock().unwrap().push(format!("{name}: {why}")));
+        let good = entry("good", &["*.example.com"], &PKCS_ECDSA_P256_SHA256);
+        let bad = CertEntry::new(
+            "bad",
+            good.leaf.clone(),
+            Arc::from(Vec::new()),
+            vec![HostPattern::parse("bad.example.com").unwrap()],
+            KeyKind::EcdsaP256,
+            good.not_after,
+            Box::new(BrokenKey),
+        );
+        s.insert(good).unwrap();
+        s.insert(bad).unwrap();
+        let r = s
+            .resolve(Some("bad.example.com"), &ClientCaps::ALL)
+            .unwrap();
+        assert_eq!(r.entry.name(), "good");
+        assert!(s.get("bad").is_none());
+        assert_eq!(
+            quarantined.lock().unwrap().as_slice(),
+            ["bad: certificate 'bad' cannot be loaded: cannot decrypt"]
+        );
+    }
+
+    #[test]
+    fn evicted_served_forms_are_rebuilt() {
+        let s = CertStore::new(Arc::new(crate::provider(true)), 2);
+        for i in 0..8 {
+            s.insert(entry(
+                &format!("c{i}"),
+                &[&format!("h{i}.example.com")],
+                &PKCS_ECDSA_P256_SHA256,
+            ))
+            .unwrap();
+        }
+        for round in 0..2 {
+            for i in 0..8 {
+                let r = s.resolve(Some(&format!("h{i}.example.com")), &ClientCaps::ALL);
+                assert_eq!(r.unwrap().entry.name(), format!("c{i}"), "round {round}");
+            }
+        }
+        assert!(s.built_keys() <= 4, "{}", s.built_keys());
+    }
+}
