@@ -280,12 +280,14 @@ fn validate_tls(
     let min_version = match raw.tls.min_version.as_deref() {
         None | Some("1.2") => TlsVersion::Tls12,
         Some("1.3") => TlsVersion::Tls13,
-        Some(other) => return Err(c.err(
-            "tls.min_version",
-            format!(
+        Some(other) => {
+            return Err(c.err(
+                "tls.min_version",
+                format!(
                 "'{other}' is not supported: use \"1.2\" or \"1.3\" (older versions are insecure)"
             ),
-        )),
+            ))
+        }
     };
     if let Some(name) = &raw.tls.default_certificate {
         if !cert_names.contains(name) {

@@ -1,3 +1,186 @@
-fn main() {
-    println!("Hello, world!");
+//! `terminus serve` runs the router; `terminus check-config` validates a config and its
+//! certificates. Exit codes: 0 ok, 1 runtime failure, 64 bad configuration or usage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use terminus_config::Config;
+
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "terminus",
+    version,
+    about = "An edge router: TLS by SNI from a live certificate store, HTTP to backends"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the router.
+    Serve(ServeArgs),
+    /// Validate a config file and load its certificates, then exit.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The config file. Without it, the quick-start flags below describe the router.
+    #[arg(long, short, conflicts_with_all = ["listen", "cert", "key", "backend"])]
+    config: Option<PathBuf>,
+    /// Quick start: the TLS listener address.
+    #[arg(long, requires = "backend")]
+    listen: Option<SocketAddr>,
+    /// Quick start: the certificate (PEM), served to every client.
+    #[arg(long, requires = "key")]
+    cert: Option<PathBuf>,
+    /// Quick start: the certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    key: Option<PathBuf>,
+    /// Quick start: a backend address; repeat for several.
+    #[arg(long)]
+    backend: Vec<SocketAddr>,
+    /// The admin listener (metrics, health).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Runtime worker threads (0: one per CPU). Overrides the config.
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    terminus::logging::init();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(config),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, String> {
+    if let Some(path) = &args.config {
+        return Config::load(path).map_err(|e| e.to_string());
+    }
+    let Some(listen) = args.listen else {
+        return Err(
+            "serve needs --config FILE, or --listen ADDR --cert FILE --key FILE --backend ADDR"
+                .into(),
+        );
+    };
+    let cert = args.cert.clone().zip(args.key.clone());
+    if cert.is_none() {
+        return Err("<command line>: --cert and --key are required with --listen".into());
+    }
+    Ok(Config::quick_start(
+        listen,
+        cert,
+        args.backend.clone(),
+        args.admin,
+    ))
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let mut config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Some(admin) = args.admin {
+        config.admin.address = admin;
+    }
+    let threads = args.threads.unwrap_or(config.router.threads);
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let registry = terminus_metrics::MetricsRegistry::default();
+    let router = terminus::start(&config, registry).await?;
+    for (addr, tls) in &router.listeners {
+        tracing::info!(address = %addr, tls, "listening");
+    }
+    tracing::info!(address = %router.admin, certificates = router.shared.certs.len(), "admin listening");
+    wait_for_signal()
+        .await
+        .context("cannot install signal handlers")?;
+    tracing::info!("shutting down: no new connections, draining");
+    let drained = router.shutdown().await;
+    if drained.abandoned > 0 {
+        tracing::warn!(
+            connections = drained.abandoned,
+            "grace period over; closing the remaining connections"
+        );
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let provider = std::sync::Arc::new(terminus_tls::provider(config.tls.post_quantum));
+    let store = terminus_tls::CertStore::new(provider, 16);
+    let errors = terminus::startup::load_certificates(&config, &store, &path.display().to_string());
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if errors.is_empty() {
+        println!(
+            "{}: ok ({} certificates, {} apps, {} domains)",
+            path.display(),
+            store.len(),
+            config.apps.len(),
+            config.domains.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CONFIG)
+    }
 }

@@ -1,0 +1,283 @@
+//! Bodies streamed through the router, never buffered whole.
+//!
+//! [`RequestBody`] carries the client's body to the backend and enforces the client-side idle
+//! window (H28). [`ResponseBody`] carries the backend's body (or a small local error body) to the
+//! client, enforces the backend-side idle window (H15), counts bytes, hands the backend connection
+//! back to the pool when the response ends, and writes the request's log line exactly once:
+//! at the end, on a backend error (H18/H15), or when the client goes away (H27).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use crate::access_log::AccessLog;
+use crate::fault::Fault;
+use crate::pool::Conn;
+use crate::Shared;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the client side of a request body failed, shared with the request handler.
+#[derive(Debug, Default)]
+pub(crate) struct ClientBodyState(AtomicU8);
+
+impl ClientBodyState {
+    const GONE: u8 = 1;
+    const IDLE: u8 = 2;
+
+    pub(crate) fn fault(&self) -> Option<Fault> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::GONE => Some(Fault::ClientGone),
+            Self::IDLE => Some(Fault::ClientIdle),
+            _ => None,
+        }
+    }
+}
+
+/// A rolling idle timer, armed only when a body actually waits.
+#[derive(Debug)]
+struct IdleTimer {
+    after: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl IdleTimer {
+    fn new(after: Duration) -> Self {
+        Self {
+            after,
+            sleep: None,
+            progressed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Called when the body is pending: true once the window has passed with no progress.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = Instant::now() + self.after;
+        match &mut self.sleep {
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            Some(sleep) if self.progressed => sleep.as_mut().reset(deadline),
+            Some(_) => {}
+        }
+        self.progressed = false;
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BodyError(&'static str);
+
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    idle: IdleTimer,
+    state: Arc<ClientBodyState>,
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming, idle: Duration, state: Arc<ClientBodyState>) -> Self {
+        Self {
+            inner,
+            idle: IdleTimer::new(idle),
+            state,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progress();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.state.0.store(ClientBodyState::GONE, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.state.0.store(ClientBodyState::IDLE, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyError(
+                        "client sent no request body data within the idle timeout",
+                    )))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody").finish_non_exhaustive()
+    }
+}
+
+enum Source {
+    Local(Option<Bytes>),
+    Backend(Incoming),
+}
+
+/// The response body, which also owns the request's log line.
+pub(crate) struct ResponseBody {
+    source: Source,
+    idle: IdleTimer,
+    log: Option<Box<AccessLog>>,
+    conn: Option<Conn>,
+    shared: Arc<Shared>,
+}
+
+impl ResponseBody {
+    pub(crate) fn local(text: Bytes, log: Box<AccessLog>, shared: Arc<Shared>) -> Self {
+        Self {
+            idle: IdleTimer::new(shared.settings.idle_timeout),
+            source: Source::Local(Some(text)),
+            log: Some(log),
+            conn: None,
+            shared,
+        }
+    }
+
+    pub(crate) fn backend(
+        body: Incoming,
+        log: Box<AccessLog>,
+        conn: Option<Conn>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            idle: IdleTimer::new(shared.settings.idle_timeout),
+            source: Source::Backend(body),
+            log: Some(log),
+            conn,
+            shared,
+        }
+    }
+
+    fn finish(&mut self, fault: Option<Fault>) {
+        if let Some(mut log) = self.log.take() {
+            if fault.is_some() {
+                log.fault = fault;
+            }
+            log.emit(&self.shared.metrics);
+        }
+        if fault.is_none() {
+            if let Some(conn) = self.conn.take() {
+                self.shared.pool.checkin(conn);
+            }
+        }
+        self.conn = None;
+    }
+
+    fn count(&mut self, frame: &Frame<Bytes>) {
+        if let (Some(data), Some(log)) = (frame.data_ref(), self.log.as_mut()) {
+            log.bytes += data.len() as u64;
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Backend(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progress();
+                this.count(&frame);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(Some(Fault::BackendInterrupted));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.expired(cx) {
+                    this.finish(Some(Fault::BackendIdle));
+                    return Poll::Ready(Some(Err(Box::new(BodyError(
+                        "backend sent no response data within the idle timeout",
+                    )))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Local(bytes) => bytes.is_none(),
+            Source::Backend(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Source::Local(None) => SizeHint::with_exact(0),
+            Source::Backend(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if self.log.is_none() {
+            return;
+        }
+        // A body with nothing left (HEAD, 204, 304, or fully sent) finished normally even if the
+        // server never polled it to the end; anything else means the client went away.
+        if self.is_end_stream() {
+            self.finish(None);
+        } else {
+            self.finish(Some(Fault::ClientGone));
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,403 @@
+//! Request and response header rewriting, as pure functions over a `HeaderMap`.
+//!
+//! What reaches the backend: `X-Forwarded-For` with every incoming line folded into one list and
+//! the client address appended; `X-Forwarded-Proto`, `X-Forwarded-Port` and `X-Request-Start`
+//! set by the router (a trusted proxy's values are kept); `X-Request-Id` kept when valid, else a
+//! new UUIDv4; `Via` appended; hop-by-hop headers stripped; `Forwarded` and underscore spellings of
+//! the headers we set (`X_Forwarded_For`, which some backends read as `X-Forwarded-For`) removed.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE, VIA};
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers the router sets: any spelling of these with `_` for `-` is dropped.
+const SET_BY_ROUTER: [&str; 5] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-request-start",
+    "x-request-id",
+];
+
+/// Is `id` acceptable as a client-supplied request id: 20–200 bytes of `[A-Za-z0-9+/=-]`?
+pub fn valid_request_id(id: &[u8]) -> bool {
+    (20..=200).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-'))
+}
+
+/// The request id to use: the client's single valid `X-Request-Id`, or a new UUIDv4.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+    if let (Some(v), None) = (values.next(), values.next()) {
+        if valid_request_id(v.as_bytes()) {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Facts about the request that the rewrite needs.
+#[derive(Debug, Clone)]
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    /// The peer is a trusted proxy: its X-Forwarded-Proto/Port/Request-Start are kept.
+    pub trusted: bool,
+    pub proto: &'static str,
+    pub port: &'a HeaderValue,
+    pub request_start_ms: u128,
+    pub request_id: &'a HeaderValue,
+    /// `1.1 terminus` (or `2.0 terminus` for an HTTP/2 request).
+    pub via: &'a HeaderValue,
+    /// The request asks for a protocol upgrade (WebSocket): keep `Upgrade` and `Connection`.
+    pub upgrade: bool,
+}
+
+/// Strips hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
+/// `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`. With `keep_upgrade`, `Upgrade`
+/// survives and `Connection: upgrade` is set again.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if !(keep_upgrade && name == UPGRADE) {
+                headers.remove(&name);
+            }
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [
+        KEEP_ALIVE,
+        http::header::TE,
+        http::header::TRAILER,
+        http::header::TRANSFER_ENCODING,
+        PROXY_CONNECTION,
+        http::header::PROXY_AUTHENTICATE,
+        http::header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade && headers.contains_key(UPGRADE) {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Rewrites a request's headers for the backend.
+pub fn rewrite_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    strip_hop_by_hop(headers, f.upgrade);
+    remove_spoofable(headers);
+
+    let mut xff = fold(headers, &X_FORWARDED_FOR);
+    if !xff.is_empty() {
+        xff.push_str(", ");
+    }
+    push_ip(&mut xff, f.client_ip);
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+
+    set_unless_trusted(
+        headers,
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(f.proto),
+        f.trusted,
+    );
+    set_unless_trusted(headers, X_FORWARDED_PORT, f.port.clone(), f.trusted);
+    set_unless_trusted(
+        headers,
+        X_REQUEST_START,
+        HeaderValue::from(u64::try_from(f.request_start_ms).unwrap_or(u64::MAX)),
+        f.trusted,
+    );
+    headers.insert(X_REQUEST_ID, f.request_id.clone());
+    append_via(headers, f.via);
+}
+
+/// Rewrites a backend response's headers for the client.
+pub fn rewrite_response(headers: &mut HeaderMap, via: &HeaderValue, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    append_via(headers, via);
+}
+
+fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
+    let mut existing = fold(headers, &VIA);
+    if existing.is_empty() {
+        headers.insert(VIA, via.clone());
+        return;
+    }
+    existing.push_str(", ");
+    existing.push_str(via.to_str().unwrap_or_default());
+    if let Ok(v) = HeaderValue::from_str(&existing) {
+        headers.insert(VIA, v);
+    }
+}
+
+fn set_unless_trusted(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    value: HeaderValue,
+    trusted: bool,
+) {
+    if trusted {
+        let mut values = headers.get_all(&name).iter();
+        if let (Some(_), None) = (values.next(), values.next()) {
+            return;
+        }
+    }
+    headers.insert(name, value);
+}
+
+/// `Forwarded` (whose contents we do not vouch for) and `_` spellings of the headers we set.
+fn remove_spoofable(headers: &mut HeaderMap) {
+    headers.remove(FORWARDED);
+    let spoofs: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.contains('_')
+                && SET_BY_ROUTER.iter().any(|set| {
+                    k.len() == set.len()
+                        && k.bytes()
+                            .zip(set.bytes())
+                            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+                })
+        })
+        .cloned()
+        .collect();
+    for name in spoofs {
+        headers.remove(name);
+    }
+}
+
+/// Every line of a header joined into one comma-separated list, blank elements dropped.
+fn fold(headers: &HeaderMap, name: &HeaderName) -> String {
+    let mut out = String::new();
+    for v in headers.get_all(name) {
+        let Ok(text) = v.to_str() else { continue };
+        for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(item);
+        }
+    }
+    out
+}
+
+fn push_ip(out: &mut String, ip: IpAddr) {
+    use std::fmt::Write;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    let _ = write!(out, "{ip}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn forward(headers: &mut HeaderMap, trusted: bool) {
+        let port = HeaderValue::from_static("443");
+        let id = HeaderValue::from_static("0123456789abcdefghij");
+        let via = HeaderValue::from_static("1.1 terminus");
+        rewrite_request(
+            headers,
+            &Forwarding {
+                client_ip: "203.0.113.7".parse().unwrap(),
+                trusted,
+                proto: "https",
+                port: &port,
+                request_start_ms: 1_700_000_000_123,
+                request_id: &id,
+                via: &via,
+                upgrade: false,
+            },
+        );
+    }
+
+    fn get(h: &HeaderMap, name: &str) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn xff_lines_are_folded_and_the_client_appended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+            ("x-forwarded-for", ""),
+        ]);
+        forward(&mut h, false);
+        assert_eq!(
+            get(&h, "x-forwarded-for"),
+            ["1.1.1.1, 2.2.2.2, 3.3.3.3, 203.0.113.7"]
+        );
+    }
+
+    #[test]
+    fn xff_without_incoming_is_just_the_client() {
+        let mut h = HeaderMap::new();
+        forward(&mut h, false);
+        assert_eq!(get(&h, "x-forwarded-for"), ["203.0.113.7"]);
+    }
+
+    #[test]
+    fn underscore_variants_and_forwarded_are_removed() {
+        let mut h = map(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x-forwarded_proto", "http"),
+            ("x_request_id", "spoofed-spoofed-spoofed"),
+            ("forwarded", "for=6.6.6.6;proto=http"),
+            ("x_custom_header", "kept"),
+        ]);
+        forward(&mut h, false);
+        assert!(h.get("x_forwarded_for").is_none());
+        assert!(h.get("x-forwarded_proto").is_none());
+        assert!(h.get("x_request_id").is_none());
+        assert!(h.get("forwarded").is_none());
+        assert_eq!(get(&h, "x_custom_header"), ["kept"]);
+        assert_eq!(get(&h, "x-forwarded-for"), ["203.0.113.7"]);
+    }
+
+    #[test]
+    fn client_values_are_replaced_unless_trusted() {
+        let incoming = [
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-port", "80"),
+            ("x-request-start", "1"),
+        ];
+        let mut h = map(&incoming);
+        forward(&mut h, false);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
+        assert_eq!(get(&h, "x-forwarded-port"), ["443"]);
+        assert_eq!(get(&h, "x-request-start"), ["1700000000123"]);
+
+        let mut h = map(&incoming);
+        forward(&mut h, true);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["http"]);
+        assert_eq!(get(&h, "x-forwarded-port"), ["80"]);
+        assert_eq!(get(&h, "x-request-start"), ["1"]);
+
+        // Two conflicting values are not kept even from a trusted peer.
+        let mut h = map(&[
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        forward(&mut h, true);
+        assert_eq!(get(&h, "x-forwarded-proto"), ["https"]);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "s"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("accept", "*/*"),
+        ]);
+        forward(&mut h, false);
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-connection",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} should be stripped");
+        }
+        assert_eq!(get(&h, "accept"), ["*/*"]);
+    }
+
+    #[test]
+    fn upgrade_requests_keep_upgrade() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(get(&h, "upgrade"), ["websocket"]);
+        assert_eq!(get(&h, "connection"), ["upgrade"]);
+    }
+
+    #[test]
+    fn via_is_appended() {
+        let mut h = map(&[("via", "1.0 fred"), ("via", "1.1 p.example.net")]);
+        forward(&mut h, false);
+        assert_eq!(
+            get(&h, "via"),
+            ["1.0 fred, 1.1 p.example.net, 1.1 terminus"]
+        );
+    }
+
+    #[test]
+    fn request_id_validation() {
+        assert!(valid_request_id(b"0123456789abcdefghij"));
+        assert!(valid_request_id(b"abc+/=-ABC0123456789"));
+        assert!(!valid_request_id(b"short"));
+        assert!(!valid_request_id(&[b'a'; 201]));
+        assert!(!valid_request_id(b"0123456789abcdefghij with space"));
+        assert!(!valid_request_id(b"0123456789abcdefghij_underscore"));
+
+        let kept = map(&[("x-request-id", "0123456789abcdefghij")]);
+        assert_eq!(request_id(&kept), "0123456789abcdefghij");
+        for bad in [
+            map(&[("x-request-id", "bad")]),
+            map(&[
+                ("x-request-id", "0123456789abcdefghij"),
+                ("x-request-id", "0123456789abcdefghik"),
+            ]),
+            HeaderMap::new(),
+        ] {
+            let id = request_id(&bad);
+            let id = id.to_str().unwrap();
+            assert_eq!(id.len(), 36, "{id}");
+            assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_print_as_ipv4() {
+        let mut s = String::new();
+        push_ip(&mut s, "::ffff:192.0.2.1".parse().unwrap());
+        assert_eq!(s, "192.0.2.1");
+    }
+}

@@ -1,0 +1,426 @@
+//! One request: checks, SNI/Host rule, routing, header rewriting, forwarding with retries on
+//! connect failure, and the response (or a small error response with its H-code).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, EXPECT, HOST, UPGRADE, VIA};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use terminus_route::{host_of_authority, normalize, App, Route};
+use tokio::time::Instant;
+
+use crate::access_log::AccessLog;
+use crate::body::{ClientBodyState, RequestBody, ResponseBody};
+use crate::conn::ConnInfo;
+use crate::fault::Fault;
+use crate::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::pool::Conn;
+use crate::Shared;
+
+/// Longest request line and longest header line accepted.
+pub(crate) const MAX_LINE: usize = 8192;
+
+/// Writes the log line with H27 if the handler is dropped (the client went away) before the
+/// response was handed over.
+struct PendingLog<'a> {
+    log: Option<Box<AccessLog>>,
+    shared: &'a Shared,
+}
+
+impl PendingLog<'_> {
+    fn take(&mut self) -> Box<AccessLog> {
+        self.log.take().unwrap_or_else(|| unreachable_log())
+    }
+
+    fn get(&mut self) -> &mut AccessLog {
+        self.log.get_or_insert_with(unreachable_log)
+    }
+}
+
+#[cold]
+fn unreachable_log() -> Box<AccessLog> {
+    // Only reached if a handler path took the log twice; keep serving rather than panic.
+    Box::new(AccessLog {
+        method: Method::GET,
+        path: String::new(),
+        host: String::new(),
+        request_id: HeaderValue::from_static(""),
+        fwd: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        dyno: None,
+        backend: None,
+        connect: None,
+        forwarded_at: None,
+        status: 0,
+        bytes: 0,
+        version: Version::HTTP_11,
+        tls_version: None,
+        fault: None,
+    })
+}
+
+impl Drop for PendingLog<'_> {
+    fn drop(&mut self) {
+        if let Some(mut log) = self.log.take() {
+            log.status = Fault::ClientGone.status().as_u16();
+            log.fault = Some(Fault::ClientGone);
+            log.emit(&self.shared.metrics);
+        }
+    }
+}
+
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    let request_id = headers::request_id(&parts.headers);
+    let authority = request_authority(&parts);
+    let log = Box::new(AccessLog {
+        method: parts.method.clone(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into()),
+        host: authority
+            .as_ref()
+            .ok()
+            .and_then(|a| a.to_str().ok())
+            .and_then(host_of_authority)
+            .unwrap_or_default()
+            .to_owned(),
+        request_id: request_id.clone(),
+        fwd: conn.peer.ip(),
+        dyno: None,
+        backend: None,
+        connect: None,
+        forwarded_at: None,
+        status: 0,
+        bytes: 0,
+        version: parts.version,
+        tls_version: conn.tls.as_ref().map(|t| t.version),
+        fault: None,
+    });
+    let mut pending = PendingLog {
+        log: Some(log),
+        shared: &shared,
+    };
+
+    let app = match check(&shared, &conn, &parts, &authority) {
+        Ok(app) => app,
+        Err(fault) => return Ok(error_response(fault, pending.take(), &shared)),
+    };
+
+    let upgrade = is_upgrade(&parts);
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let request_start_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let via = if parts.version == Version::HTTP_2 {
+        &shared.settings.via_h2
+    } else {
+        &shared.settings.via_h1
+    };
+    headers::rewrite_request(
+        &mut parts.headers,
+        &Forwarding {
+            client_ip: conn.peer.ip(),
+            trusted: conn.trusted,
+            proto: conn.proto,
+            port: &conn.port,
+            request_start_ms,
+            request_id: &request_id,
+            via,
+            upgrade,
+        },
+    );
+    if let Ok(authority) = &authority {
+        if !parts.headers.contains_key(HOST) {
+            parts.headers.insert(HOST, authority.clone());
+        }
+    }
+    parts.uri = origin_form(&parts.uri);
+    parts.version = Version::HTTP_11;
+
+    let client_state = Arc::new(ClientBodyState::default());
+    let body = RequestBody::new(body, shared.settings.idle_timeout, client_state.clone());
+    let request = Request::from_parts(parts, body);
+
+    let (mut response, backend) = match forward(&shared, &app, request, pending.get()).await {
+        Ok(ok) => ok,
+        Err(fault) => {
+            let fault = client_state.fault().unwrap_or(fault);
+            return Ok(error_response(fault, pending.take(), &shared));
+        }
+    };
+
+    let status = response.status();
+    let mut log = pending.take();
+    log.status = status.as_u16();
+    let switching = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
+    headers::rewrite_response(response.headers_mut(), &shared.settings.via_h1, switching);
+    if switching {
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        if let Some(client_upgrade) = client_upgrade {
+            crate::upgrade::spawn_tunnel(
+                client_upgrade,
+                backend_upgrade,
+                shared.settings.idle_timeout,
+            );
+        }
+        let (parts, body) = response.into_parts();
+        let body = ResponseBody::backend(body, log, None, shared.clone());
+        return Ok(Response::from_parts(parts, body));
+    }
+    let (parts, body) = response.into_parts();
+    let body = ResponseBody::backend(body, log, Some(backend), shared.clone());
+    Ok(Response::from_parts(parts, body))
+}
+
+/// The request's authority: `:authority`/absolute-form URI, else the single Host header.
+fn request_authority(parts: &http::request::Parts) -> Result<HeaderValue, Fault> {
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Fault::BadRequest("duplicate_host"));
+    }
+    match (parts.uri.authority(), host) {
+        (Some(auth), Some(host)) if parts.version == Version::HTTP_2 => {
+            if auth
+                .as_str()
+                .as_bytes()
+                .eq_ignore_ascii_case(host.as_bytes())
+            {
+                Ok(host.clone())
+            } else {
+                Err(Fault::BadRequest("host_authority_mismatch"))
+            }
+        }
+        (Some(auth), _) => {
+            HeaderValue::from_str(auth.as_str()).map_err(|_| Fault::BadRequest("invalid_host"))
+        }
+        (None, Some(host)) => Ok(host.clone()),
+        (None, None) => Err(Fault::BadRequest("missing_host")),
+    }
+}
+
+/// Everything decided before a backend is contacted. Returns the app to forward to.
+fn check(
+    shared: &Shared,
+    conn: &ConnInfo,
+    parts: &http::request::Parts,
+    authority: &Result<HeaderValue, Fault>,
+) -> Result<Arc<App>, Fault> {
+    if parts.method == Method::CONNECT {
+        return Err(Fault::MethodNotAllowed);
+    }
+    let authority = authority.as_ref().map_err(|f| *f)?;
+    if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) + parts.method.as_str().len() + 10
+        > MAX_LINE
+    {
+        return Err(Fault::BadRequest("request_line_too_long"));
+    }
+    if parts.headers.len() > shared.settings.max_headers {
+        return Err(Fault::HeadersTooLarge("too_many_headers"));
+    }
+    if parts
+        .headers
+        .iter()
+        .any(|(k, v)| k.as_str().len() + v.len() + 2 > MAX_LINE)
+    {
+        return Err(Fault::HeadersTooLarge("header_line_too_long"));
+    }
+    if let Some(expect) = parts.headers.get(EXPECT) {
+        if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
+            return Err(Fault::ExpectationFailed);
+        }
+    }
+    let host = authority
+        .to_str()
+        .ok()
+        .and_then(host_of_authority)
+        .ok_or(Fault::BadRequest("invalid_host"))?;
+    let host = normalize(host);
+    if let Some(tls) = &conn.tls {
+        if !tls.cert.covers(&host) {
+            return Err(Fault::Misdirected);
+        }
+    }
+    let app = match shared.routes.route(&host) {
+        Route::App(app) => app,
+        Route::UnknownHost | Route::UnknownApp(_) => shared
+            .settings
+            .default_app
+            .as_deref()
+            .and_then(|name| shared.routes.app(name))
+            .ok_or(Fault::UnknownHost)?,
+    };
+    if app.backends().is_empty() {
+        return Err(Fault::NoBackends);
+    }
+    Ok(app)
+}
+
+fn is_upgrade(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.contains_key(UPGRADE)
+        && parts
+            .headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(_) if uri.scheme().is_none() && uri.authority().is_none() => uri.clone(),
+        Some(pq) => Uri::from_maybe_shared(Bytes::copy_from_slice(pq.as_str().as_bytes()))
+            .unwrap_or_else(|_| Uri::from_static("/")),
+        None => Uri::from_static("/"),
+    }
+}
+
+/// Sends the request to the app's backends in round-robin order. A backend that refuses or
+/// times out on connect is quarantined and the next one is tried; nothing is retried once
+/// request bytes may have reached a backend.
+async fn forward(
+    shared: &Shared,
+    app: &App,
+    mut request: Request<RequestBody>,
+    log: &mut AccessLog,
+) -> Result<(Response<Incoming>, Conn), Fault> {
+    let backends = app.backends();
+    let n = backends.len();
+    let start = app.next_start();
+    let attempts = shared.settings.connect_attempts.min(n);
+    let mut tried = 0;
+    let mut last = Fault::AllQuarantined;
+    for i in 0..n {
+        if tried == attempts {
+            break;
+        }
+        let index = (start + i) % n;
+        let addr = backends[index];
+        // A single backend is always tried: skipping it would only turn a refusal into H34.
+        if n > 1 && shared.pool.is_quarantined(addr) {
+            continue;
+        }
+        tried += 1;
+        log.dyno = Some((app.name().into(), index + 1));
+        log.backend = Some(addr);
+        match send(shared, addr, request, log).await {
+            Ok(ok) => return Ok(ok),
+            Err(Attempt::Failed(fault)) => return Err(fault),
+            Err(Attempt::ConnectFailed(fault, req)) => {
+                tracing::warn!(backend = %addr, app = app.name(), code = fault.code(), "backend quarantined after connect failure");
+                shared.pool.quarantine(addr);
+                last = fault;
+                request = *req;
+            }
+        }
+    }
+    Err(last)
+}
+
+enum Attempt {
+    /// Nothing was sent: the request comes back for the next backend.
+    ConnectFailed(Fault, Box<Request<RequestBody>>),
+    Failed(Fault),
+}
+
+/// One backend: a pooled connection (replaced by a fresh one if it turns out closed before the
+/// request was written), then the response head within the first-byte timeout.
+async fn send(
+    shared: &Shared,
+    addr: SocketAddr,
+    mut request: Request<RequestBody>,
+    log: &mut AccessLog,
+) -> Result<(Response<Incoming>, Conn), Attempt> {
+    let metrics = &shared.metrics;
+    for _ in 0..2 {
+        let (mut conn, connect_time) = match shared.pool.checkout(addr).await {
+            Ok(ok) => ok,
+            Err(fault) => return Err(Attempt::ConnectFailed(fault, Box::new(request))),
+        };
+        if let Some(t) = connect_time {
+            metrics.backend_connect.observe(t.as_secs_f64());
+        }
+        log.connect = Some(connect_time.unwrap_or_default());
+        let sent_at = Instant::now();
+        log.forwarded_at = Some(sent_at.into_std());
+        let reused = conn.reused;
+        let result = tokio::time::timeout(
+            shared.settings.first_byte_timeout,
+            conn.sender.try_send_request(request),
+        )
+        .await;
+        match result {
+            Err(_) => return Err(Attempt::Failed(Fault::FirstByteTimeout)),
+            Ok(Ok(response)) => {
+                metrics
+                    .backend_response
+                    .observe(sent_at.elapsed().as_secs_f64());
+                return Ok((response, conn));
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // The pooled connection was closed before our request went out: try a fresh one.
+                Some(req) if reused => request = req,
+                Some(req) => {
+                    return Err(Attempt::ConnectFailed(Fault::ConnectRefused, Box::new(req)))
+                }
+                None => return Err(Attempt::Failed(classify(e.error()))),
+            },
+        }
+    }
+    Err(Attempt::Failed(Fault::ClosedWithoutResponse))
+}
+
+fn classify(e: &hyper::Error) -> Fault {
+    if e.is_parse_too_large() {
+        Fault::ResponseTooLarge
+    } else if e.is_parse() || e.is_parse_status() {
+        Fault::BadResponse
+    } else if e.is_user() {
+        // Our request body failed: the client side (the handler reads which way).
+        Fault::ClientGone
+    } else {
+        Fault::ClosedWithoutResponse
+    }
+}
+
+fn error_response(
+    fault: Fault,
+    mut log: Box<AccessLog>,
+    shared: &Arc<Shared>,
+) -> Response<ResponseBody> {
+    let status = fault.status();
+    log.status = status.as_u16();
+    log.fault = Some(fault);
+    let request_id = log.request_id.clone();
+    let body = ResponseBody::local(Bytes::from(fault.body()), log, shared.clone());
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(X_REQUEST_ID, request_id);
+    h.insert(VIA, shared.settings.via_h1.clone());
+    if matches!(fault, Fault::BadRequest(_) | Fault::HeadersTooLarge(_)) {
+        h.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
