@@ -134,7 +134,8 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
     for (i, l) in raw.listeners.iter().enumerate() {
         let key = format!("listener[{i}].address");
         let address = c.addr(&key, &l.address)?;
-        if !seen_addr.insert(address) {
+        // Port 0 asks the OS for a free port, so several port-0 listeners never collide.
+        if address.port() != 0 && !seen_addr.insert(address) {
             return Err(c.err(key, format!("{address} is listed twice")));
         }
         listeners.push(Listener {
@@ -157,7 +158,7 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
                 .unwrap_or_else(|_| default_admin_address()),
         },
     };
-    if listeners.iter().any(|l| l.address == admin.address) {
+    if admin.address.port() != 0 && listeners.iter().any(|l| l.address == admin.address) {
         return Err(c.err(
             "admin.address",
             format!("{} is also a listener address", admin.address),

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real router, real TLS clients (rustls, curl, openssl), real backends,
+//! all on 127.0.0.1 with ports chosen by the OS.
+
+// Helpers are `pub` for sibling modules; nothing here is a library.
+#![allow(unreachable_pub, dead_code)]
+
+mod harness;
+mod sni;
