@@ -3,6 +3,14 @@
 
 // Helpers are `pub` for sibling modules; nothing here is a library.
 #![allow(unreachable_pub, dead_code)]
+// Test setup that fails should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod errors;
 mod harness;
+mod proxy;
+mod shutdown;
 mod sni;
+mod swap;
+mod tools;
+mod websocket;

@@ -156,7 +156,9 @@ async fn handshake(shared: &Shared, tcp: TcpStream) -> Option<(TlsStream<TcpStre
             return None;
         }
         Ok(Err(e)) => {
-            metrics.handshake(false, "", failure_reason(&e));
+            let reason = failure_reason(&e);
+            tracing::debug!(reason, error = %e, "ClientHello refused");
+            metrics.handshake(false, "", reason);
             return None;
         }
         Ok(Ok(start)) => start,
@@ -214,9 +216,12 @@ fn failure_reason(e: &io::Error) -> &'static str {
     if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
         return match tls {
             Error::PeerIncompatible(p) => match p {
+                // TLS 1.0/1.1 ClientHellos cannot carry signature_algorithms, so rustls stops
+                // there before it looks at the version.
                 PeerIncompatible::Tls12NotOffered
                 | PeerIncompatible::Tls12NotOfferedOrEnabled
-                | PeerIncompatible::SupportedVersionsExtensionRequired => "protocol_version",
+                | PeerIncompatible::SupportedVersionsExtensionRequired
+                | PeerIncompatible::SignatureAlgorithmsExtensionRequired => "protocol_version",
                 PeerIncompatible::NoCipherSuitesInCommon => "no_shared_cipher",
                 PeerIncompatible::NoKxGroupsInCommon => "no_shared_group",
                 PeerIncompatible::NoSignatureSchemesInCommon => "no_shared_signature",

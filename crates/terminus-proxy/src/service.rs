@@ -33,7 +33,7 @@ struct PendingLog<'a> {
 
 impl PendingLog<'_> {
     fn take(&mut self) -> Box<AccessLog> {
-        self.log.take().unwrap_or_else(|| unreachable_log())
+        self.log.take().unwrap_or_else(unreachable_log)
     }
 
     fn get(&mut self) -> &mut AccessLog {

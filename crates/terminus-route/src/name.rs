@@ -287,7 +287,7 @@ mod tests {
 
     #[test]
     fn ordering_puts_exact_before_wildcard_and_longer_before_shorter() {
-        let mut v = vec![
+        let mut v = [
             p("*.example.com"),
             p("example.com"),
             p("*.a.example.com"),

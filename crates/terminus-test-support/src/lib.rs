@@ -1,6 +1,9 @@
 //! Test-only helpers for terminus: a PKI minted at run time, backends on port 0, a recording
 //! TLS client, and a capture of router log lines. Nothing here is used by the router itself.
 
+// Test-only: a setup step that fails should stop the test loudly, so expect() is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod backend;
 pub mod client;
 pub mod logs;

@@ -1,0 +1,205 @@
+//! Backend failures: each answered with the documented status and logged with its code.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+use terminus_test_support::{
+    logs, send_h1, unique_request_id, Backend, ClientOptions, KeyType, Reply, TlsClient,
+};
+
+use crate::harness::{Builder, TestRouter};
+
+async fn router_for(backends: &[&Backend], tweak: impl FnOnce(&mut Builder)) -> TestRouter {
+    let mut b = Builder::new();
+    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    b.app("web", &addrs).domain("*.example.com", "web", None);
+    tweak(&mut b);
+    b.start().await
+}
+
+/// Sends a GET with a unique request id; returns the reply and the request's log line.
+async fn request(r: &TestRouter, path: &str) -> (Reply, String) {
+    let id = unique_request_id("err");
+    let conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let req = Request::get(path)
+        .header("host", "www.example.com")
+        .header("x-request-id", &id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = send_h1(conn.stream, vec![req]).await.unwrap().remove(0);
+    let line = logs::find(&id, Duration::from_secs(3))
+        .await
+        .expect("log line");
+    (reply, line)
+}
+
+#[tokio::test]
+async fn refused_is_503_h21() {
+    let refusing = Backend::refusing().await;
+    let r = router_for(&[&refusing], |_| {}).await;
+    let (reply, line) = request(&r, "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(reply.text().contains("H21"), "{}", reply.text());
+    assert!(
+        line.starts_with("at=error code=H21 desc=\"Backend connection refused\""),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("backend={}", refusing.addr)),
+        "{line}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_timeout_is_503_h19() {
+    let hole = Backend::blackhole().await;
+    let r = router_for(&[&hole], |b| {
+        b.timeout("connect = \"300ms\"");
+    })
+    .await;
+    let (reply, line) = request(&r, "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(line.starts_with("at=error code=H19 "), "{line}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refusing_backend_is_quarantined_and_the_next_one_serves() {
+    let refusing = Backend::refusing().await;
+    let good = Backend::echo("good").await;
+    let r = router_for(&[&refusing, &good], |_| {}).await;
+    for _ in 0..6 {
+        let (reply, line) = request(&r, "/").await;
+        assert_eq!(reply.status, 200, "{line}");
+        assert_eq!(reply.header("x-backend"), Some("good"));
+    }
+    assert_eq!(good.requests(), 6);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn all_backends_quarantined_is_503_h34() {
+    let a = Backend::refusing().await;
+    let b = Backend::refusing().await;
+    let r = router_for(&[&a, &b], |_| {}).await;
+    let (first, line) = request(&r, "/").await;
+    assert_eq!(first.status, 503);
+    assert!(line.contains("code=H21"), "{line}");
+    let (second, line) = request(&r, "/").await;
+    assert_eq!(second.status, 503);
+    assert!(line.contains("code=H34"), "{line}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_first_byte_in_time_is_503_h12() {
+    let silent = Backend::silent().await;
+    let r = router_for(&[&silent], |b| {
+        b.timeout("first_byte = \"500ms\"");
+    })
+    .await;
+    let (reply, line) = request(&r, "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        line.starts_with("at=error code=H12 desc=\"Request timeout\""),
+        "{line}"
+    );
+    assert!(line.contains(" service=5"), "{line}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn closed_without_response_is_503_h13() {
+    let closer = Backend::close_early().await;
+    let r = router_for(&[&closer], |_| {}).await;
+    let (reply, line) = request(&r, "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(line.starts_with("at=error code=H13 "), "{line}");
+    assert_eq!(
+        closer.requests(),
+        1,
+        "not retried once the request was sent"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn closed_mid_response_is_logged_h18() {
+    let closer = Backend::close_mid_body().await;
+    let r = router_for(&[&closer], |_| {}).await;
+    let id = unique_request_id("h18");
+    let conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let req = Request::get("/")
+        .header("host", "www.example.com")
+        .header("x-request-id", &id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // The status line was already sent: the client sees a truncated body.
+    assert!(send_h1(conn.stream, vec![req]).await.is_err());
+    let line = logs::find(&id, Duration::from_secs(3))
+        .await
+        .expect("log line");
+    assert!(line.starts_with("at=error code=H18 "), "{line}");
+    assert!(line.contains(" status=200 bytes=10 "), "{line}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn backend_idle_mid_body_is_logged_h15() {
+    let echo = Backend::echo("slow").await;
+    let r = router_for(&[&echo], |b| {
+        b.timeout("idle = \"300ms\"");
+    })
+    .await;
+    let id = unique_request_id("h15");
+    let conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let req = Request::get("/stream?chunks=3&ms=1000")
+        .header("host", "www.example.com")
+        .header("x-request-id", &id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert!(send_h1(conn.stream, vec![req]).await.is_err());
+    let line = logs::find(&id, Duration::from_secs(3))
+        .await
+        .expect("log line");
+    assert!(line.starts_with("at=error code=H15 "), "{line}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn client_gone_before_the_response_is_499_h27() {
+    let echo = Backend::echo("slow").await;
+    let r = router_for(&[&echo], |_| {}).await;
+    let id = unique_request_id("h27");
+    let conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let req = Request::get("/slow?ms=1500")
+        .header("host", "www.example.com")
+        .header("x-request-id", &id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let pending = tokio::spawn(send_h1(conn.stream, vec![req]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    pending.abort();
+    let line = logs::find(&id, Duration::from_secs(5))
+        .await
+        .expect("log line");
+    assert!(line.starts_with("at=error code=H27 "), "{line}");
+    assert!(line.contains(" status=499 "), "{line}");
+    r.shutdown().await;
+}

@@ -1,0 +1,136 @@
+//! Replacing a certificate while fresh handshakes run: every handshake succeeds and sees the old
+//! or the new certificate, never an error, and once `replace` returns the old one is never
+//! served again.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use terminus_test_support::{ClientOptions, KeyType, TlsClient};
+use terminus_tls::{prepare, CertEntry, PrepareOptions};
+
+use crate::harness::Builder;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_under_a_load_of_fresh_handshakes() {
+    let mut b = Builder::new();
+    let first = b.cert("site", &["swap.example.com"], KeyType::EcdsaP256);
+    let r = b.start().await;
+    let store = r.router.shared.certs.clone();
+
+    // Four generations of the certificate, rotated while clients connect.
+    let generations: Vec<_> = (0..4)
+        .map(|_| r.ca.leaf(&["swap.example.com"], KeyType::EcdsaP256))
+        .collect();
+    let mut all = vec![first.cert_der.clone()];
+    all.extend(generations.iter().map(|g| g.cert_der.clone()));
+    let all = Arc::new(all);
+    // Index (into `all`) of the newest certificate whose `replace` has returned.
+    let published = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (all, published, stop, handshakes) = (
+            all.clone(),
+            published.clone(),
+            stop.clone(),
+            handshakes.clone(),
+        );
+        let addr = r.https();
+        clients.push(tokio::spawn(async move {
+            let client = TlsClient::new(ClientOptions::sni("swap.example.com"));
+            while !stop.load(Ordering::SeqCst) {
+                let floor = published.load(Ordering::SeqCst);
+                let conn = client
+                    .connect(addr)
+                    .await
+                    .expect("every handshake succeeds");
+                let served = conn.served.expect("a certificate");
+                let index = all
+                    .iter()
+                    .position(|c| *c == served)
+                    .expect("a known certificate");
+                assert!(
+                    index >= floor,
+                    "certificate {index} served after certificate {floor} was published"
+                );
+                handshakes.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    for (i, leaf) in generations.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let prepared = prepare(
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            &PrepareOptions::default(),
+            store.provider(),
+            terminus::unix_now(),
+        )
+        .unwrap();
+        store.replace(CertEntry::from_prepared("site", prepared));
+        published.store(i + 1, Ordering::SeqCst);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("no client failed");
+    }
+    let total = handshakes.load(Ordering::Relaxed);
+    assert!(total > 100, "only {total} handshakes ran");
+    assert_eq!(
+        r.metric(r#"terminus_tls_handshakes_total{result="ok",version="tls1.3",reason="none"}"#)
+            .await as usize,
+        total
+    );
+    assert_eq!(store.len(), 1);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_keep_their_certificate_after_a_swap() {
+    let mut b = Builder::new();
+    let web = terminus_test_support::Backend::echo("web").await;
+    let old = b.cert("site", &["keep.example.com"], KeyType::EcdsaP256);
+    b.app("web", &[web.addr])
+        .domain("keep.example.com", "web", None);
+    let r = b.start().await;
+    let conn = TlsClient::new(ClientOptions::sni("keep.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    assert_eq!(conn.served.as_ref(), Some(&old.cert_der));
+    let (mut sender, driver) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(conn.stream))
+            .await
+            .unwrap();
+    tokio::spawn(driver);
+
+    // Swap to a certificate for another name: the open connection still has the old one,
+    // and its requests are still judged against the old certificate's names.
+    let new = r.ca.leaf(&["other.example.com"], KeyType::EcdsaP256);
+    let store = r.router.shared.certs.clone();
+    let prepared = prepare(
+        new.cert_pem.as_bytes(),
+        new.key_pem.as_bytes(),
+        &PrepareOptions::default(),
+        store.provider(),
+        terminus::unix_now(),
+    )
+    .unwrap();
+    store.replace(CertEntry::from_prepared("site", prepared));
+    let resp = sender
+        .send_request(terminus_test_support::get("keep.example.com", "/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // New handshakes for the old name find nothing.
+    assert!(TlsClient::new(ClientOptions::sni("keep.example.com"))
+        .connect(r.https())
+        .await
+        .is_err());
+    r.shutdown().await;
+}

@@ -1,0 +1,320 @@
+//! The router driven by the tools operators use: curl, openssl s_client, and the `terminus`
+//! binary itself (quick start, SIGTERM). The test command installs curl and openssl.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use terminus_test_support::{Backend, KeyType};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::harness::{Builder, TestRouter};
+
+fn require(tool: &str) {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is required: run the README's test command, or apt-get install -y {tool}"
+    );
+}
+
+async fn router() -> (TestRouter, Backend) {
+    let echo = Backend::echo("web").await;
+    let mut b = Builder::new();
+    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
+    b.cert("rsa", &["rsa.example.com"], KeyType::Rsa2048);
+    b.app("web", &[echo.addr])
+        .domain("*.example.com", "web", None);
+    b.domain("rsa.example.com", "web", None);
+    let r = b.start().await;
+    (r, echo)
+}
+
+fn write_ca(r: &TestRouter, dir: &Path) -> String {
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, &r.ca.cert_pem).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn curl_over_http1_and_http2_verifies_and_reaches_the_backend() {
+    require("curl");
+    let (r, echo) = router().await;
+    let dir = terminus_test_support::TempDir::new("curl");
+    let ca = write_ca(&r, dir.path());
+    let port = r.https().port();
+    for flag in ["--http1.1", "--http2"] {
+        let out = Command::new("curl")
+            .args(["-sS", flag, "--cacert", &ca])
+            .arg("--resolve")
+            .arg(format!("www.example.com:{port}:127.0.0.1"))
+            .args([
+                "-H",
+                "X-Forwarded-For: 9.9.9.9",
+                "-w",
+                "\n%{http_code} %{http_version}",
+            ])
+            .arg(format!("https://www.example.com:{port}/curl?x=1"))
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, status) = stdout.rsplit_once('\n').unwrap();
+        let want = if flag == "--http2" {
+            "200 2"
+        } else {
+            "200 1.1"
+        };
+        assert_eq!(status, want);
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["uri"], "/curl?x=1");
+        let xff: Vec<&str> = json["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0] == "x-forwarded-for")
+            .map(|h| h[1].as_str().unwrap())
+            .collect();
+        assert_eq!(xff, ["9.9.9.9, 127.0.0.1"]);
+    }
+    assert_eq!(echo.requests(), 2);
+    r.shutdown().await;
+}
+
+async fn s_client(port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .arg("s_client")
+        .arg("-connect")
+        .arg(format!("127.0.0.1:{port}"))
+        .args(args)
+        // Debian's system config would stop the client itself from offering TLS 1.0/1.1.
+        .env("OPENSSL_CONF", "/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let established = text.contains("Cipher is ") && !text.contains("Cipher is (NONE)");
+    (established, text)
+}
+
+#[tokio::test]
+async fn openssl_s_client_sees_the_policy() {
+    require("openssl");
+    let (r, _echo) = router().await;
+    let dir = terminus_test_support::TempDir::new("openssl");
+    let ca = write_ca(&r, dir.path());
+    let port = r.https().port();
+
+    let (ok, text) = s_client(
+        port,
+        &[
+            "-servername",
+            "www.example.com",
+            "-CAfile",
+            &ca,
+            "-verify_return_error",
+        ],
+    )
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    assert!(text.contains("TLSv1.3"), "{text}");
+    assert!(text.contains("subject=CN = *.example.com"), "{text}");
+
+    let (ok, text) = s_client(port, &["-servername", "WWW.Example.COM.", "-tls1_2"]).await;
+    assert!(ok, "case and trailing dot are ignored: {text}");
+    assert!(text.contains("subject=CN = *.example.com"), "{text}");
+
+    // ECDHE-RSA for the RSA certificate over TLS 1.2.
+    let (ok, text) = s_client(
+        port,
+        &[
+            "-servername",
+            "rsa.example.com",
+            "-tls1_2",
+            "-cipher",
+            "ECDHE-RSA-AES128-GCM-SHA256",
+        ],
+    )
+    .await;
+    assert!(ok, "{text}");
+    assert!(text.contains("ECDHE-RSA-AES128-GCM-SHA256"), "{text}");
+
+    for (args, what) in [
+        (vec!["-tls1", "-cipher", "DEFAULT@SECLEVEL=0"], "TLS 1.0"),
+        (vec!["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], "TLS 1.1"),
+        (
+            vec!["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA"],
+            "CBC suite",
+        ),
+        (
+            vec!["-tls1_2", "-cipher", "AES128-GCM-SHA256"],
+            "static RSA suite",
+        ),
+        (
+            vec!["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384"],
+            "CBC-SHA384 suite",
+        ),
+    ] {
+        let mut all = vec!["-servername", "www.example.com"];
+        all.extend(args);
+        let (ok, text) = s_client(port, &all).await;
+        assert!(!ok, "{what} must be refused: {text}");
+        assert!(
+            text.contains("alert"),
+            "{what}: refused with an alert: {text}"
+        );
+    }
+    assert_eq!(
+        r.metric(
+            r#"terminus_tls_handshakes_total{result="failed",version="",reason="protocol_version"}"#
+        )
+        .await,
+        2.0
+    );
+
+    // No certificate for the name and no default: refused with unrecognized_name (112).
+    let (ok, text) = s_client(port, &["-servername", "nobody.test"]).await;
+    assert!(!ok);
+    assert!(
+        text.contains("alert number 112") || text.contains("unrecognized name"),
+        "{text}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_binary_quick_start_serves_and_drains_on_sigterm() {
+    require("curl");
+    let echo = Backend::echo("quick").await;
+    let dir = terminus_test_support::TempDir::new("bin");
+    let ca = terminus_test_support::Ca::root("Quick Start CA");
+    let leaf = ca.leaf(&["localhost"], KeyType::EcdsaP256);
+    let (crt, key) = leaf.write(dir.path(), "localhost", &[]);
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+
+    let port = free_port();
+    let admin = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_terminus"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--cert")
+        .arg(&crt)
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "--backend",
+            &echo.addr.to_string(),
+            "--admin",
+            &format!("127.0.0.1:{admin}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("admin listening") {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("router started");
+
+    let url = format!("https://localhost:{port}/slow?ms=800");
+    let slow = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca_path)
+        .args(["-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output();
+    let slow = tokio::spawn(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after draining")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let out = slow.await.unwrap().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The router log line went to stdout.
+    let mut stdout = String::new();
+    use tokio::io::AsyncReadExt;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .await
+        .unwrap();
+    assert!(
+        stdout.contains("at=info method=GET path=\"/slow?ms=800\" host=localhost"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn bad_config_exits_64_naming_file_and_key() {
+    let dir = terminus_test_support::TempDir::new("badcfg");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\naddress = \"127.0.0.1:0\"\n[tls]\nmin_version = \"1.0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_terminus"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}: tls.min_version: '1.0' is not supported",
+            path.display()
+        )),
+        "{err}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,46 @@
+//! WebSocket (and any `Upgrade`) passes through.
+
+use futures_util::{SinkExt, StreamExt};
+use terminus_test_support::{Backend, ClientOptions, KeyType, TlsClient};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::Builder;
+
+#[tokio::test]
+async fn websocket_upgrade_echoes_through_the_router() {
+    let echo = Backend::echo("ws").await;
+    let mut b = Builder::new();
+    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
+    b.app("web", &[echo.addr])
+        .domain("*.example.com", "web", None);
+    let r = b.start().await;
+
+    let conn = TlsClient::new(ClientOptions::sni("ws.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let (mut ws, response) =
+        tokio_tungstenite::client_async("wss://ws.example.com/ws", conn.stream)
+            .await
+            .expect("websocket handshake through the router");
+    assert_eq!(response.status(), 101);
+    assert_eq!(
+        response.headers().get("via").and_then(|v| v.to_str().ok()),
+        Some("1.1 terminus")
+    );
+    for i in 0..5 {
+        let text = format!("hello {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), text);
+    }
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap().into_data().as_ref(),
+        &[0u8, 1, 2, 255]
+    );
+    ws.close(None).await.unwrap();
+    r.shutdown().await;
+}
