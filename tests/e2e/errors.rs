@@ -203,3 +203,77 @@ async fn client_gone_before_the_response_is_499_h27() {
     assert!(line.contains(" status=499 "), "{line}");
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_stalling_its_body_is_499_h28() {
+    let echo = Backend::echo("web").await;
+    let r = router_for(&[&echo], |b| {
+        b.timeout("idle = \"300ms\"");
+    })
+    .await;
+    let id = unique_request_id("h28");
+    let mut conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nhost: www.example.com\r\nx-request-id: {id}\r\ncontent-length: 100\r\n\r\n0123456789"
+    );
+    conn.stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(3),
+        conn.stream.read_to_end(&mut response),
+    )
+    .await;
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 499"), "{response}");
+    let line = logs::find(&id, Duration::from_secs(3))
+        .await
+        .expect("log line");
+    assert!(
+        line.starts_with("at=error code=H28 desc=\"Client connection idle\""),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn idle_backend_connections_are_closed_after_pool_idle() {
+    let echo = Backend::echo("web").await;
+    let r = router_for(&[&echo], |b| {
+        b.timeout("pool_idle = \"300ms\"");
+    })
+    .await;
+    let (reply, _) = request(&r, "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(r.router.shared.pooled_connections(), 1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(r.router.shared.pooled_connections(), 0);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_closed() {
+    let echo = Backend::echo("web").await;
+    let r = router_for(&[&echo], |b| {
+        b.tls("handshake_timeout = \"300ms\"");
+    })
+    .await;
+    use tokio::io::AsyncReadExt;
+    let mut silent = tokio::net::TcpStream::connect(r.https()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut buf))
+        .await
+        .expect("closed by the router")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(
+        r.metric(r#"terminus_tls_handshakes_total{result="failed",version="",reason="timeout"}"#)
+            .await,
+        1.0
+    );
+    r.shutdown().await;
+}

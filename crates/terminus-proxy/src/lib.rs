@@ -38,7 +38,8 @@ pub use fault::{Fault, Side};
 
 /// Largest request head (all header lines together) accepted before hyper answers 431.
 const MAX_REQUEST_HEAD: usize = 128 * 1024;
-/// How often idle backend connections past their timeout are closed.
+/// How often idle backend connections past their timeout are closed (at most; shorter pool
+/// timeouts are checked twice per timeout).
 const REAP_EVERY: Duration = Duration::from_secs(5);
 
 /// The data plane's settings, from the config.
@@ -217,8 +218,9 @@ impl Proxy {
                 stop_rx.clone(),
             ));
         }
+        let every = REAP_EVERY.min(shared.settings.pool_idle_timeout / 2);
         let reaper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REAP_EVERY);
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
             loop {
                 tick.tick().await;
                 shared.pool.reap();

@@ -54,10 +54,17 @@ impl Backend {
         self.requests.load(Ordering::SeqCst)
     }
 
-    /// The echo backend.
+    /// The echo backend on a port chosen by the OS.
     pub async fn echo(name: &str) -> Self {
-        let listener = listen().await;
-        let addr = listener.local_addr().expect("addr");
+        Self::echo_on("127.0.0.1:0".parse().expect("addr"), name)
+            .await
+            .expect("bind backend")
+    }
+
+    /// The echo backend on a given address.
+    pub async fn echo_on(addr: SocketAddr, name: &str) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicUsize::new(0));
         let (n, name_owned) = (requests.clone(), name.to_owned());
         let task = tokio::spawn(async move {
@@ -78,13 +85,13 @@ impl Backend {
                 });
             }
         });
-        Self {
+        Ok(Self {
             addr,
             name: name.into(),
             requests,
             task: Some(task),
             _held: Vec::new(),
-        }
+        })
     }
 
     /// An address where nothing listens: connections are refused.

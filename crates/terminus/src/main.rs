@@ -31,6 +31,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Exit 0 if the router's admin listener answers /healthz (for container health checks).
+    Health {
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
     terminus::logging::init();
     match cli.command {
         Command::CheckConfig { config } => check_config(config),
+        Command::Health { admin } => health(admin),
         Command::Serve(args) => serve(args),
     }
 }
@@ -182,5 +188,29 @@ fn check_config(path: PathBuf) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_CONFIG)
+    }
+}
+
+fn health(admin: SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let probe = || -> std::io::Result<bool> {
+        let mut tcp = std::net::TcpStream::connect_timeout(&admin, timeout)?;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: terminus\r\nConnection: close\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head)?;
+        Ok(&head[9..12] == b"200")
+    };
+    match probe() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("unhealthy: {admin}/healthz did not answer 200");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {admin}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -1,0 +1,13 @@
+#!/bin/sh
+# The whole test suite: unit, end-to-end (real TLS clients, curl, openssl s_client, the binary)
+# and the benchmark harness in --quick mode. Installs the Debian packages it needs when they
+# are missing (apt-get install -y, as root) and says so.
+set -eu
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo is required: install Rust with https://rustup.rs" >&2; exit 1; }
+./scripts/ensure-packages.sh cc:gcc curl:curl openssl:openssl
+echo "== cargo test (workspace)"
+cargo test --workspace --locked
+echo "== example config and its certificates"
+./config/gen-certs.sh config/certs >/dev/null
+./target/debug/terminus check-config --config config/terminus.toml
