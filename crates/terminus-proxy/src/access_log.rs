@@ -18,9 +18,13 @@ use crate::fault::Fault;
 /// The tracing target of router log lines.
 pub const ACCESS_TARGET: &str = "terminus::access";
 
-/// Everything the log line says about one request, filled in as the request goes.
+/// Everything the log line says about one request, filled in as the request goes. Written
+/// exactly once: by [`AccessLog::emit`], or, if the request is dropped before that (the client
+/// went away), as H27 when this is dropped.
 #[derive(Debug)]
 pub(crate) struct AccessLog {
+    pub metrics: ProxyMetrics,
+    pub emitted: bool,
     pub method: Method,
     pub path: String,
     pub host: String,
@@ -129,15 +133,28 @@ impl AccessLog {
         out
     }
 
-    /// Writes the line and counts the request.
-    pub(crate) fn emit(&self, metrics: &ProxyMetrics) {
+    /// Writes the line and counts the request, once.
+    pub(crate) fn emit(&mut self) {
+        if std::mem::replace(&mut self.emitted, true) {
+            return;
+        }
         let code = self.fault.map(Fault::code).unwrap_or("");
-        metrics.request(self.status, code);
+        self.metrics.request(self.status, code);
         let line = self.line(Instant::now());
         match self.fault {
             None => tracing::info!(target: ACCESS_TARGET, "{line}"),
             Some(f) if f.code().is_empty() => tracing::warn!(target: ACCESS_TARGET, "{line}"),
             Some(_) => tracing::error!(target: ACCESS_TARGET, "{line}"),
+        }
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        if !self.emitted {
+            self.status = Fault::ClientGone.status().as_u16();
+            self.fault = Some(Fault::ClientGone);
+            self.emit();
         }
     }
 }
@@ -148,6 +165,8 @@ mod tests {
 
     fn sample() -> AccessLog {
         AccessLog {
+            metrics: ProxyMetrics::register(&mut Default::default()),
+            emitted: true,
             method: Method::GET,
             path: "/a?b=\"c\"".into(),
             host: "www.example.com".into(),

@@ -189,7 +189,7 @@ impl ResponseBody {
             if fault.is_some() {
                 log.fault = fault;
             }
-            log.emit(&self.shared.metrics);
+            log.emit();
         }
         if fault.is_none() {
             if let Some(conn) = self.conn.take() {

@@ -24,54 +24,6 @@ use crate::Shared;
 /// Longest request line and longest header line accepted.
 pub(crate) const MAX_LINE: usize = 8192;
 
-/// Writes the log line with H27 if the handler is dropped (the client went away) before the
-/// response was handed over.
-struct PendingLog<'a> {
-    log: Option<Box<AccessLog>>,
-    shared: &'a Shared,
-}
-
-impl PendingLog<'_> {
-    fn take(&mut self) -> Box<AccessLog> {
-        self.log.take().unwrap_or_else(unreachable_log)
-    }
-
-    fn get(&mut self) -> &mut AccessLog {
-        self.log.get_or_insert_with(unreachable_log)
-    }
-}
-
-#[cold]
-fn unreachable_log() -> Box<AccessLog> {
-    // Only reached if a handler path took the log twice; keep serving rather than panic.
-    Box::new(AccessLog {
-        method: Method::GET,
-        path: String::new(),
-        host: String::new(),
-        request_id: HeaderValue::from_static(""),
-        fwd: std::net::Ipv4Addr::UNSPECIFIED.into(),
-        dyno: None,
-        backend: None,
-        connect: None,
-        forwarded_at: None,
-        status: 0,
-        bytes: 0,
-        version: Version::HTTP_11,
-        tls_version: None,
-        fault: None,
-    })
-}
-
-impl Drop for PendingLog<'_> {
-    fn drop(&mut self) {
-        if let Some(mut log) = self.log.take() {
-            log.status = Fault::ClientGone.status().as_u16();
-            log.fault = Some(Fault::ClientGone);
-            log.emit(&self.shared.metrics);
-        }
-    }
-}
-
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
@@ -80,7 +32,9 @@ pub(crate) async fn handle(
     let (mut parts, body) = req.into_parts();
     let request_id = headers::request_id(&parts.headers);
     let authority = request_authority(&parts);
-    let log = Box::new(AccessLog {
+    let mut log = Box::new(AccessLog {
+        metrics: shared.metrics.clone(),
+        emitted: false,
         method: parts.method.clone(),
         path: parts
             .uri
@@ -106,14 +60,9 @@ pub(crate) async fn handle(
         tls_version: conn.tls.as_ref().map(|t| t.version),
         fault: None,
     });
-    let mut pending = PendingLog {
-        log: Some(log),
-        shared: &shared,
-    };
-
     let app = match check(&shared, &conn, &parts, &authority) {
         Ok(app) => app,
-        Err(fault) => return Ok(error_response(fault, pending.take(), &shared)),
+        Err(fault) => return Ok(error_response(fault, log, &shared)),
     };
 
     let upgrade = is_upgrade(&parts);
@@ -156,16 +105,15 @@ pub(crate) async fn handle(
     let body = RequestBody::new(body, shared.settings.idle_timeout, client_state.clone());
     let request = Request::from_parts(parts, body);
 
-    let (mut response, backend) = match forward(&shared, &app, request, pending.get()).await {
+    let (mut response, backend) = match forward(&shared, &app, request, &mut log).await {
         Ok(ok) => ok,
         Err(fault) => {
             let fault = client_state.fault().unwrap_or(fault);
-            return Ok(error_response(fault, pending.take(), &shared));
+            return Ok(error_response(fault, log, &shared));
         }
     };
 
     let status = response.status();
-    let mut log = pending.take();
     log.status = status.as_u16();
     let switching = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
     headers::rewrite_response(response.headers_mut(), &shared.settings.via_h1, switching);
