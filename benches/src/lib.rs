@@ -1,0 +1,1 @@
+//! Benchmarks for terminus: the side-by-side load harness and its clients.
