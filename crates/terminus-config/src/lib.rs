@@ -35,6 +35,17 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Backends tried for one request before giving up (Heroku's router tries up to 10).
 pub const DEFAULT_CONNECT_ATTEMPTS: usize = 10;
+/// Largest admin API request body; a certificate chain with its key is a few kilobytes.
+pub const DEFAULT_ADMIN_MAX_BODY: usize = 256 * 1024;
+/// Above this many certificates, only those expiring within 60 days get an expiry series.
+pub const DEFAULT_EXPIRY_METRICS_LIMIT: usize = 10_000;
+pub const DEFAULT_STORE_DIR: &str = "data";
+/// The zone under which domains get their generated DNS targets.
+pub const DEFAULT_DNS_ZONE: &str = "terminusdns.test";
+/// Expired certificates no domain uses are deleted after this long (Heroku: a month).
+pub const DEFAULT_EXPIRED_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Built signing keys kept in memory (see terminus-tls).
+pub const DEFAULT_KEY_CACHE: usize = 65_536;
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +58,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub timeouts: Timeouts,
     pub proxy: ProxyConfig,
+    /// The embedded certificate store; `None` serves only the config's certificates.
+    pub store: Option<StoreConfig>,
     pub certificates: Vec<CertificateFiles>,
     pub apps: Vec<AppConfig>,
     pub domains: Vec<DomainConfig>,
@@ -70,6 +83,57 @@ pub struct Listener {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// The API's bearer token file; `TERMINUS_TOKEN` in the environment takes precedence.
+    pub token_file: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub expiry_metrics_limit: usize,
+}
+
+impl AdminConfig {
+    pub fn new(address: SocketAddr) -> Self {
+        Self {
+            address,
+            token_file: None,
+            max_body_bytes: DEFAULT_ADMIN_MAX_BODY,
+            expiry_metrics_limit: DEFAULT_EXPIRY_METRICS_LIMIT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    /// The file holding the key that encrypts private keys at rest, created (0600) on first
+    /// start; `TERMINUS_STORE_KEY` in the environment takes precedence. Kept outside `dir` so the
+    /// data directory alone does not reveal a key.
+    pub key_file: PathBuf,
+    pub dns_zone: String,
+    pub expired_retention: Duration,
+    pub key_cache: usize,
+}
+
+impl StoreConfig {
+    /// A store in `dir` with every other setting at its default.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        let key_file = default_key_file(&dir);
+        Self {
+            dir,
+            key_file,
+            dns_zone: DEFAULT_DNS_ZONE.into(),
+            expired_retention: DEFAULT_EXPIRED_RETENTION,
+            key_cache: DEFAULT_KEY_CACHE,
+        }
+    }
+}
+
+/// `<dir>.key` next to the data directory (`/var/lib/terminus/data` → `/var/lib/terminus/data.key`).
+pub fn default_key_file(dir: &std::path::Path) -> PathBuf {
+    let mut name = dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "store".into());
+    name.push(".key");
+    dir.with_file_name(name)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +251,7 @@ impl Config {
         certificate: Option<(PathBuf, PathBuf)>,
         backends: Vec<SocketAddr>,
         admin: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
     ) -> Self {
         let certificates: Vec<CertificateFiles> = certificate
             .into_iter()
@@ -208,15 +273,14 @@ impl Config {
                 address: listen,
                 tls: true,
             }],
-            admin: AdminConfig {
-                address: admin.unwrap_or_else(validate::default_admin_address),
-            },
+            admin: AdminConfig::new(admin.unwrap_or_else(validate::default_admin_address)),
             tls: TlsConfig {
                 default_certificate,
                 ..TlsConfig::default()
             },
             timeouts: Timeouts::default(),
             proxy: ProxyConfig::default(),
+            store: data_dir.map(StoreConfig::in_dir),
             certificates,
             apps: vec![AppConfig {
                 name: "default".into(),

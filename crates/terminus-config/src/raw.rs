@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub timeouts: RawTimeouts,
     #[serde(default)]
     pub proxy: RawProxy,
+    pub store: Option<RawStore>,
     #[serde(default, rename = "certificate")]
     pub certificates: Vec<RawCertificate>,
     #[serde(default, rename = "app")]
@@ -46,6 +47,9 @@ pub(crate) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
     pub address: Option<String>,
+    pub token_file: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub expiry_metrics_limit: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,6 +79,16 @@ pub(crate) struct RawProxy {
     pub trusted_proxies: Option<Vec<String>>,
     pub max_headers: Option<usize>,
     pub connect_attempts: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub dir: Option<String>,
+    pub key_file: Option<String>,
+    pub dns_zone: Option<String>,
+    pub expired_retention: Option<String>,
+    pub key_cache: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,11 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::raw::{RawConfig, RawTimeouts};
+use crate::raw::{RawConfig, RawStore, RawTimeouts};
 use crate::{
     parse_duration, AdminConfig, AppConfig, CertificateFiles, Config, ConfigError, DomainConfig,
-    HostPattern, IpNet, Listener, ProxyConfig, Result, RouterConfig, Timeouts, TlsConfig,
-    TlsVersion, DEFAULT_ADMIN_ADDRESS, DEFAULT_ROUTER_NAME,
+    HostPattern, IpNet, Listener, ProxyConfig, Result, RouterConfig, StoreConfig, Timeouts,
+    TlsConfig, TlsVersion, DEFAULT_ADMIN_ADDRESS, DEFAULT_ROUTER_NAME, DEFAULT_STORE_DIR,
 };
 
 pub(crate) fn parse_raw(text: &str, path: &Path) -> Result<RawConfig> {
@@ -150,14 +150,22 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         ));
     }
 
-    let admin = AdminConfig {
-        address: match &raw.admin.address {
-            Some(a) => c.addr("admin.address", a)?,
-            None => DEFAULT_ADMIN_ADDRESS
-                .parse()
-                .unwrap_or_else(|_| default_admin_address()),
-        },
-    };
+    let mut admin = AdminConfig::new(match &raw.admin.address {
+        Some(a) => c.addr("admin.address", a)?,
+        None => DEFAULT_ADMIN_ADDRESS
+            .parse()
+            .unwrap_or_else(|_| default_admin_address()),
+    });
+    admin.token_file = raw.admin.token_file.as_deref().map(|f| c.path(f));
+    if let Some(max) = raw.admin.max_body_bytes {
+        if !(4096..=64 * 1024 * 1024).contains(&max) {
+            return Err(c.err("admin.max_body_bytes", "must be between 4096 and 67108864"));
+        }
+        admin.max_body_bytes = max;
+    }
+    if let Some(limit) = raw.admin.expiry_metrics_limit {
+        admin.expiry_metrics_limit = limit;
+    }
     if admin.address.port() != 0 && listeners.iter().any(|l| l.address == admin.address) {
         return Err(c.err(
             "admin.address",
@@ -187,7 +195,12 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         });
     }
 
-    let tls = validate_tls(&c, &raw, &cert_names)?;
+    let store = raw
+        .store
+        .as_ref()
+        .map(|s| validate_store(&c, s))
+        .transpose()?;
+    let tls = validate_tls(&c, &raw, &cert_names, store.is_some())?;
     let timeouts = validate_timeouts(&c, &raw.timeouts)?;
     let proxy = validate_proxy(&c, &raw)?;
 
@@ -266,16 +279,49 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         tls,
         timeouts,
         proxy,
+        store,
         certificates,
         apps,
         domains,
     })
 }
 
+fn validate_store(c: &Checker<'_>, raw: &RawStore) -> Result<StoreConfig> {
+    let dir = c.path(raw.dir.as_deref().unwrap_or(DEFAULT_STORE_DIR));
+    let mut store = StoreConfig::in_dir(dir);
+    if let Some(key_file) = &raw.key_file {
+        store.key_file = c.path(key_file);
+        if store.key_file.starts_with(&store.dir) {
+            return Err(c.err(
+                "store.key_file",
+                "must be outside store.dir: the data directory alone must not reveal a key",
+            ));
+        }
+    }
+    if let Some(zone) = &raw.dns_zone {
+        let name = terminus_route::HostName::parse(zone)
+            .map_err(|e| c.err("store.dns_zone", e.to_string()))?;
+        store.dns_zone = name.to_string();
+    }
+    store.expired_retention = c.duration(
+        "store.expired_retention",
+        raw.expired_retention.as_ref(),
+        store.expired_retention,
+    )?;
+    if let Some(n) = raw.key_cache {
+        if n == 0 {
+            return Err(c.err("store.key_cache", "must be at least 1"));
+        }
+        store.key_cache = n;
+    }
+    Ok(store)
+}
+
 fn validate_tls(
     c: &Checker<'_>,
     raw: &RawConfig,
     cert_names: &HashSet<String>,
+    has_store: bool,
 ) -> Result<TlsConfig> {
     let defaults = TlsConfig::default();
     let min_version = match raw.tls.min_version.as_deref() {
@@ -291,7 +337,8 @@ fn validate_tls(
         }
     };
     if let Some(name) = &raw.tls.default_certificate {
-        if !cert_names.contains(name) {
+        // With a store, the default may be a certificate added through the API.
+        if !has_store && !cert_names.contains(name) {
             return Err(c.err(
                 "tls.default_certificate",
                 format!(
@@ -501,6 +548,24 @@ address = "127.0.0.1:8443"
                 "config:\n{text}\nwant: {want}\ngot:  {e}"
             );
         }
+    }
+
+    #[test]
+    fn store_defaults_and_key_file_outside_the_data_dir() {
+        let cfg = parse(&format!("{MINIMAL}[store]\n")).unwrap();
+        let store = cfg.store.unwrap();
+        assert_eq!(store.dir, Path::new("/etc/terminus/data"));
+        assert_eq!(store.key_file, Path::new("/etc/terminus/data.key"));
+        assert_eq!(store.expired_retention.as_secs(), 30 * 86400);
+        let e = err(&format!(
+            "{MINIMAL}[store]\ndir = \"/var/lib/t\"\nkey_file = \"/var/lib/t/k\"\n"
+        ));
+        assert!(
+            e.contains("store.key_file: must be outside store.dir"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}[store]\ndns_zone = \"bad zone\"\n"));
+        assert!(e.contains("store.dns_zone:"), "{e}");
     }
 
     #[test]

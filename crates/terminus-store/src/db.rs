@@ -1,0 +1,265 @@
+//! The redb file: four tables (certs, domains, apps, meta), every change one ACID transaction
+//! committed with `Durability::Immediate` (fsync before `commit` returns), so an acknowledged
+//! change survives `kill -9` and a crash never leaves half a record.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use terminus_config::StoreConfig;
+
+use crate::error::{Result, StoreError};
+use crate::records::{decode, encode, AppRecord, CertRecord, DomainRecord};
+use crate::seal::{KeyOrigin, MasterKey};
+
+const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("domains");
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const KEY_CHECK: &str = "key_check";
+const KEY_CHECK_PLAINTEXT: &[u8] = b"terminus store key check";
+/// redb's page cache. Records are read once at start; the data lives in the resolver after.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The durable store.
+pub struct Store {
+    db: Database,
+    key: Arc<MasterKey>,
+    dir: PathBuf,
+    key_origin: KeyOrigin,
+    dns_zone: String,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("key_origin", &self.key_origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store described by `config`.
+    pub fn open(config: &StoreConfig) -> Result<Self> {
+        let dir = config.dir.clone();
+        let open_err = |detail: String| StoreError::Open {
+            dir: dir.clone(),
+            detail,
+        };
+        create_private_dir(&dir).map_err(|e| open_err(e.to_string()))?;
+        let (key, key_origin) = MasterKey::load(&config.key_file)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(dir.join("terminus.redb"))
+            .map_err(|e| open_err(e.to_string()))?;
+        let store = Self {
+            db,
+            key: Arc::new(key),
+            dir,
+            key_origin,
+            dns_zone: config.dns_zone.clone(),
+        };
+        store.check_key()?;
+        Ok(store)
+    }
+
+    /// Creates the tables on first use and proves the master key opens this directory.
+    fn check_key(&self) -> Result<()> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut meta = tx.open_table(META)?;
+            for t in [CERTS, DOMAINS, APPS] {
+                tx.open_table(t)?;
+            }
+            let existing = meta.get(KEY_CHECK)?.map(|v| v.value().to_vec());
+            match existing {
+                Some(sealed) => {
+                    if self.key.open(&sealed, KEY_CHECK.as_bytes()).as_deref()
+                        != Some(KEY_CHECK_PLAINTEXT)
+                    {
+                        return Err(StoreError::WrongMasterKey {
+                            dir: self.dir.clone(),
+                        });
+                    }
+                }
+                None => {
+                    let sealed = self.key.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK.as_bytes())?;
+                    meta.insert(KEY_CHECK, sealed.as_slice())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn master_key(&self) -> &Arc<MasterKey> {
+        &self.key
+    }
+
+    pub fn key_origin(&self) -> &KeyOrigin {
+        &self.key_origin
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn dns_zone(&self) -> &str {
+        &self.dns_zone
+    }
+
+    /// A consistent snapshot for reading.
+    pub fn read(&self) -> Result<Reader> {
+        Ok(Reader {
+            tx: self.db.begin_read()?,
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits durably if it returns `Ok`; on `Err`
+    /// nothing is written.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        let tx = self.db.begin_write()?;
+        let out = {
+            let mut w = Writer {
+                certs: tx.open_table(CERTS)?,
+                domains: tx.open_table(DOMAINS)?,
+                apps: tx.open_table(APPS)?,
+            };
+            f(&mut w)?
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// A read snapshot.
+pub struct Reader {
+    tx: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reader")
+    }
+}
+
+/// One stored record that could not be decoded, by key.
+#[derive(Debug)]
+pub struct Undecodable {
+    pub key: String,
+    pub error: StoreError,
+}
+
+impl Reader {
+    pub fn cert(&self, name: &str) -> Result<Option<CertRecord>> {
+        let t = self.tx.open_table(CERTS)?;
+        t.get(name)?.map(|v| decode(v.value())).transpose()
+    }
+
+    pub fn cert_count(&self) -> Result<u64> {
+        Ok(self.tx.open_table(CERTS)?.len()?)
+    }
+
+    /// Every certificate record in name order, streamed: a record that does not decode is
+    /// handed over as such, and the walk goes on.
+    pub fn each_cert(&self, mut f: impl FnMut(Result<CertRecord, Undecodable>)) -> Result<()> {
+        let t = self.tx.open_table(CERTS)?;
+        for item in t.iter()? {
+            let (k, v) = item?;
+            f(decode(v.value()).map_err(|error| Undecodable {
+                key: k.value().to_owned(),
+                error,
+            }));
+        }
+        Ok(())
+    }
+
+    pub fn domains(&self) -> Result<Vec<DomainRecord>> {
+        all(&self.tx.open_table(DOMAINS)?)
+    }
+
+    pub fn apps(&self) -> Result<Vec<AppRecord>> {
+        all(&self.tx.open_table(APPS)?)
+    }
+}
+
+fn all<T: for<'a> serde::Deserialize<'a>>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for item in t.iter()? {
+        let (_, v) = item?;
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+/// The tables inside one write transaction.
+pub struct Writer<'tx> {
+    certs: redb::Table<'tx, &'static str, &'static [u8]>,
+    domains: redb::Table<'tx, &'static str, &'static [u8]>,
+    apps: redb::Table<'tx, &'static str, &'static [u8]>,
+}
+
+impl std::fmt::Debug for Writer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Writer")
+    }
+}
+
+macro_rules! crud {
+    ($table:ident, $ty:ty, $get:ident, $put:ident, $delete:ident, $key:ident) => {
+        pub fn $get(&self, key: &str) -> Result<Option<$ty>> {
+            self.$table.get(key)?.map(|v| decode(v.value())).transpose()
+        }
+
+        pub fn $put(&mut self, record: &$ty) -> Result<()> {
+            let bytes = encode(record)?;
+            self.$table.insert(record.$key.as_str(), bytes.as_slice())?;
+            Ok(())
+        }
+
+        /// Removes the record; true if it existed.
+        pub fn $delete(&mut self, key: &str) -> Result<bool> {
+            Ok(self.$table.remove(key)?.is_some())
+        }
+    };
+}
+
+impl Writer<'_> {
+    crud!(certs, CertRecord, cert, put_cert, delete_cert, name);
+    crud!(
+        domains,
+        DomainRecord,
+        domain,
+        put_domain,
+        delete_domain,
+        host
+    );
+    crud!(apps, AppRecord, app, put_app, delete_app, name);
+
+    pub fn domains(&self) -> Result<Vec<DomainRecord>> {
+        all(&self.domains)
+    }
+
+    /// Writes raw bytes under a certificate's key, bypassing encoding. Only for tests and tools
+    /// that need to simulate a damaged record.
+    #[doc(hidden)]
+    pub fn put_raw_cert(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.certs.insert(name, bytes)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,201 @@
+//! What the store keeps, encoded compactly (postcard) behind a one-byte schema version.
+
+use serde::{Deserialize, Serialize};
+use terminus_tls::KeyKind;
+
+use crate::checksum;
+use crate::error::StoreError;
+
+const SCHEMA: u8 = 1;
+
+/// One version of a certificate: the chain as served and the sealed private key, plus the
+/// fields shown to operators and needed for selection, so that loading needs no X.509 parsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertVersion {
+    pub version: u32,
+    /// DER, leaf first, intermediates in path order.
+    pub chain: Vec<Vec<u8>>,
+    /// `nonce || AES-256-GCM(format byte || key DER) || tag`, bound to this name and version.
+    pub sealed_key: Vec<u8>,
+    /// `SHA256:<hex>` over this version's served chain, sealed key and selection fields.
+    pub checksum: String,
+    pub names: Vec<String>,
+    pub common_names: Vec<String>,
+    pub subject: String,
+    pub issuer: String,
+    pub serial: String,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub key_kind: String,
+    pub bypass: bool,
+    pub added_at: i64,
+}
+
+impl CertVersion {
+    /// The checksum of what is stored: each field length-prefixed so no two bundles collide.
+    pub fn compute_checksum(&self) -> String {
+        let mut parts: Vec<Vec<u8>> = Vec::with_capacity(self.chain.len() + self.names.len() + 4);
+        let mut push = |bytes: &[u8]| {
+            let mut v = (bytes.len() as u64).to_be_bytes().to_vec();
+            v.extend_from_slice(bytes);
+            parts.push(v);
+        };
+        push(&(self.chain.len() as u64).to_be_bytes());
+        for der in &self.chain {
+            push(der);
+        }
+        push(&self.sealed_key);
+        for name in &self.names {
+            push(name.as_bytes());
+        }
+        push(&self.not_after.to_be_bytes());
+        push(self.key_kind.as_bytes());
+        let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        checksum::sha256(&refs)
+    }
+
+    pub fn checksum_ok(&self) -> bool {
+        self.compute_checksum() == self.checksum
+    }
+
+    /// The associated data a version's key is sealed under.
+    pub fn aad(name: &str, version: u32) -> Vec<u8> {
+        format!("terminus:cert:{name}:{version}").into_bytes()
+    }
+
+    pub fn kind(&self) -> Option<KeyKind> {
+        parse_kind(&self.key_kind)
+    }
+}
+
+pub fn kind_name(kind: KeyKind) -> String {
+    match kind {
+        KeyKind::EcdsaP256 => "ecdsa-p256".into(),
+        KeyKind::EcdsaP384 => "ecdsa-p384".into(),
+        KeyKind::EcdsaP521 => "ecdsa-p521".into(),
+        KeyKind::Ed25519 => "ed25519".into(),
+        KeyKind::Rsa { bits } => format!("rsa-{bits}"),
+    }
+}
+
+fn parse_kind(s: &str) -> Option<KeyKind> {
+    Some(match s {
+        "ecdsa-p256" => KeyKind::EcdsaP256,
+        "ecdsa-p384" => KeyKind::EcdsaP384,
+        "ecdsa-p521" => KeyKind::EcdsaP521,
+        "ed25519" => KeyKind::Ed25519,
+        rsa => KeyKind::Rsa {
+            bits: rsa.strip_prefix("rsa-")?.parse().ok()?,
+        },
+    })
+}
+
+/// A certificate under its name: the served version and the one before it (for rollback).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    pub name: String,
+    pub current: CertVersion,
+    pub previous: Option<CertVersion>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    /// The host pattern as typed (normalized): `www.example.com` or `*.example.com`.
+    pub host: String,
+    pub app: String,
+    /// Pinned certificate name (`domains:update HOST --cert NAME`).
+    pub cert: Option<String>,
+    pub dns_target: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub name: String,
+    /// `IP:PORT`.
+    pub backends: Vec<String>,
+    pub created_at: i64,
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![SCHEMA];
+    out.extend(postcard::to_stdvec(value).map_err(|e| StoreError::Decode(e.to_string()))?);
+    Ok(out)
+}
+
+pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&SCHEMA, body)) => {
+            postcard::from_bytes(body).map_err(|e| StoreError::Decode(e.to_string()))
+        }
+        Some((v, _)) => Err(StoreError::Decode(format!(
+            "schema version {v} is not known to this terminus (it knows {SCHEMA}); upgrade terminus"
+        ))),
+        None => Err(StoreError::Decode("empty record".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version() -> CertVersion {
+        let mut v = CertVersion {
+            version: 1,
+            chain: vec![vec![1, 2, 3], vec![4]],
+            sealed_key: vec![9; 40],
+            checksum: String::new(),
+            names: vec!["a.example.com".into()],
+            common_names: vec!["a.example.com".into()],
+            subject: "CN=a.example.com".into(),
+            issuer: "CN=ca".into(),
+            serial: "01".into(),
+            not_before: 1,
+            not_after: 2,
+            key_kind: "ecdsa-p256".into(),
+            bypass: false,
+            added_at: 3,
+        };
+        v.checksum = v.compute_checksum();
+        v
+    }
+
+    #[test]
+    fn round_trip_and_checksum() {
+        let rec = CertRecord {
+            name: "brave-otter-12345".into(),
+            current: version(),
+            previous: None,
+            created_at: 5,
+        };
+        let bytes = encode(&rec).unwrap();
+        let back: CertRecord = decode(&bytes).unwrap();
+        assert_eq!(back, rec);
+        assert!(back.current.checksum_ok());
+        let mut changed = back.current.clone();
+        changed.names[0] = "b.example.com".into();
+        assert!(!changed.checksum_ok(), "the names are covered");
+        let mut changed = back.current;
+        changed.chain[0][0] ^= 1;
+        assert!(!changed.checksum_ok(), "the chain is covered");
+    }
+
+    #[test]
+    fn unknown_schema_is_a_clear_error() {
+        let err = decode::<AppRecord>(&[9, 0]).unwrap_err();
+        assert!(err.to_string().contains("schema version 9"), "{err}");
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for k in [
+            KeyKind::EcdsaP256,
+            KeyKind::EcdsaP384,
+            KeyKind::Ed25519,
+            KeyKind::Rsa { bits: 3072 },
+        ] {
+            assert_eq!(parse_kind(&kind_name(k)), Some(k));
+        }
+    }
+}
