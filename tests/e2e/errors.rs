@@ -277,3 +277,100 @@ async fn a_client_that_never_finishes_the_handshake_is_closed() {
     );
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_that_say_nothing_are_closed_after_idle() {
+    use tokio::io::AsyncReadExt;
+    let echo = Backend::echo("web").await;
+    let r = router_for(&[&echo], |b| {
+        b.timeout("idle = \"300ms\"");
+    })
+    .await;
+    async fn closed_within(mut s: impl tokio::io::AsyncRead + Unpin, limit: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(limit, s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+    // Plaintext: not even the first byte of a request.
+    let plain = tokio::net::TcpStream::connect(r.http()).await.unwrap();
+    // TLS with each ALPN, and none: a completed handshake, then silence.
+    let h1 = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let h2 = TlsClient::new(ClientOptions::sni("www.example.com").http2())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let mut none = ClientOptions::sni("www.example.com");
+    none.alpn = Vec::new();
+    let none = TlsClient::new(none).connect(r.https()).await.unwrap();
+    let limit = Duration::from_secs(3);
+    let (a, b, c, d) = tokio::join!(
+        closed_within(plain, limit),
+        closed_within(h1.stream, limit),
+        closed_within(h2.stream, limit),
+        closed_within(none.stream, limit)
+    );
+    assert_eq!((a, b, c, d), (true, true, true, true));
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_with_h28() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Backend::echo("web").await;
+    let r = router_for(&[&echo], |b| {
+        b.timeout("idle = \"500ms\"");
+    })
+    .await;
+    let id = unique_request_id("stall");
+    let mut conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /bytes?n=50000000 HTTP/1.1\r\nhost: www.example.com\r\nx-request-id: {id}\r\n\r\n"
+    );
+    conn.stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 1024];
+    conn.stream.read_exact(&mut first).await.unwrap();
+    // Stop reading; the router's writes back up and it must give up after the idle window.
+    let line = logs::find(&id, Duration::from_secs(5))
+        .await
+        .expect("log line");
+    assert!(line.starts_with("at=error code=H28 "), "{line}");
+    assert!(line.contains(" status=200 "), "{line}");
+    drop(conn);
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_upload_does_not_count_against_the_first_byte_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Backend::echo("web").await;
+    let r = router_for(&[&echo], |b| {
+        b.timeout("first_byte = \"400ms\"");
+    })
+    .await;
+    let mut conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    conn.stream
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: www.example.com\r\ncontent-length: 10\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        conn.stream.write_all(b"x").await.unwrap();
+    }
+    let mut response = Vec::new();
+    conn.stream.read_to_end(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"body_len\":10"), "{response}");
+    r.shutdown().await;
+}

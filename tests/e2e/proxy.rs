@@ -351,3 +351,35 @@ async fn round_robin_over_backends_and_keep_alive_to_them() {
     assert!(r.router.shared.pooled_connections() <= 2);
     r.shutdown().await;
 }
+
+#[tokio::test]
+async fn absolute_form_requests_are_routed_checked_and_forwarded_by_their_authority() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (r, _web, api) = two_apps().await;
+    let before = api.requests();
+    let send = |target: &'static str| {
+        let addr = r.https();
+        async move {
+            let mut conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+                .connect(addr)
+                .await
+                .unwrap();
+            let req =
+                format!("GET {target} HTTP/1.1\r\nhost: evil.example\r\nconnection: close\r\n\r\n");
+            conn.stream.write_all(req.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            conn.stream.read_to_end(&mut out).await.unwrap();
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let ok = send("https://api.example.com/abs").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(
+        ok.contains(r#"["host","api.example.com"]"#),
+        "the backend sees the routed host: {ok}"
+    );
+    let misdirected = send("https://www.other.test/abs").await;
+    assert!(misdirected.starts_with("HTTP/1.1 421"), "{misdirected}");
+    assert_eq!(api.requests(), before + 1);
+    r.shutdown().await;
+}

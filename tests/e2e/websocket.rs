@@ -42,5 +42,12 @@ async fn websocket_upgrade_echoes_through_the_router() {
         &[0u8, 1, 2, 255]
     );
     ws.close(None).await.unwrap();
+    // While a tunnel is open it counts as a connection, and shutdown waits for it.
+    assert!(
+        r.metric(r#"terminus_open_connections{listener="https"}"#)
+            .await
+            >= 1.0
+    );
+    drop(ws);
     r.shutdown().await;
 }

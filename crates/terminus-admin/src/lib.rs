@@ -1,5 +1,11 @@
-//! The admin listener: Prometheus metrics at `/metrics` and liveness at `/healthz`. Loopback by
-//! default; it is a separate listener so the data plane never serves it.
+//! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, and the JSON
+//! API under `/v1/` for certificates, domains and apps (bearer token). Loopback by default; a
+//! separate listener so the data plane never serves it.
+
+mod api;
+mod certs;
+mod control;
+mod routing;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,17 +21,26 @@ use terminus_metrics::MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use api::{Api, Token};
+pub use certs::{CertChange, CertReplace, CertUpload, CertView, DroppedView, PreviousView};
+pub use control::{ApiError, ApiResult, Control, Source, StaticCert, Statics, AUDIT_TARGET};
+pub use routing::{AppCreate, AppUpdate, AppView, DomainCreate, DomainUpdate, DomainView};
+
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// What the admin listener serves.
 #[derive(Debug)]
 pub struct Admin {
     registry: MetricsRegistry,
+    api: Option<Arc<Api>>,
 }
 
 impl Admin {
-    pub fn new(registry: MetricsRegistry) -> Arc<Self> {
-        Arc::new(Self { registry })
+    pub fn new(registry: MetricsRegistry, api: Option<Api>) -> Arc<Self> {
+        Arc::new(Self {
+            registry,
+            api: api.map(Arc::new),
+        })
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -48,6 +63,10 @@ impl Admin {
                     ),
                 }
             }
+            (_, path) if path == "/v1" || path.starts_with("/v1/") => match &self.api {
+                Some(api) => api.clone().handle(req).await,
+                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            },
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

@@ -400,8 +400,10 @@ fn validate_proxy(c: &Checker<'_>, raw: &RawConfig) -> Result<ProxyConfig> {
         trusted_proxies.push(net);
     }
     let max_headers = raw.proxy.max_headers.unwrap_or(d.max_headers);
-    if !(8..=1000).contains(&max_headers) {
-        return Err(c.err("proxy.max_headers", "must be between 8 and 1000"));
+    // hyper parses at most 100 header lines into a buffer on the stack; beyond that it would
+    // allocate per request, so 100 is the ceiling (HAProxy's default is 101).
+    if !(8..=100).contains(&max_headers) {
+        return Err(c.err("proxy.max_headers", "must be between 8 and 100"));
     }
     let connect_attempts = raw.proxy.connect_attempts.unwrap_or(d.connect_attempts);
     if !(1..=100).contains(&connect_attempts) {

@@ -8,3 +8,7 @@ pub const BACKEND_CONNECT: &str = "terminus_backend_connect";
 pub const BACKEND_RESPONSE: &str = "terminus_backend_response";
 pub const OPEN_CONNECTIONS: &str = "terminus_open_connections";
 pub const CERTIFICATES_LOADED: &str = "terminus_certificates_loaded";
+pub const API_CHANGES: &str = "terminus_api_changes";
+pub const STORE_QUARANTINED: &str = "terminus_store_quarantined";
+pub const CERTIFICATE_EXPIRY: &str = "terminus_certificate_expiry_seconds";
+pub const CERTIFICATES_EXPIRING: &str = "terminus_certificates_expiring";

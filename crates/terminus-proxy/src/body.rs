@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,26 +19,59 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessLog;
+use crate::activity::InFlight;
 use crate::fault::Fault;
 use crate::pool::Conn;
 use crate::Shared;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Why the client side of a request body failed, shared with the request handler.
+/// The client side of a request body, shared with the request handler: whether it has been
+/// sent completely (the first-byte timeout starts then) and why it failed, if it did.
 #[derive(Debug, Default)]
-pub(crate) struct ClientBodyState(AtomicU8);
+pub(crate) struct ClientBodyState {
+    failure: AtomicU8,
+    finished: AtomicBool,
+    done: tokio::sync::Notify,
+}
 
 impl ClientBodyState {
     const GONE: u8 = 1;
     const IDLE: u8 = 2;
 
     pub(crate) fn fault(&self) -> Option<Fault> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.failure.load(Ordering::Relaxed) {
             Self::GONE => Some(Fault::ClientGone),
             Self::IDLE => Some(Fault::ClientIdle),
             _ => None,
         }
+    }
+
+    pub(crate) fn finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the body has been sent completely (or failed).
+    pub(crate) async fn wait_finished(&self) {
+        loop {
+            let notified = self.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.finished() || self.fault().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.done.notify_waiters();
+    }
+
+    fn fail(&self, why: u8) {
+        self.failure.store(why, Ordering::Relaxed);
+        self.done.notify_waiters();
     }
 }
 
@@ -90,6 +123,9 @@ pub(crate) struct RequestBody {
 
 impl RequestBody {
     pub(crate) fn new(inner: Incoming, idle: Duration, state: Arc<ClientBodyState>) -> Self {
+        if inner.is_end_stream() {
+            state.finish();
+        }
         Self {
             inner,
             idle: IdleTimer::new(idle),
@@ -113,13 +149,16 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.state.0.store(ClientBodyState::GONE, Ordering::Relaxed);
+                this.state.fail(ClientBodyState::GONE);
                 Poll::Ready(Some(Err(e.into())))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.state.finish();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if this.idle.expired(cx) {
-                    this.state.0.store(ClientBodyState::IDLE, Ordering::Relaxed);
+                    this.state.fail(ClientBodyState::IDLE);
                     return Poll::Ready(Some(Err(Box::new(BodyError(
                         "client sent no request body data within the idle timeout",
                     )))));
@@ -149,23 +188,31 @@ enum Source {
     Backend(Incoming),
 }
 
-/// The response body, which also owns the request's log line.
+/// The response body, which also owns the request's log line and keeps the request counted as
+/// in flight on its connection until it is done.
 pub(crate) struct ResponseBody {
     source: Source,
     idle: IdleTimer,
     log: Option<Box<AccessLog>>,
     conn: Option<Conn>,
     shared: Arc<Shared>,
+    in_flight: InFlight,
 }
 
 impl ResponseBody {
-    pub(crate) fn local(text: Bytes, log: Box<AccessLog>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn local(
+        text: Bytes,
+        log: Box<AccessLog>,
+        shared: Arc<Shared>,
+        in_flight: InFlight,
+    ) -> Self {
         Self {
             idle: IdleTimer::new(shared.settings.idle_timeout),
             source: Source::Local(Some(text)),
             log: Some(log),
             conn: None,
             shared,
+            in_flight,
         }
     }
 
@@ -174,6 +221,7 @@ impl ResponseBody {
         log: Box<AccessLog>,
         conn: Option<Conn>,
         shared: Arc<Shared>,
+        in_flight: InFlight,
     ) -> Self {
         Self {
             idle: IdleTimer::new(shared.settings.idle_timeout),
@@ -181,11 +229,19 @@ impl ResponseBody {
             log: Some(log),
             conn,
             shared,
+            in_flight,
         }
     }
 
     fn finish(&mut self, fault: Option<Fault>) {
         if let Some(mut log) = self.log.take() {
+            // The connection's watchdog cut a client that stopped reading: H28, not H27.
+            let fault = match fault {
+                Some(Fault::ClientGone) if self.in_flight.activity().stalled() => {
+                    Some(Fault::ClientIdle)
+                }
+                other => other,
+            };
             if fault.is_some() {
                 log.fault = fault;
             }

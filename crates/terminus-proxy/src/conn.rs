@@ -17,6 +17,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::activity::{Activity, TrackedIo, Verdict};
 use crate::shutdown::Tracker;
 use crate::Shared;
 
@@ -35,6 +36,9 @@ pub(crate) struct ConnInfo {
     /// `https` or `http`, for X-Forwarded-Proto.
     pub proto: &'static str,
     pub tls: Option<TlsInfo>,
+    pub activity: Arc<Activity>,
+    /// Upgraded tunnels count as live connections for shutdown.
+    pub tracker: Tracker,
 }
 
 #[derive(Debug)]
@@ -42,6 +46,8 @@ pub(crate) struct TlsInfo {
     /// The certificate served on this connection: a request's Host must be one of its names.
     pub cert: Arc<CertEntry>,
     pub version: &'static str,
+    /// The protocol agreed by ALPN, if any.
+    pub alpn: Option<Vec<u8>>,
 }
 
 pub(crate) async fn accept_loop(
@@ -75,9 +81,10 @@ pub(crate) async fn accept_loop(
         let shared = shared.clone();
         let stop = stop.clone();
         let port = port.clone();
+        let tracker = tracker.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            serve(shared, tcp, peer, port, tls, stop).await;
+            serve(shared, tcp, peer, port, tls, tracker, stop).await;
         });
     }
 }
@@ -88,6 +95,7 @@ async fn serve(
     peer: SocketAddr,
     port: HeaderValue,
     tls: bool,
+    tracker: Tracker,
     mut stop: watch::Receiver<bool>,
 ) {
     let _open = shared
@@ -104,6 +112,8 @@ async fn serve(
         port,
         proto: if tls { "https" } else { "http" },
         tls: None,
+        activity: Activity::new(),
+        tracker,
     };
     if !tls {
         serve_http(shared.clone(), tcp, info, stop).await;
@@ -123,20 +133,50 @@ async fn serve_http<I>(shared: Arc<Shared>, io: I, info: ConnInfo, mut stop: wat
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = info.activity.clone();
+    // ALPN already said which protocol: skip hyper-util's sniffing of the first bytes.
+    let builder = match info.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
+        Some(terminus_tls::ALPN_H2) => &shared.http2,
+        Some(terminus_tls::ALPN_HTTP11) => &shared.http1,
+        _ => &shared.http,
+    };
     let info = Arc::new(info);
     let svc_shared = shared.clone();
     let service =
         service_fn(move |req| crate::service::handle(svc_shared.clone(), info.clone(), req));
-    let conn = shared
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    let conn = builder.serve_connection_with_upgrades(
+        TokioIo::new(TrackedIo::new(io, activity.clone())),
+        service,
+    );
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = stop.changed() => {
-            // HTTP/2: GOAWAY; HTTP/1.1: close once the in-flight response is done.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let idle = shared.settings.idle_timeout;
+    let watchdog = tokio::time::sleep(idle);
+    tokio::pin!(watchdog);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = stop.changed(), if !closing => {
+                // HTTP/2: GOAWAY; HTTP/1.1: close once the in-flight response is done.
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = &mut watchdog => match activity.verdict(idle) {
+                Verdict::Wait(at) => watchdog.as_mut().reset(at),
+                // Nothing in flight and nothing moved (including a client that never sent a
+                // byte): close politely, or, if asked once already, drop.
+                Verdict::Idle if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                    watchdog.as_mut().reset(Instant::now() + idle);
+                }
+                Verdict::Idle => break Ok(()),
+                // The client stopped reading a response: drop the connection (logged H28).
+                Verdict::Stalled => {
+                    activity.mark_stalled();
+                    break Ok(());
+                }
+            },
         }
     };
     if let Err(e) = result {
@@ -199,11 +239,13 @@ async fn handshake(shared: &Shared, tcp: TcpStream) -> Option<(TlsStream<TcpStre
                 _ => "",
             };
             metrics.handshake(true, version, "none");
+            let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
             Some((
                 stream,
                 TlsInfo {
                     cert: resolved.entry,
                     version,
+                    alpn,
                 },
             ))
         }

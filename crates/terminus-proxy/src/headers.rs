@@ -17,16 +17,11 @@ pub const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Headers the router sets: any spelling of these with `_` for `-` is dropped.
-const SET_BY_ROUTER: [&str; 5] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-request-start",
-    "x-request-id",
-];
+/// Spellings with `_` for `-` of these are dropped: some servers (CGI, nginx with
+/// underscores_in_headers) read `X_Forwarded_For` as `X-Forwarded-For`.
+const SPOOFABLE_PREFIXES: [&str; 1] = ["x-forwarded-"];
+const SPOOFABLE_NAMES: [&str; 2] = ["x-request-start", "x-request-id"];
 
 /// Is `id` acceptable as a client-supplied request id: 20–200 bytes of `[A-Za-z0-9+/=-]`?
 pub fn valid_request_id(id: &[u8]) -> bool {
@@ -89,10 +84,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         http::header::TE,
         http::header::TRAILER,
         http::header::TRANSFER_ENCODING,
-        PROXY_CONNECTION,
-        http::header::PROXY_AUTHENTICATE,
-        http::header::PROXY_AUTHORIZATION,
     ] {
+        headers.remove(name);
+    }
+    let proxy_headers: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy_headers {
         headers.remove(name);
     }
     if keep_upgrade && headers.contains_key(UPGRADE) {
@@ -167,20 +167,20 @@ fn set_unless_trusted(
     headers.insert(name, value);
 }
 
-/// `Forwarded` (whose contents we do not vouch for) and `_` spellings of the headers we set.
+/// `Forwarded` (whose contents we do not vouch for) and `_` spellings of X-Forwarded-* and of
+/// the request-id headers.
 fn remove_spoofable(headers: &mut HeaderMap) {
     headers.remove(FORWARDED);
     let spoofs: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            k.contains('_')
-                && SET_BY_ROUTER.iter().any(|set| {
-                    k.len() == set.len()
-                        && k.bytes()
-                            .zip(set.bytes())
-                            .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
-                })
+            if !k.contains('_') {
+                return false;
+            }
+            let dashed = k.replace('_', "-");
+            SPOOFABLE_PREFIXES.iter().any(|p| dashed.starts_with(p))
+                || SPOOFABLE_NAMES.contains(&dashed.as_str())
         })
         .cloned()
         .collect();
@@ -281,6 +281,8 @@ mod tests {
             ("x_forwarded_for", "6.6.6.6"),
             ("x-forwarded_proto", "http"),
             ("x_request_id", "spoofed-spoofed-spoofed"),
+            ("x_forwarded_host", "evil.example"),
+            ("x-forwarded_ssl", "on"),
             ("forwarded", "for=6.6.6.6;proto=http"),
             ("x_custom_header", "kept"),
         ]);
@@ -288,6 +290,8 @@ mod tests {
         assert!(h.get("x_forwarded_for").is_none());
         assert!(h.get("x-forwarded_proto").is_none());
         assert!(h.get("x_request_id").is_none());
+        assert!(h.get("x_forwarded_host").is_none());
+        assert!(h.get("x-forwarded_ssl").is_none());
         assert!(h.get("forwarded").is_none());
         assert_eq!(get(&h, "x_custom_header"), ["kept"]);
         assert_eq!(get(&h, "x-forwarded-for"), ["203.0.113.7"]);
@@ -332,6 +336,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("proxy-authorization", "Basic x"),
             ("proxy-connection", "keep-alive"),
+            ("proxy-anything", "x"),
             ("accept", "*/*"),
         ]);
         forward(&mut h, false);
@@ -344,6 +349,7 @@ mod tests {
             "upgrade",
             "proxy-authorization",
             "proxy-connection",
+            "proxy-anything",
         ] {
             assert!(h.get(gone).is_none(), "{gone} should be stripped");
         }

@@ -7,6 +7,7 @@
 //! pool's per-backend lock for a push or pop. No I/O happens under any lock.
 
 mod access_log;
+mod activity;
 mod body;
 mod conn;
 mod fault;
@@ -90,7 +91,12 @@ pub struct Shared {
     pub policy: TlsPolicy,
     pub metrics: ProxyMetrics,
     pool: pool::Pool,
+    /// HTTP/1.1 or HTTP/2, told apart by the first bytes (plaintext, or TLS without ALPN).
     http: auto::Builder<TokioExecutor>,
+    /// ALPN said `http/1.1`.
+    http1: auto::Builder<TokioExecutor>,
+    /// ALPN said `h2`.
+    http2: auto::Builder<TokioExecutor>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -133,6 +139,8 @@ impl Shared {
             policy,
             metrics,
             pool,
+            http1: http.clone().http1_only(),
+            http2: http.clone().http2_only(),
             http,
         })
     }

@@ -30,6 +30,7 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (mut parts, body) = req.into_parts();
+    let in_flight = conn.activity.request();
     let request_id = headers::request_id(&parts.headers);
     let authority = request_authority(&parts);
     let mut log = Box::new(AccessLog {
@@ -49,7 +50,7 @@ pub(crate) async fn handle(
             .unwrap_or_default()
             .to_owned(),
         request_id: request_id.clone(),
-        fwd: conn.peer.ip(),
+        fwd: forwarded_client(&conn, &parts.headers),
         dyno: None,
         backend: None,
         connect: None,
@@ -62,7 +63,7 @@ pub(crate) async fn handle(
     });
     let app = match check(&shared, &conn, &parts, &authority) {
         Ok(app) => app,
-        Err(fault) => return Ok(error_response(fault, log, &shared)),
+        Err(fault) => return Ok(error_response(fault, log, &shared, in_flight)),
     };
 
     let upgrade = is_upgrade(&parts);
@@ -93,10 +94,10 @@ pub(crate) async fn handle(
             upgrade,
         },
     );
+    // The backend sees the host that was routed and checked against the certificate: an
+    // absolute-form request's authority replaces whatever Host it also carried.
     if let Ok(authority) = &authority {
-        if !parts.headers.contains_key(HOST) {
-            parts.headers.insert(HOST, authority.clone());
-        }
+        parts.headers.insert(HOST, authority.clone());
     }
     parts.uri = origin_form(&parts.uri);
     parts.version = Version::HTTP_11;
@@ -105,13 +106,14 @@ pub(crate) async fn handle(
     let body = RequestBody::new(body, shared.settings.idle_timeout, client_state.clone());
     let request = Request::from_parts(parts, body);
 
-    let (mut response, backend) = match forward(&shared, &app, request, &mut log).await {
-        Ok(ok) => ok,
-        Err(fault) => {
-            let fault = client_state.fault().unwrap_or(fault);
-            return Ok(error_response(fault, log, &shared));
-        }
-    };
+    let (mut response, backend) =
+        match forward(&shared, &app, request, &client_state, &mut log).await {
+            Ok(ok) => ok,
+            Err(fault) => {
+                let fault = client_state.fault().unwrap_or(fault);
+                return Ok(error_response(fault, log, &shared, in_flight));
+            }
+        };
 
     let status = response.status();
     log.status = status.as_u16();
@@ -120,19 +122,33 @@ pub(crate) async fn handle(
     if switching {
         let backend_upgrade = hyper::upgrade::on(&mut response);
         if let Some(client_upgrade) = client_upgrade {
-            crate::upgrade::spawn_tunnel(
-                client_upgrade,
-                backend_upgrade,
-                shared.settings.idle_timeout,
-            );
+            crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, &conn);
         }
         let (parts, body) = response.into_parts();
-        let body = ResponseBody::backend(body, log, None, shared.clone());
+        let body = ResponseBody::backend(body, log, None, shared.clone(), in_flight);
         return Ok(Response::from_parts(parts, body));
     }
     let (parts, body) = response.into_parts();
-    let body = ResponseBody::backend(body, log, Some(backend), shared.clone());
+    let body = ResponseBody::backend(body, log, Some(backend), shared.clone(), in_flight);
     Ok(Response::from_parts(parts, body))
+}
+
+/// The client address for the log line: the peer, or, behind a trusted proxy, the address
+/// that proxy appended last to X-Forwarded-For.
+fn forwarded_client(conn: &ConnInfo, headers: &http::HeaderMap) -> std::net::IpAddr {
+    if conn.trusted {
+        let last = headers
+            .get_all(&headers::X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|ip| ip.trim().parse().ok())
+            .last();
+        if let Some(ip) = last {
+            return ip;
+        }
+    }
+    conn.peer.ip()
 }
 
 /// The request's authority: `:authority`/absolute-form URI, else the single Host header.
@@ -247,6 +263,7 @@ async fn forward(
     shared: &Shared,
     app: &App,
     mut request: Request<RequestBody>,
+    body: &ClientBodyState,
     log: &mut AccessLog,
 ) -> Result<(Response<Incoming>, Conn), Fault> {
     let backends = app.backends();
@@ -268,7 +285,7 @@ async fn forward(
         tried += 1;
         log.dyno = Some((app.name().into(), index + 1));
         log.backend = Some(addr);
-        match send(shared, addr, request, log).await {
+        match send(shared, addr, request, body, log).await {
             Ok(ok) => return Ok(ok),
             Err(Attempt::Failed(fault)) => return Err(fault),
             Err(Attempt::ConnectFailed(fault, req)) => {
@@ -289,16 +306,28 @@ enum Attempt {
 }
 
 /// One backend: a pooled connection (replaced by a fresh one if it turns out closed before the
-/// request was written), then the response head within the first-byte timeout.
+/// request was written), then the response head within the first-byte timeout, counted from
+/// when the request body has been sent completely (a slow upload is the idle timer's business).
 async fn send(
     shared: &Shared,
     addr: SocketAddr,
     mut request: Request<RequestBody>,
+    body: &ClientBodyState,
     log: &mut AccessLog,
 ) -> Result<(Response<Incoming>, Conn), Attempt> {
     let metrics = &shared.metrics;
-    for _ in 0..2 {
-        let (mut conn, connect_time) = match shared.pool.checkout(addr).await {
+    for attempt in 0..2 {
+        let checkout = if attempt == 0 {
+            shared.pool.checkout(addr).await
+        } else {
+            let started = Instant::now();
+            shared
+                .pool
+                .connect(addr)
+                .await
+                .map(|c| (c, Some(started.elapsed())))
+        };
+        let (mut conn, connect_time) = match checkout {
             Ok(ok) => ok,
             Err(fault) => return Err(Attempt::ConnectFailed(fault, Box::new(request))),
         };
@@ -309,20 +338,26 @@ async fn send(
         let sent_at = Instant::now();
         log.forwarded_at = Some(sent_at.into_std());
         let reused = conn.reused;
-        let result = tokio::time::timeout(
-            shared.settings.first_byte_timeout,
-            conn.sender.try_send_request(request),
-        )
-        .await;
+        let response = conn.sender.try_send_request(request);
+        tokio::pin!(response);
+        let first_byte = shared.settings.first_byte_timeout;
+        let result = tokio::select! {
+            biased;
+            r = &mut response => Some(r),
+            _ = async {
+                body.wait_finished().await;
+                tokio::time::sleep(first_byte).await;
+            } => None,
+        };
         match result {
-            Err(_) => return Err(Attempt::Failed(Fault::FirstByteTimeout)),
-            Ok(Ok(response)) => {
+            None => return Err(Attempt::Failed(Fault::FirstByteTimeout)),
+            Some(Ok(response)) => {
                 metrics
                     .backend_response
                     .observe(sent_at.elapsed().as_secs_f64());
                 return Ok((response, conn));
             }
-            Ok(Err(mut e)) => match e.take_message() {
+            Some(Err(mut e)) => match e.take_message() {
                 // The pooled connection was closed before our request went out: try a fresh one.
                 Some(req) if reused => request = req,
                 Some(req) => {
@@ -352,12 +387,13 @@ fn error_response(
     fault: Fault,
     mut log: Box<AccessLog>,
     shared: &Arc<Shared>,
+    in_flight: crate::activity::InFlight,
 ) -> Response<ResponseBody> {
     let status = fault.status();
     log.status = status.as_u16();
     log.fault = Some(fault);
     let request_id = log.request_id.clone();
-    let body = ResponseBody::local(Bytes::from(fault.body()), log, shared.clone());
+    let body = ResponseBody::local(Bytes::from(fault.body()), log, shared.clone(), in_flight);
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();

@@ -13,8 +13,24 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-pub(crate) fn spawn_tunnel(client: OnUpgrade, backend: OnUpgrade, idle: Duration) {
+use crate::conn::ConnInfo;
+use crate::Shared;
+
+/// Copies bytes between the upgraded client and backend connections. The tunnel counts as a live
+/// connection (for the open-connections gauge and for shutdown, which waits for it up to the
+/// grace period).
+pub(crate) fn spawn_tunnel(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    shared: &Shared,
+    conn: &ConnInfo,
+) {
+    let idle = shared.settings.idle_timeout;
+    let live = conn.tracker.enter();
+    let open = shared.metrics.open_connection(conn.proto);
     tokio::spawn(async move {
+        let _live = live;
+        let _open = open;
         let (client, backend) = match tokio::join!(client, backend) {
             (Ok(c), Ok(b)) => (c, b),
             (c, b) => {

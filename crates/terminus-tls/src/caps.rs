@@ -58,22 +58,34 @@ impl ClientCaps {
                 )
             });
         let has = |s: SignatureScheme| schemes.contains(&s);
+        let pss = schemes.iter().any(|s| {
+            matches!(
+                s,
+                SignatureScheme::RSA_PSS_SHA256
+                    | SignatureScheme::RSA_PSS_SHA384
+                    | SignatureScheme::RSA_PSS_SHA512
+            )
+        });
+        let pkcs1 = schemes.iter().any(|s| {
+            matches!(
+                s,
+                SignatureScheme::RSA_PKCS1_SHA256
+                    | SignatureScheme::RSA_PKCS1_SHA384
+                    | SignatureScheme::RSA_PKCS1_SHA512
+            )
+        });
         Self {
             ecdsa_p256: tls12_ecdsa && has(SignatureScheme::ECDSA_NISTP256_SHA256),
             ecdsa_p384: tls12_ecdsa && has(SignatureScheme::ECDSA_NISTP384_SHA384),
-            ed25519: offers_tls13 && has(SignatureScheme::ED25519),
-            rsa: tls12_rsa
-                && schemes.iter().any(|s| {
-                    matches!(
-                        s,
-                        SignatureScheme::RSA_PSS_SHA256
-                            | SignatureScheme::RSA_PSS_SHA384
-                            | SignatureScheme::RSA_PSS_SHA512
-                            | SignatureScheme::RSA_PKCS1_SHA256
-                            | SignatureScheme::RSA_PKCS1_SHA384
-                            | SignatureScheme::RSA_PKCS1_SHA512
-                    )
-                }),
+            // rustls signs with Ed25519 in TLS 1.2 too, under the ECDSA suites.
+            ed25519: tls12_ecdsa && has(SignatureScheme::ED25519),
+            // TLS 1.3 (which a 1.3-capable client gets) allows only RSA-PSS for handshake
+            // signatures; TLS 1.2 also allows PKCS#1.
+            rsa: if offers_tls13 {
+                pss
+            } else {
+                tls12_rsa && (pss || pkcs1)
+            },
         }
     }
 
@@ -99,6 +111,18 @@ mod tests {
             &[CipherSuite::TLS13_AES_128_GCM_SHA256],
         );
         assert!(caps.supports(KeyKind::EcdsaP256));
+        assert!(!caps.supports(KeyKind::Rsa { bits: 2048 }));
+    }
+
+    #[test]
+    fn tls13_rsa_needs_pss() {
+        let caps = ClientCaps::from_parts(
+            &[SignatureScheme::RSA_PKCS1_SHA256],
+            &[
+                CipherSuite::TLS13_AES_128_GCM_SHA256,
+                CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            ],
+        );
         assert!(!caps.supports(KeyKind::Rsa { bits: 2048 }));
     }
 

@@ -11,6 +11,7 @@ mod info;
 mod pem;
 mod policy;
 mod prepare;
+mod resolver;
 mod store;
 #[cfg(test)]
 mod testpki;
@@ -23,6 +24,7 @@ pub use policy::{provider, TlsPolicy, ALPN_H2, ALPN_HTTP11};
 pub use prepare::{
     is_trusted, prepare, DropReason, Dropped, PrepareOptions, Prepared, MIN_RSA_BITS,
 };
+pub use resolver::SniResolver;
 pub use store::{
     CertEntry, CertStore, InMemoryKey, KeySource, Resolved, SelectedBy, DEFAULT_KEY_CACHE,
 };

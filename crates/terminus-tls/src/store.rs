@@ -10,7 +10,7 @@
 //! names nobody is asking for.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
@@ -68,6 +68,8 @@ pub struct CertEntry {
     leaf: CertificateDer<'static>,
     intermediates: Arc<[CertificateDer<'static>]>,
     key: Box<dyn KeySource>,
+    /// Set (without any lock) when the key could not be built; selection skips the entry.
+    failed: AtomicBool,
 }
 
 impl CertEntry {
@@ -90,6 +92,7 @@ impl CertEntry {
             leaf,
             intermediates,
             key,
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -138,6 +141,10 @@ impl CertEntry {
     /// Does this certificate cover `host` (normalized)? Used for the SNI/Host (421) rule.
     pub fn covers(&self, host: &str) -> bool {
         self.names.iter().any(|p| p.matches(host))
+    }
+
+    fn usable(&self) -> bool {
+        !self.failed.load(Ordering::Relaxed)
     }
 
     /// Preference among certificates for one name: ECDSA before RSA (cheaper handshakes), then
@@ -343,48 +350,46 @@ impl CertStore {
         self.pins.get(domain)
     }
 
-    /// Chooses the certificate for a handshake: a pin, then an exact name, then a wildcard, then
-    /// the default, each only if the client can use its key type. If only unusable candidates
-    /// cover the name, the best of them is returned so the handshake fails with a precise
-    /// alert instead of serving a certificate for another name.
+    /// Chooses the certificate for a handshake: a pin, then an exact name, then a wildcard,
+    /// each only if the client can use its key type; then, if only unusable candidates cover
+    /// the name, the best of them, so the handshake fails with a precise alert rather than
+    /// serving a certificate for another name; then the default.
     pub fn select(
         &self,
         sni: Option<&str>,
         caps: &ClientCaps,
     ) -> Option<(Arc<CertEntry>, SelectedBy)> {
-        let mut fallback = None;
         if let Some(sni) = sni {
             let host = normalize(sni);
             let host = host.as_ref();
             if let Some(pinned) = self.pins.lookup(host).and_then(|(n, _)| self.get(&n)) {
-                if caps.supports(pinned.kind) {
+                if pinned.usable() && caps.supports(pinned.kind) {
                     return Some((pinned, SelectedBy::Pinned));
                 }
             }
+            let mut fallback = None;
             for (slot, by) in [
                 (self.by_host.lookup_exact(host), SelectedBy::Exact),
                 (self.by_host.lookup_wildcard(host), SelectedBy::Wildcard),
             ] {
                 let Some(slot) = slot else { continue };
-                if let Some(e) = slot.iter().find(|e| caps.supports(e.kind)) {
+                let mut usable = slot.iter().filter(|e| e.usable());
+                if let Some(e) = slot.iter().find(|e| e.usable() && caps.supports(e.kind)) {
                     return Some((e.clone(), by));
                 }
                 if fallback.is_none() {
-                    fallback = slot.first().map(|e| (e.clone(), by));
+                    fallback = usable.next().map(|e| (e.clone(), by));
                 }
             }
+            if fallback.is_some() {
+                return fallback;
+            }
         }
-        let default = self
-            .default
-            .load()
-            .as_ref()
-            .and_then(|name| self.get(name.as_str()));
-        match (default, fallback) {
-            (Some(d), _) if caps.supports(d.kind) => Some((d, SelectedBy::Default)),
-            (_, Some(f)) => Some(f),
-            (Some(d), None) => Some((d, SelectedBy::Default)),
-            (None, None) => None,
-        }
+        let default = self.default.load();
+        let name = default.as_ref()?;
+        self.get(name.as_str())
+            .filter(|d| d.usable())
+            .map(|d| (d, SelectedBy::Default))
     }
 
     /// Selects and builds: the certificate and its served form. A certificate whose key cannot
@@ -424,19 +429,26 @@ impl CertStore {
         Ok(key)
     }
 
+    /// Takes an entry out of service from the handshake path: the mark is lock-free and
+    /// selection skips it at once; the index is tidied only if no writer is busy (otherwise the
+    /// next writer to touch these names, or a later handshake, does it).
     fn quarantine(&self, entry: &Arc<CertEntry>, reason: &str) {
-        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let still_current = self
-            .by_name
-            .remove_if(&entry.name, |_, cur| cur.id == entry.id)
-            .is_some();
-        if still_current {
-            for pattern in entry.names.iter() {
-                self.slot_remove(pattern, entry.id);
-            }
-            self.changed();
-            if let Some(f) = &self.on_quarantine {
-                f(&entry.name, reason);
+        if entry.failed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(f) = &self.on_quarantine {
+            f(&entry.name, reason);
+        }
+        if let Ok(_w) = self.writer.try_lock() {
+            let current = self
+                .by_name
+                .remove_if(&entry.name, |_, cur| cur.id == entry.id)
+                .is_some();
+            if current {
+                for pattern in entry.names.iter() {
+                    self.slot_remove(pattern, entry.id);
+                }
+                self.changed();
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The terminus binary's library half: startup from a config and logging, shared by `main`
 //! and the end-to-end tests.
 
+pub mod cli;
 pub mod logging;
 pub mod startup;
 

@@ -1,12 +1,14 @@
 //! `terminus serve` runs the router; `terminus check-config` validates a config and its
-//! certificates. Exit codes: 0 ok, 1 runtime failure, 64 bad configuration or usage.
+//! certificates; `terminus certs`, `certs:add`, `domains:update`, ... manage a running router
+//! through its admin API. Exit codes: 0 ok, 1 failure (the server's message is printed), 2 bad
+//! command-line usage, 64 bad configuration.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use terminus_config::Config;
 
 const EXIT_CONFIG: u8 = 64;
@@ -18,6 +20,8 @@ const EXIT_CONFIG: u8 = 64;
     about = "An edge router: TLS by SNI from a live certificate store, HTTP to backends"
 )]
 struct Cli {
+    #[command(flatten)]
+    api: terminus::cli::ApiArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +40,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
     },
+    #[command(flatten)]
+    Client(terminus::cli::Command),
 }
 
 #[derive(Debug, Args)]
@@ -46,7 +52,7 @@ struct ServeArgs {
     /// Quick start: the TLS listener address.
     #[arg(long, requires = "backend")]
     listen: Option<SocketAddr>,
-    /// Quick start: the certificate (PEM), served to every client.
+    /// Quick start: the certificate (PEM), served as the default to every client.
     #[arg(long, requires = "key")]
     cert: Option<PathBuf>,
     /// Quick start: the certificate's private key (PEM).
@@ -61,15 +67,37 @@ struct ServeArgs {
     /// Runtime worker threads (0: one per CPU). Overrides the config.
     #[arg(long)]
     threads: Option<usize>,
+    /// Quick start: keep certificates, domains and apps in this directory (the embedded store),
+    /// managed through the admin API. The key that encrypts private keys goes next to it as
+    /// DIR.key unless TERMINUS_STORE_KEY is set.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    terminus::logging::init();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match cli.command {
-        Command::CheckConfig { config } => check_config(config),
+        Command::CheckConfig { config } => {
+            terminus::logging::init();
+            check_config(config)
+        }
         Command::Health { admin } => health(admin),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => {
+            if matches.value_source("token") == Some(clap::parser::ValueSource::CommandLine) {
+                eprintln!("error: serve reads the admin token from TERMINUS_TOKEN or admin.token_file, never from its command line (it would show in the process list)");
+                return ExitCode::from(2);
+            }
+            terminus::logging::init();
+            serve(args)
+        }
+        Command::Client(command) => match terminus::cli::run(command, &cli.api) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -84,14 +112,15 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
         );
     };
     let cert = args.cert.clone().zip(args.key.clone());
-    if cert.is_none() {
-        return Err("<command line>: --cert and --key are required with --listen".into());
+    if cert.is_none() && args.data_dir.is_none() {
+        return Err("<command line>: --listen needs --cert and --key, or --data-dir for certificates managed through the admin API".into());
     }
     Ok(Config::quick_start(
         listen,
         cert,
         args.backend.clone(),
         args.admin,
+        args.data_dir.clone(),
     ))
 }
 
@@ -124,6 +153,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<QuickStartCert>() => ExitCode::from(EXIT_CONFIG),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -131,9 +161,26 @@ fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// The quick start's certificate did not load (the reason was logged).
+#[derive(Debug)]
+struct QuickStartCert;
+
+impl std::fmt::Display for QuickStartCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the --cert/--key certificate did not load")
+    }
+}
+
+impl std::error::Error for QuickStartCert {}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let registry = terminus_metrics::MetricsRegistry::default();
     let router = terminus::start(&config, registry).await?;
+    if config.source.is_none() && !router.cert_errors.is_empty() {
+        // The quick start has one certificate: without it there is nothing to serve.
+        let _ = router.shutdown().await;
+        return Err(anyhow::anyhow!(QuickStartCert));
+    }
     for (addr, tls) in &router.listeners {
         tracing::info!(address = %addr, tls, "listening");
     }
@@ -173,7 +220,8 @@ fn check_config(path: PathBuf) -> ExitCode {
     };
     let provider = std::sync::Arc::new(terminus_tls::provider(config.tls.post_quantum));
     let store = terminus_tls::CertStore::new(provider, 16);
-    let errors = terminus::startup::load_certificates(&config, &store, &path.display().to_string());
+    let (errors, _) =
+        terminus::startup::load_certificates(&config, &store, &path.display().to_string());
     for e in &errors {
         eprintln!("error: {e}");
     }

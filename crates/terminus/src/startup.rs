@@ -5,14 +5,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use terminus_admin::Admin;
+use terminus_admin::{Admin, Api, Control, StaticCert, Statics, Token};
 use terminus_config::Config;
-use terminus_metrics::{MetricsRegistry, ProxyMetrics};
+use terminus_metrics::{
+    ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
+};
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
 use terminus_route::{App, Domain, RouteTable};
+use terminus_store::Store;
 use terminus_tls::{prepare, CertEntry, CertStore, PrepareOptions, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// The environment variable holding the admin API's bearer token.
+pub const TOKEN_ENV: &str = "TERMINUS_TOKEN";
+/// How often expired, unused certificates are looked for.
+const CLEANUP_EVERY: Duration = Duration::from_secs(3600);
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +39,28 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{file}: store: {source}")]
+    Store {
+        file: String,
+        #[source]
+        source: terminus_store::StoreError,
+    },
+    #[error("{file}: admin.token_file: cannot read {path}: {source}")]
+    TokenFile {
+        file: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A certificate from the config that could not be loaded. The router starts without it.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}: certificate '{name}': {message}")]
+#[error("{file}: {key} '{name}': {message}")]
 pub struct CertLoadError {
     pub file: String,
+    /// `certificate[2]`.
+    pub key: String,
     pub name: String,
     pub message: String,
 }
@@ -51,7 +74,11 @@ pub struct Router {
     pub admin: SocketAddr,
     /// Certificates from the config that were refused.
     pub cert_errors: Vec<CertLoadError>,
+    /// Stored certificates that were not served (R17).
+    pub quarantined: Vec<terminus_store::Quarantine>,
+    pub control: Arc<Control>,
     proxy: Proxy,
+    cleanup: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     grace: Duration,
@@ -72,9 +99,14 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
         source,
     })?;
     let metrics = ProxyMetrics::register(&mut registry);
+    let control_metrics = ControlMetrics::register(&mut registry);
     let loaded = metrics.certificates_loaded.clone();
+    let key_cache = config
+        .store
+        .as_ref()
+        .map_or(DEFAULT_KEY_CACHE, |s| s.key_cache);
     let certs = Arc::new(
-        CertStore::new(policy.provider().clone(), DEFAULT_KEY_CACHE)
+        CertStore::new(policy.provider().clone(), key_cache)
             .on_change(move |n| {
                 loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
             })
@@ -86,25 +118,58 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
                 );
             }),
     );
-    let cert_errors = load_certificates(config, &certs, &origin);
+    let routes = Arc::new(RouteTable::default());
+
+    let (cert_errors, static_certs) = load_certificates(config, &certs, &origin);
     for e in &cert_errors {
         tracing::error!("{e}; the router serves without it");
     }
-    certs.set_default(config.tls.default_certificate.as_deref());
+    let statics = load_static_routes(config, &certs, &routes, static_certs);
 
-    let routes = Arc::new(RouteTable::default());
-    for app in &config.apps {
-        routes.set_app(App::new(&app.name, app.backends.clone()));
-    }
-    for d in &config.domains {
-        routes.set_domain(Domain {
-            pattern: d.pattern.clone(),
-            app: d.app.as_str().into(),
-        });
-        if let Some(cert) = &d.certificate {
-            certs.pin(&d.pattern, cert);
+    // The store comes second: a name defined in the config file wins over a stored one.
+    let (store, quarantined) = match &config.store {
+        None => (None, Vec::new()),
+        Some(store_config) => {
+            let store_error = |source| StartError::Store {
+                file: origin.clone(),
+                source,
+            };
+            let store = Store::open(store_config).map_err(store_error)?;
+            log_key_origin(&store);
+            let (quarantined, problems) =
+                load_store(&store, &certs, &routes, &statics, &control_metrics)
+                    .map_err(store_error)?;
+            for p in problems {
+                tracing::error!("{p}; skipped");
+            }
+            (Some(Arc::new(store)), quarantined)
         }
+    };
+    certs.set_default(config.tls.default_certificate.as_deref());
+    ExpiryCollector::register(
+        &mut registry,
+        CertsExpiry(certs.clone()),
+        config.admin.expiry_metrics_limit,
+        unix_now,
+    );
+
+    let token = read_token(config, &origin)?;
+    if token.is_none() {
+        tracing::warn!("admin API disabled: set {TOKEN_ENV} or admin.token_file to manage certificates, domains and apps");
     }
+    let control = Arc::new(Control::new(
+        store,
+        certs.clone(),
+        routes.clone(),
+        statics,
+        control_metrics,
+        config
+            .store
+            .as_ref()
+            .map_or(terminus_config::DEFAULT_EXPIRED_RETENTION, |s| {
+                s.expired_retention
+            }),
+    ));
 
     let bound: Vec<BoundListener> = terminus_proxy::bind(&config.listeners).await?;
     let listeners = bound
@@ -128,31 +193,235 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
     );
     let proxy = Proxy::start(shared.clone(), bound);
     let (admin_stop, admin_rx) = watch::channel(false);
+    let api = Api {
+        control: control.clone(),
+        token,
+        max_body: config.admin.max_body_bytes,
+        now: unix_now,
+    };
     let admin_task = tokio::spawn(terminus_admin::serve(
         admin_listener,
-        Admin::new(registry),
+        Admin::new(registry, Some(api)),
         admin_rx,
     ));
+    let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     Ok(Router {
         shared,
         listeners,
         admin,
         cert_errors,
+        quarantined,
+        control,
         proxy,
+        cleanup,
         admin_stop,
         admin_task,
         grace: config.timeouts.shutdown_grace,
     })
 }
 
-/// Loads the config's certificate files into the store. A certificate that fails is reported and
-/// skipped: one bad file never keeps the others from being served.
-pub fn load_certificates(config: &Config, certs: &CertStore, origin: &str) -> Vec<CertLoadError> {
+fn log_key_origin(store: &Store) {
+    match store.key_origin() {
+        terminus_store::seal::KeyOrigin::Environment => {
+            tracing::info!(dir = %store.dir().display(), "store opened; key from {}", terminus_store::seal::KEY_ENV)
+        }
+        terminus_store::seal::KeyOrigin::File {
+            path,
+            created: true,
+        } => tracing::warn!(
+            dir = %store.dir().display(),
+            key_file = %path,
+            "store opened with a NEW key file: back it up apart from the data directory; without it stored private keys cannot be read"
+        ),
+        terminus_store::seal::KeyOrigin::File {
+            path,
+            created: false,
+        } => {
+            tracing::info!(dir = %store.dir().display(), key_file = %path, "store opened")
+        }
+    }
+}
+
+/// Loads the store's certificates, apps and domains (skipping names the config file defines).
+fn load_store(
+    store: &Store,
+    certs: &CertStore,
+    routes: &RouteTable,
+    statics: &Statics,
+    metrics: &ControlMetrics,
+) -> terminus_store::Result<(Vec<terminus_store::Quarantine>, Vec<String>)> {
+    let started = std::time::Instant::now();
+    let mut problems = Vec::new();
+    let mut report = terminus_store::LoadReport::default();
+    let mut interner = terminus_store::Interner::default();
+    store.read()?.each_cert(|item| {
+        let entry = match item {
+            Ok(record) if statics.certs.contains_key(&record.name) => {
+                problems.push(format!(
+                    "stored certificate '{}' has the name of a certificate in the config file, which wins",
+                    record.name
+                ));
+                return;
+            }
+            Ok(record) => store.entry(&record, &mut interner),
+            Err(bad) => Err(terminus_store::Quarantine {
+                name: bad.key,
+                code: terminus_store::R17,
+                reason: bad.error.to_string(),
+            }),
+        };
+        match entry {
+            Ok(e) => {
+                certs.replace(e);
+                report.loaded += 1;
+            }
+            Err(q) => {
+                tracing::error!(code = q.code, certificate = %q.name, "{q}; the other certificates are served");
+                metrics.quarantined.inc();
+                report.quarantined.push(q);
+            }
+        }
+    })?;
+    let reader = store.read()?;
+    for app in reader.apps()? {
+        if statics.apps.contains(&app.name) {
+            problems.push(format!(
+                "stored app '{}' has the name of an app in the config file, which wins",
+                app.name
+            ));
+            continue;
+        }
+        match terminus_store::app_from(&app) {
+            Ok(a) => {
+                routes.set_app(a);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    for d in reader.domains()? {
+        match terminus_store::domain_from(&d) {
+            Ok(domain) if statics.domains.contains_key(&domain.pattern) => problems.push(format!(
+                "stored domain '{}' is also in the config file, which wins",
+                d.host
+            )),
+            Ok(domain) => {
+                if let Some(cert) = &d.cert {
+                    certs.pin(&domain.pattern, cert);
+                }
+                routes.set_domain(domain);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    tracing::info!(
+        certificates = report.loaded,
+        quarantined = report.quarantined.len(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "store loaded"
+    );
+    Ok((report.quarantined, problems))
+}
+
+fn load_static_routes(
+    config: &Config,
+    certs: &CertStore,
+    routes: &RouteTable,
+    static_certs: std::collections::HashMap<String, StaticCert>,
+) -> Statics {
+    let mut statics = Statics {
+        certs: static_certs,
+        ..Statics::default()
+    };
+    for app in &config.apps {
+        routes.set_app(App::new(&app.name, app.backends.clone()));
+        statics.apps.insert(app.name.clone());
+    }
+    for d in &config.domains {
+        routes.set_domain(Domain {
+            pattern: d.pattern.clone(),
+            app: d.app.as_str().into(),
+        });
+        if let Some(cert) = &d.certificate {
+            certs.pin(&d.pattern, cert);
+            let covered = certs.get(cert).is_some_and(|e| {
+                e.names().contains(&d.pattern)
+                    || (!d.pattern.is_wildcard() && e.covers(d.pattern.base().as_str()))
+            });
+            if !covered {
+                tracing::warn!(domain = %d.pattern, certificate = %cert, "the pinned certificate does not cover this domain (or did not load): its requests will get 421");
+            }
+        }
+        statics
+            .domains
+            .insert(d.pattern.clone(), d.certificate.clone());
+    }
+    statics
+}
+
+fn read_token(config: &Config, origin: &str) -> Result<Option<Token>, StartError> {
+    if let Ok(token) = std::env::var(TOKEN_ENV) {
+        if !token.trim().is_empty() {
+            return Ok(Some(Token::new(&token)));
+        }
+    }
+    let Some(path) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::TokenFile {
+        file: origin.to_owned(),
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok((!text.trim().is_empty()).then(|| Token::new(&text)))
+}
+
+async fn cleanup_loop(control: Arc<Control>) {
+    let mut tick = tokio::time::interval(CLEANUP_EVERY);
+    loop {
+        tick.tick().await;
+        let c = control.clone();
+        match tokio::task::spawn_blocking(move || c.cleanup_expired(unix_now())).await {
+            Ok(Ok(deleted)) if !deleted.is_empty() => {
+                tracing::info!(certificates = ?deleted, "expired certificates no domain uses were deleted")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e.message, "expired-certificate cleanup failed"),
+            _ => {}
+        }
+    }
+}
+
+/// Expiry of every served certificate, for the per-certificate gauge.
+struct CertsExpiry(Arc<CertStore>);
+
+impl ExpirySource for CertsExpiry {
+    fn each(&self, f: &mut dyn FnMut(&str, i64)) {
+        for e in self.0.entries() {
+            f(e.name(), e.not_after());
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Loads the config's certificate files into the resolver. A certificate that fails is reported
+/// and skipped: one bad file never keeps the others from being served.
+pub fn load_certificates(
+    config: &Config,
+    certs: &CertStore,
+    origin: &str,
+) -> (
+    Vec<CertLoadError>,
+    std::collections::HashMap<String, StaticCert>,
+) {
     let now = unix_now();
     let mut errors = Vec::new();
-    for files in &config.certificates {
+    let mut statics = std::collections::HashMap::new();
+    for (i, files) in config.certificates.iter().enumerate() {
         let fail = |message: String| CertLoadError {
             file: origin.to_owned(),
+            key: format!("certificate[{i}]"),
             name: files.name.clone(),
             message,
         };
@@ -182,11 +451,18 @@ pub fn load_certificates(config: &Config, certs: &CertStore, origin: &str) -> Ve
         for w in &prepared.warnings {
             tracing::warn!(certificate = %files.name, "{w}");
         }
-        if let Err(e) = certs.insert(CertEntry::from_prepared(&files.name, prepared)) {
-            errors.push(fail(e.to_string()));
+        let info = StaticCert {
+            info: prepared.leaf.clone(),
+            chain: prepared.chain.clone(),
+        };
+        match certs.insert(CertEntry::from_prepared(&files.name, prepared)) {
+            Ok(_) => {
+                statics.insert(files.name.clone(), info);
+            }
+            Err(e) => errors.push(fail(e.to_string())),
         }
     }
-    errors
+    (errors, statics)
 }
 
 impl Router {
@@ -206,6 +482,7 @@ impl Router {
     /// Stops accepting, drains connections for up to the configured grace period, then stops
     /// the admin listener.
     pub async fn shutdown(self) -> Drained {
+        self.cleanup.abort();
         let drained = self.proxy.shutdown(self.grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
