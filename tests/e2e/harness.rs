@@ -18,8 +18,13 @@ pub struct Builder {
     timeouts: Vec<String>,
     proxy: Vec<String>,
     router: Vec<String>,
+    store: Vec<String>,
     body: String,
 }
+
+/// The admin token every test router uses (from a token file, not the environment, so tests
+/// running in parallel do not share process state).
+pub const TOKEN: &str = "test-token-0123456789";
 
 impl Builder {
     pub fn new() -> Self {
@@ -31,8 +36,23 @@ impl Builder {
             timeouts: Vec::new(),
             proxy: Vec::new(),
             router: Vec::new(),
+            store: Vec::new(),
             body: String::new(),
         }
+    }
+
+    /// Adds the embedded store (in this test's temp dir) and turns the admin API on.
+    pub fn with_store(&mut self) -> &mut Self {
+        self.store.push(format!(
+            "dir = \"{}\"",
+            self.dir.path().join("data").display()
+        ));
+        self
+    }
+
+    pub fn store_line(&mut self, line: &str) -> &mut Self {
+        self.store.push(line.into());
+        self
     }
 
     /// Mints a leaf for `names`, writes it, and adds it as `[[certificate]] name`.
@@ -104,12 +124,16 @@ impl Builder {
                 format!("[{name}]\n{}\n\n", lines.join("\n"))
             }
         };
+        let token_file = self.dir.path().join("admin.token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
         format!(
-            "{}[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = false\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{}{}{}{}",
+            "{}[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = false\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n{}{}{}{}{}",
             section("router", &self.router),
+            token_file.display(),
             section("tls", &self.tls),
             section("timeouts", &self.timeouts),
             section("proxy", &self.proxy),
+            section("store", &self.store),
             self.body
         )
     }
@@ -125,7 +149,7 @@ impl Builder {
         TestRouter {
             router,
             ca: self.ca,
-            _dir: self.dir,
+            dir: self.dir,
         }
     }
 }
@@ -133,7 +157,7 @@ impl Builder {
 pub struct TestRouter {
     pub router: terminus::Router,
     pub ca: Ca,
-    _dir: TempDir,
+    pub dir: TempDir,
 }
 
 impl TestRouter {
@@ -191,6 +215,98 @@ impl TestRouter {
 
     pub async fn shutdown(self) {
         self.router.shutdown().await;
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.router.admin)
+    }
+
+    /// One admin API call with the test token: status and JSON body.
+    pub async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        self.api_as(Some(TOKEN), method, path, body).await
+    }
+
+    pub async fn api_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let bytes = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        let (status, body) = self.api_raw(token, method, path, bytes).await;
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn api_raw(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (u16, Bytes) {
+        let tcp = tokio::net::TcpStream::connect(self.router.admin)
+            .await
+            .expect("admin");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .expect("admin handshake");
+        tokio::spawn(conn);
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "admin")
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = sender
+            .send_request(
+                req.body(http_body_util::Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+            .await
+            .expect("api call");
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.into_body().collect().await.expect("body").to_bytes(),
+        )
+    }
+
+    /// Runs the `terminus` CLI against this router: (exit code, stdout, stderr).
+    pub async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_terminus"))
+            .args(args)
+            .env("TERMINUS_URL", self.api_url())
+            .env("TERMINUS_TOKEN", TOKEN)
+            .output()
+            .await
+            .expect("run terminus");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The certificate served for `sni` now (None if refused).
+    pub async fn served(&self, sni: &str) -> Option<rustls::pki_types::CertificateDer<'static>> {
+        TlsClient::new(ClientOptions::sni(sni))
+            .connect(self.https())
+            .await
+            .ok()
+            .and_then(|c| c.served)
     }
 }
 

@@ -6,11 +6,14 @@
 // Test setup that fails should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod durability;
 mod errors;
 mod harness;
+mod lifecycle;
 mod proxy;
 mod shutdown;
 mod sni;
 mod swap;
 mod tools;
+mod validation;
 mod websocket;

@@ -134,3 +134,97 @@ async fn connections_keep_their_certificate_after_a_swap() {
         .is_err());
     r.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_update_under_a_load_of_handshakes_and_h2_requests() {
+    use serde_json::json;
+    use terminus_test_support::{get_h2, send_h2, Backend};
+    let web = Backend::echo("web").await;
+    let mut b = Builder::new();
+    b.with_store();
+    let r = b.start().await;
+    r.api(
+        "POST",
+        "/v1/apps",
+        Some(json!({"name": "web", "backends": [web.addr.to_string()]})),
+    )
+    .await;
+    r.api(
+        "POST",
+        "/v1/domains",
+        Some(json!({"hostname": "swap.example.com", "app": "web"})),
+    )
+    .await;
+    let leaves: Vec<_> = (0..4)
+        .map(|_| r.ca.leaf(&["swap.example.com"], KeyType::EcdsaP256))
+        .collect();
+    let (s, v) = r
+        .api("POST", "/v1/certs", Some(json!({"certificate_chain": leaves[0].cert_pem, "private_key": leaves[0].key_pem, "name": "site"})))
+        .await;
+    assert_eq!(s, 201, "{v}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (stop, ok, failed, addr) = (stop.clone(), ok.clone(), failed.clone(), r.https());
+        clients.push(tokio::spawn(async move {
+            let client = TlsClient::new(ClientOptions::sni("swap.example.com").http2());
+            while !stop.load(Ordering::SeqCst) {
+                let result = async {
+                    let conn = client.connect(addr).await.map_err(|e| e.to_string())?;
+                    let replies = send_h2(
+                        conn.stream,
+                        vec![
+                            get_h2("swap.example.com", "/"),
+                            get_h2("swap.example.com", "/b"),
+                        ],
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    if replies.iter().all(|r| r.status == 200) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{:?}",
+                            replies.iter().map(|r| r.status).collect::<Vec<_>>()
+                        ))
+                    }
+                }
+                .await;
+                match result {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("failure: {e}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    for i in 0..12 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let leaf = &leaves[(i + 1) % leaves.len()];
+        let (s, v) = r
+            .api(
+                "PATCH",
+                "/v1/certs/site",
+                Some(json!({"certificate_chain": leaf.cert_pem, "private_key": leaf.key_pem})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            r.served("swap.example.com").await,
+            Some(leaf.cert_der.clone()),
+            "served at once after the API answered"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failures out of {}", ok + failed);
+    assert!(ok > 50, "only {ok} connections ran");
+    r.shutdown().await;
+}

@@ -64,6 +64,8 @@ pub struct CertView {
     pub version: Option<u32>,
     pub previous: Option<PreviousView>,
     pub bypass: bool,
+    /// False for a stored certificate that is not served (quarantined: R17 checksum error).
+    pub served: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -116,6 +118,11 @@ fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) ->
             not_after: p.not_after,
         }),
         bypass: v.bypass,
+        served: c.certs.get(&rec.name).is_some_and(|e| {
+            v.chain
+                .first()
+                .is_some_and(|leaf| e.leaf().as_ref() == leaf.as_slice())
+        }),
     }
 }
 
@@ -142,6 +149,7 @@ fn static_view(c: &Control, name: &str, now: i64, domains: Vec<String>) -> Optio
         version: None,
         previous: None,
         bypass: false,
+        served: c.certs.get(name).is_some(),
     })
 }
 

@@ -143,7 +143,7 @@ fn forwarded_client(conn: &ConnInfo, headers: &http::HeaderMap) -> std::net::IpA
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|ip| ip.trim().parse().ok())
-            .last();
+            .next_back();
         if let Some(ip) = last {
             return ip;
         }

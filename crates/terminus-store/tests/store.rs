@@ -1,5 +1,8 @@
 //! The store on disk: reopen, checksums, sealed keys, wrong master key.
 
+// Test setup that fails should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -147,6 +147,8 @@ pub struct Connected {
     pub stream: TlsStream<TcpStream>,
     /// The end-entity certificate served (None on a resumed session, where none is sent).
     pub served: Option<CertificateDer<'static>>,
+    /// The certificates sent after it.
+    pub intermediates: Vec<CertificateDer<'static>>,
     pub version: Option<rustls::ProtocolVersion>,
     pub alpn: Option<Vec<u8>>,
     pub resumed: bool,
@@ -154,7 +156,7 @@ pub struct Connected {
 
 #[derive(Debug)]
 struct Recorder {
-    seen: Mutex<Option<CertificateDer<'static>>>,
+    seen: Mutex<Option<(CertificateDer<'static>, Vec<CertificateDer<'static>>)>>,
     inner: Option<Arc<dyn ServerCertVerifier>>,
     provider: Arc<CryptoProvider>,
     accept: Accept,
@@ -169,8 +171,13 @@ impl ServerCertVerifier for Recorder {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(end_entity.clone().into_owned());
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((
+            end_entity.clone().into_owned(),
+            intermediates
+                .iter()
+                .map(|c| c.clone().into_owned())
+                .collect(),
+        ));
         match &self.inner {
             Some(v) => v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now),
             None => Ok(ServerCertVerified::assertion()),
@@ -333,14 +340,19 @@ impl TlsClient {
         let version = conn.protocol_version();
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
         let resumed = matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
-        let served = recorder
+        let seen = recorder
             .seen
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let (served, intermediates) = match seen {
+            Some((ee, rest)) => (Some(ee), rest),
+            None => (None, Vec::new()),
+        };
         Ok(Connected {
             stream,
             served,
+            intermediates,
             version,
             alpn,
             resumed,

@@ -262,6 +262,16 @@ fn build_path(
 
 /// Does the chain (leaf first) verify against the Mozilla root set at `now`?
 pub fn is_trusted(chain: &[CertificateDer<'_>], provider: &CryptoProvider, now: i64) -> bool {
+    verifies(chain, webpki_roots::TLS_SERVER_ROOTS, provider, now)
+}
+
+/// Does the chain (leaf first) verify, for server authentication, up to one of `anchors`?
+fn verifies(
+    chain: &[CertificateDer<'_>],
+    anchors: &[rustls::pki_types::TrustAnchor<'_>],
+    provider: &CryptoProvider,
+    now: i64,
+) -> bool {
     let Some((leaf, intermediates)) = chain.split_first() else {
         return false;
     };
@@ -271,7 +281,7 @@ pub fn is_trusted(chain: &[CertificateDer<'_>], provider: &CryptoProvider, now: 
     let time = UnixTime::since_unix_epoch(Duration::from_secs(u64::try_from(now).unwrap_or(0)));
     ee.verify_for_usage(
         provider.signature_verification_algorithms.all,
-        webpki_roots::TLS_SERVER_ROOTS,
+        anchors,
         intermediates,
         time,
         KeyUsage::server_auth(),
@@ -286,6 +296,7 @@ mod tests {
     use super::*;
     use crate::testpki::{root, self_signed};
     use rcgen::{PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
+    use rustls::pki_types::pem::PemObject;
 
     fn now() -> i64 {
         std::time::SystemTime::now()
@@ -401,6 +412,36 @@ mod tests {
         let p = run(&cert, &key, &opts(&["x.b.example.com", "c.example.com"])).unwrap();
         assert!(p.warnings[0].contains("c.example.com"));
         run(&cert, &key, &opts(&["*.b.example.com"])).unwrap();
+    }
+
+    #[test]
+    fn a_complete_chain_verifies_to_its_root() {
+        let ca = root("Test Root");
+        let inter = ca.intermediate("Test Intermediate");
+        let (leaf, _) = inter.leaf(&["www.example.com"], &PKCS_ECDSA_P256_SHA256);
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let root_der = der(&ca.pem);
+        let anchor = webpki::anchor_from_trusted_cert(&root_der).unwrap();
+        let provider = crate::provider(true);
+        let full = [der(&leaf), der(&inter.pem)];
+        assert!(verifies(
+            &full,
+            std::slice::from_ref(&anchor),
+            &provider,
+            now()
+        ));
+        assert!(
+            !verifies(&full[..1], std::slice::from_ref(&anchor), &provider, now()),
+            "missing intermediate"
+        );
+        assert!(
+            !verifies(&full, &[anchor], &provider, 4_200_000_000_000),
+            "after expiry"
+        );
+        assert!(
+            !is_trusted(&full, &provider, now()),
+            "a private root is not in the Mozilla set"
+        );
     }
 
     #[test]
