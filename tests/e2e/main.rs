@@ -11,6 +11,7 @@ mod errors;
 mod harness;
 mod lifecycle;
 mod proxy;
+mod scale;
 mod shutdown;
 mod sni;
 mod swap;
