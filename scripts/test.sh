@@ -5,9 +5,12 @@
 set -eu
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required: install Rust with https://rustup.rs" >&2; exit 1; }
-./scripts/ensure-packages.sh cc:gcc curl:curl openssl:openssl
+./scripts/ensure-packages.sh cc:gcc curl:curl openssl:openssl \
+  haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client taskset:util-linux
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 echo "== example config and its certificates"
 ./config/gen-certs.sh config/certs >/dev/null
 ./target/debug/terminus check-config --config config/terminus.toml
+echo "== benchmark harness, quick mode (a smoke test of the harness, not a performance gate)"
+cargo run --release --locked -p terminus-benches --bin harness -- --quick
