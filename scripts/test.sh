@@ -11,6 +11,6 @@ echo "== cargo test (workspace)"
 cargo test --workspace --locked
 echo "== example config and its certificates"
 ./config/gen-certs.sh config/certs >/dev/null
-./target/debug/terminus check-config --config config/terminus.toml
+cargo run --locked -q --bin terminus -- check-config --config config/terminus.toml
 echo "== benchmark harness, quick mode (a smoke test of the harness, not a performance gate)"
 cargo run --release --locked -p terminus-benches --bin harness -- --quick
