@@ -72,6 +72,8 @@ pub struct RouterConfig {
     pub threads: usize,
     /// Requests for hosts no domain covers go to this app instead of a 404.
     pub default_app: Option<String>,
+    /// Write one log line per request.
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +270,7 @@ impl Config {
                 name: DEFAULT_ROUTER_NAME.into(),
                 threads: 0,
                 default_app: Some("default".into()),
+                access_log: true,
             },
             listeners: vec![Listener {
                 address: listen,

@@ -32,6 +32,7 @@ pub(crate) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawRouter {
     pub name: Option<String>,
+    pub access_log: Option<bool>,
     pub threads: Option<usize>,
     pub default_app: Option<String>,
 }

@@ -117,6 +117,7 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
             .clone()
             .unwrap_or_else(|| DEFAULT_ROUTER_NAME.to_owned()),
         threads: raw.router.threads.unwrap_or(0),
+        access_log: raw.router.access_log.unwrap_or(true),
         default_app: raw.router.default_app.clone(),
     };
     if router.name.is_empty() || !router.name.bytes().all(|b| b.is_ascii_graphic()) {

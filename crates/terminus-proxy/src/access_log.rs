@@ -25,6 +25,8 @@ pub const ACCESS_TARGET: &str = "terminus::access";
 pub(crate) struct AccessLog {
     pub metrics: ProxyMetrics,
     pub emitted: bool,
+    /// Write the line (counting happens either way).
+    pub write: bool,
     pub method: Method,
     pub path: String,
     pub host: String,
@@ -140,6 +142,9 @@ impl AccessLog {
         }
         let code = self.fault.map(Fault::code).unwrap_or("");
         self.metrics.request(self.status, code);
+        if !self.write {
+            return;
+        }
         let line = self.line(Instant::now());
         match self.fault {
             None => tracing::info!(target: ACCESS_TARGET, "{line}"),
@@ -167,6 +172,7 @@ mod tests {
         AccessLog {
             metrics: ProxyMetrics::register(&mut Default::default()),
             emitted: true,
+            write: true,
             method: Method::GET,
             path: "/a?b=\"c\"".into(),
             host: "www.example.com".into(),

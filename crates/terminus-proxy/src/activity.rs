@@ -1,65 +1,62 @@
-//! What a client connection is doing, for its idle watchdog: when bytes last moved, since when a
-//! write has been blocked (the client stopped reading), and how many requests are in flight.
+//! What a client connection is doing, for its idle watchdog: whether bytes moved since the
+//! watchdog last looked, whether a write is blocked (the client stopped reading), and how many
+//! requests are in flight.
 //!
-//! The watchdog sleeps until the earliest moment a limit could be reached, so an idle connection
-//! costs one timer wake-up per idle window, not a periodic tick.
+//! The I/O path only sets flags (no clock reads); the watchdog looks every quarter of the idle
+//! window, so a limit is acted on between one and one and a quarter windows after it was reached.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
-const NOT_BLOCKED: u64 = u64::MAX;
+/// Looks per idle window.
+pub(crate) const CHECKS_PER_WINDOW: u32 = 4;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Activity {
-    epoch: Instant,
-    /// Milliseconds since `epoch` when bytes last moved.
-    last: AtomicU64,
-    /// Milliseconds since `epoch` when a write first found the socket full, or NOT_BLOCKED.
-    blocked_since: AtomicU64,
+    moved: AtomicBool,
+    blocked: AtomicBool,
     in_flight: AtomicUsize,
     /// The watchdog closed the connection because the client stopped reading.
     stalled: AtomicBool,
 }
 
-/// What the watchdog should do now.
+/// What the watchdog should do after a look.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    /// Check again at this instant.
-    Wait(Instant),
+    Wait,
     /// Nothing in flight and nothing moved for the idle window: close politely.
     Idle,
     /// A write has been blocked for the idle window: the client is not reading.
     Stalled,
 }
 
+/// The watchdog's memory between looks.
+#[derive(Debug, Default)]
+pub(crate) struct Watch {
+    quiet: u32,
+    blocked: u32,
+}
+
+impl Watch {
+    /// How long to sleep between looks.
+    pub(crate) fn interval(idle: Duration) -> Duration {
+        (idle / CHECKS_PER_WINDOW).max(Duration::from_millis(10))
+    }
+}
+
 impl Activity {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self {
-            epoch: Instant::now(),
-            last: AtomicU64::new(0),
-            blocked_since: AtomicU64::new(NOT_BLOCKED),
-            in_flight: AtomicUsize::new(0),
-            stalled: AtomicBool::new(false),
-        })
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
-    }
-
-    fn at(&self, ms: u64) -> Instant {
-        self.epoch + Duration::from_millis(ms)
+        Arc::new(Self::default())
     }
 
     fn moved(&self) {
-        self.last.store(self.now_ms(), Ordering::Relaxed);
+        self.moved.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn stalled(&self) -> bool {
@@ -76,27 +73,29 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    pub(crate) fn verdict(&self, idle: Duration) -> Verdict {
-        let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX / 2);
-        let now = self.now_ms();
-        let blocked = self.blocked_since.load(Ordering::Relaxed);
-        if blocked != NOT_BLOCKED && now.saturating_sub(blocked) >= idle_ms {
+    /// One look by the watchdog.
+    pub(crate) fn look(&self, watch: &mut Watch) -> Verdict {
+        let moved = self.moved.swap(false, Ordering::Relaxed);
+        if self.blocked.load(Ordering::Relaxed) {
+            watch.blocked += 1;
+        } else {
+            watch.blocked = 0;
+        }
+        if watch.blocked > CHECKS_PER_WINDOW {
             return Verdict::Stalled;
         }
-        let last = self.last.load(Ordering::Relaxed);
-        let busy = self.in_flight.load(Ordering::Relaxed) > 0;
-        if !busy && now.saturating_sub(last) >= idle_ms {
-            return Verdict::Idle;
-        }
         // A busy connection is judged by its requests' own timers (H12, H15, H28) unless a
-        // write blocks; check again when either limit could next be reached.
-        let next_idle = last.saturating_add(idle_ms);
-        let next_block = if blocked == NOT_BLOCKED {
-            now.saturating_add(idle_ms)
+        // write blocks.
+        if moved || self.in_flight.load(Ordering::Relaxed) > 0 {
+            watch.quiet = 0;
         } else {
-            blocked.saturating_add(idle_ms)
-        };
-        Verdict::Wait(self.at(next_idle.min(next_block).max(now + 1)))
+            watch.quiet += 1;
+        }
+        if watch.quiet > CHECKS_PER_WINDOW {
+            Verdict::Idle
+        } else {
+            Verdict::Wait
+        }
     }
 }
 
@@ -186,20 +185,10 @@ impl<I> TrackedIo<I> {
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
             Poll::Ready(Ok(n)) if *n > 0 => {
-                self.activity
-                    .blocked_since
-                    .store(NOT_BLOCKED, Ordering::Relaxed);
+                self.activity.blocked.store(false, Ordering::Relaxed);
                 self.activity.moved();
             }
-            Poll::Pending => {
-                let now = self.activity.now_ms();
-                let _ = self.activity.blocked_since.compare_exchange(
-                    NOT_BLOCKED,
-                    now,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
+            Poll::Pending => self.activity.blocked.store(true, Ordering::Relaxed),
             _ => {}
         }
     }
@@ -209,22 +198,30 @@ impl<I> TrackedIo<I> {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_only_without_requests_and_stalled_on_blocked_writes() {
+    #[test]
+    fn idle_only_without_requests_and_stalled_on_blocked_writes() {
         let a = Activity::new();
-        let idle = Duration::from_secs(10);
-        assert!(matches!(a.verdict(idle), Verdict::Wait(_)));
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(a.verdict(idle), Verdict::Idle);
+        let mut w = Watch::default();
+        a.moved();
+        for _ in 0..=CHECKS_PER_WINDOW {
+            assert_eq!(a.look(&mut w), Verdict::Wait);
+        }
+        assert_eq!(a.look(&mut w), Verdict::Idle);
 
         let busy = a.request();
-        assert!(
-            matches!(a.verdict(idle), Verdict::Wait(_)),
-            "a request in flight is not idle"
-        );
-        a.blocked_since.store(a.now_ms(), Ordering::Relaxed);
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(a.verdict(idle), Verdict::Stalled);
+        let mut w = Watch::default();
+        for _ in 0..10 {
+            assert_eq!(
+                a.look(&mut w),
+                Verdict::Wait,
+                "a request in flight is not idle"
+            );
+        }
+        a.blocked.store(true, Ordering::Relaxed);
+        for _ in 0..CHECKS_PER_WINDOW {
+            assert_eq!(a.look(&mut w), Verdict::Wait);
+        }
+        assert_eq!(a.look(&mut w), Verdict::Stalled);
         drop(busy);
     }
 }

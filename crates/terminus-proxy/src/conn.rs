@@ -17,7 +17,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::activity::{Activity, TrackedIo, Verdict};
+use crate::activity::{Activity, TrackedIo, Verdict, Watch};
 use crate::shutdown::Tracker;
 use crate::Shared;
 
@@ -149,8 +149,9 @@ where
         service,
     );
     tokio::pin!(conn);
-    let idle = shared.settings.idle_timeout;
-    let watchdog = tokio::time::sleep(idle);
+    let every = Watch::interval(shared.settings.idle_timeout);
+    let mut watch = Watch::default();
+    let watchdog = tokio::time::sleep(every);
     tokio::pin!(watchdog);
     let mut closing = false;
     let result = loop {
@@ -161,14 +162,14 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut watchdog => match activity.verdict(idle) {
-                Verdict::Wait(at) => watchdog.as_mut().reset(at),
+            _ = &mut watchdog => match activity.look(&mut watch) {
+                Verdict::Wait => watchdog.as_mut().reset(Instant::now() + every),
                 // Nothing in flight and nothing moved (including a client that never sent a
                 // byte): close politely, or, if asked once already, drop.
                 Verdict::Idle if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
-                    watchdog.as_mut().reset(Instant::now() + idle);
+                    watchdog.as_mut().reset(Instant::now() + every);
                 }
                 Verdict::Idle => break Ok(()),
                 // The client stopped reading a response: drop the connection (logged H28).

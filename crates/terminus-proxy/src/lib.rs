@@ -58,6 +58,7 @@ pub struct Settings {
     pub max_headers: usize,
     pub connect_attempts: usize,
     pub default_app: Option<String>,
+    pub access_log: bool,
 }
 
 impl Settings {
@@ -79,6 +80,7 @@ impl Settings {
             max_headers: config.proxy.max_headers,
             connect_attempts: config.proxy.connect_attempts,
             default_app: config.router.default_app.clone(),
+            access_log: config.router.access_log,
         }
     }
 }

@@ -36,6 +36,7 @@ pub(crate) async fn handle(
     let mut log = Box::new(AccessLog {
         metrics: shared.metrics.clone(),
         emitted: false,
+        write: shared.settings.access_log,
         method: parts.method.clone(),
         path: parts
             .uri

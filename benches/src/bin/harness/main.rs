@@ -132,7 +132,7 @@ fn print_configs() {
     println!("{}", proxies::backend_config(backend));
     println!(
         "# terminus\nterminus serve --listen {listen} --cert {} --key {} --backend {backend} \
-         --admin 127.0.0.1:PORT --threads 1 >/dev/null",
+         --admin 127.0.0.1:PORT --threads 1 --no-access-log",
         cert.cert.display(),
         cert.key.display()
     );
@@ -338,7 +338,7 @@ fn notes(settings: &Settings, machine: &serde_json::Value, report: &Report) -> V
             .into(),
         "proxy cpu = the proxy's own utime+stime (/proc/PID/stat, all its processes) during the \
          load, per successful request or connection; logs discarded for every proxy alike \
-         (terminus stdout to /dev/null, no HAProxy log, nginx access_log off)"
+         (terminus --no-access-log, no HAProxy log, nginx access_log off)"
             .into(),
         format!(
             "ka: wrk -t1 -c64 -d{d}s; h2: h2load -t1 -c32 -m10 -D {d}; hs_*: rustls client, 16 \

@@ -305,7 +305,9 @@ pub(crate) fn start(
                 .arg("--admin")
                 .arg(admin.to_string())
                 .arg("--threads")
-                .arg("1");
+                .arg("1")
+                // Like HAProxy without a `log` line and nginx with `access_log off`.
+                .arg("--no-access-log");
             cmd
         }
         Proxy::Haproxy => {
