@@ -14,3 +14,7 @@ echo "== example config and its certificates"
 cargo run --locked -q --bin terminus -- check-config --config config/terminus.toml
 echo "== benchmark harness, quick mode (a smoke test of the harness, not a performance gate)"
 cargo run --release --locked -p terminus-benches --bin harness -- --quick
+echo "== scale benchmark on 2,000 certificates (a smoke test of the benchmark, not a measurement)"
+rm -rf target/scale-smoke
+cargo run --release --locked -p terminus-benches --bin scale -- run --no-build \
+  --work target/scale-smoke --counts 2000 --duration 1 --runs 1 --changes 2

@@ -2,9 +2,11 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+use rustls::pki_types::ServerName;
 use rustls::HandshakeKind;
 use serde_json::json;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
@@ -24,15 +26,79 @@ pub struct HandshakeArgs {
     /// Without it, no ticket or session id is ever stored or offered: every handshake is full.
     #[arg(long)]
     pub resume: bool,
+    /// Draw each connection's server name at random from N names: `--host` with `{}` replaced
+    /// by a number below N (`c{}.scale.test`).
+    #[arg(long, value_name = "N")]
+    pub spread: Option<u64>,
+    /// Close right after the handshake (close_notify, no request): handshakes alone.
+    #[arg(long)]
+    pub handshake_only: bool,
+}
+
+/// Server names for each connection: always the same, or drawn from a numbered set.
+#[derive(Debug, Clone)]
+enum Names {
+    One(ServerName<'static>),
+    Spread { pattern: String, n: u64 },
+}
+
+impl Names {
+    fn new(args: &HandshakeArgs) -> anyhow::Result<Self> {
+        let host = &args.target.host;
+        Ok(match args.spread {
+            None => Self::One(ServerName::try_from(host.clone()).context("server name")?),
+            Some(n) => {
+                anyhow::ensure!(
+                    n > 0 && host.contains("{}"),
+                    "--spread needs N > 0 and a --host with {{}} in it"
+                );
+                Self::Spread {
+                    pattern: host.clone(),
+                    n,
+                }
+            }
+        })
+    }
+
+    fn pick(&self, rng: &mut u64) -> anyhow::Result<ServerName<'static>> {
+        match self {
+            Self::One(name) => Ok(name.clone()),
+            Self::Spread { pattern, n } => {
+                let i = next_random(rng) % n;
+                ServerName::try_from(pattern.replace("{}", &i.to_string())).context("server name")
+            }
+        }
+    }
+}
+
+/// xorshift64*: uniform enough to spread names, and no dependency for it.
+fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 pub(super) async fn run(args: HandshakeArgs) -> anyhow::Result<()> {
-    let dialer = Dialer::new(&args.target, args.resume, true)?;
+    // The dialer's own name (and request Host) must be a valid name even for a pattern.
+    let mut target = args.target.clone();
+    target.host = target.host.replace("{}", "0");
+    let dialer = Dialer::new(&target, args.resume, true)?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(args.duration.max(0.0));
+    let names = Names::new(&args)?;
     let mut workers = JoinSet::new();
-    for _ in 0..args.concurrency.max(1) {
-        workers.spawn(worker(dialer.clone(), deadline));
+    for i in 0..args.concurrency.max(1) {
+        let seed = 0x9E37_79B9_7F4A_7C15_u64.wrapping_mul(i as u64 + 1);
+        workers.spawn(worker(
+            dialer.clone(),
+            names.clone(),
+            args.handshake_only,
+            seed,
+            deadline,
+        ));
     }
     let mut total = Tally::default();
     while let Some(tally) = workers.join_next().await {
@@ -51,11 +117,25 @@ pub(super) async fn run(args: HandshakeArgs) -> anyhow::Result<()> {
     }))
 }
 
-async fn worker(dialer: Dialer, deadline: Instant) -> Tally {
+async fn worker(
+    dialer: Dialer,
+    names: Names,
+    handshake_only: bool,
+    mut rng: u64,
+    deadline: Instant,
+) -> Tally {
     let mut tally = Tally::default();
     let mut buf = Vec::with_capacity(4096);
     while Instant::now() < deadline {
-        match timeout(IO_TIMEOUT, once(&dialer, &mut buf)).await {
+        let attempt = async {
+            let name = names.pick(&mut rng)?;
+            if handshake_only {
+                handshake(&dialer, name).await
+            } else {
+                once(&dialer, name, &mut buf).await
+            }
+        };
+        match timeout(IO_TIMEOUT, attempt).await {
             Ok(Ok(resumed)) => {
                 tally.ok += 1;
                 tally.resumed += u64::from(resumed);
@@ -73,8 +153,12 @@ async fn worker(dialer: Dialer, deadline: Instant) -> Tally {
 
 /// One connection: handshake, request, response, then wait for the server to close (it was
 /// asked to), so the server side is the one left in TIME_WAIT, as with browsers.
-async fn once(dialer: &Dialer, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
-    let mut tls = dialer.connect().await?;
+async fn once(
+    dialer: &Dialer,
+    name: ServerName<'static>,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<bool> {
+    let mut tls = dialer.connect_as(name).await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
     dialer.request(&mut tls, buf).await?;
     let mut rest = [0u8; 512];
@@ -86,5 +170,13 @@ async fn once(dialer: &Dialer, buf: &mut Vec<u8>) -> anyhow::Result<bool> {
         }
     })
     .await;
+    Ok(resumed)
+}
+
+/// A handshake alone: connect, handshake, close_notify, close.
+async fn handshake(dialer: &Dialer, name: ServerName<'static>) -> anyhow::Result<bool> {
+    let mut tls = dialer.connect_as(name).await?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
+    let _ = tls.shutdown().await;
     Ok(resumed)
 }

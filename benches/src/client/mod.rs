@@ -130,12 +130,17 @@ impl Dialer {
 
     /// TCP connect (no Nagle) and TLS handshake.
     async fn connect(&self) -> anyhow::Result<TlsStream<TcpStream>> {
+        self.connect_as(self.name.clone()).await
+    }
+
+    /// [`Dialer::connect`] asking for another server name.
+    async fn connect_as(&self, name: ServerName<'static>) -> anyhow::Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .with_context(|| format!("connect {}", self.addr))?;
         tcp.set_nodelay(true)?;
         TlsConnector::from(self.config.clone())
-            .connect(self.name.clone(), tcp)
+            .connect(name, tcp)
             .await
             .context("TLS handshake")
     }

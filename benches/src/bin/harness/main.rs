@@ -10,11 +10,9 @@
 //! figures themselves never fail it), 1 otherwise. `harness client ...` is the TLS load client
 //! the harness runs (the same as the `tlsload` binary).
 
-mod procs;
 mod proxies;
 mod report;
 mod scenarios;
-mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,10 +23,10 @@ use clap::{Args, Parser, Subcommand};
 use terminus_benches::client::{self, Mode};
 use terminus_benches::procfs;
 
-use crate::procs::{TempDir, LOAD_CPU};
 use crate::proxies::{Certs, Env, Proxy};
 use crate::report::Report;
 use crate::scenarios::{Ctx, Scenario, Settings};
+use terminus_benches::procs::{TempDir, LOAD_CPU};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -171,14 +169,14 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let settings = settings(&args);
     let scenarios = selection(&args.scenarios, &Scenario::ALL, Scenario::parse, "scenario")?;
     let proxies = selection(&args.proxies, &Proxy::ALL, Proxy::parse, "proxy")?;
-    let tools = tools::ensure()?;
-    let terminus = tools::terminus(args.terminus.as_deref(), args.no_build)?;
-    let machine = tools::describe(&tools, &terminus);
+    let tools = terminus_benches::tools::ensure()?;
+    let terminus = terminus_benches::tools::terminus(args.terminus.as_deref(), args.no_build)?;
+    let machine = terminus_benches::tools::describe(&tools, &terminus);
     if std::thread::available_parallelism().map_or(0, |n| n.get()) < 2 {
         bail!("the harness needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)");
     }
     // From here on the harness itself (and so its helper threads) stays off the proxy's CPU.
-    if let Err(e) = procs::pin_self(&tools.taskset, LOAD_CPU) {
+    if let Err(e) = terminus_benches::procs::pin_self(&tools.taskset, LOAD_CPU) {
         eprintln!("harness: warning: cannot pin the harness to CPU {LOAD_CPU}: {e:#}");
     }
 

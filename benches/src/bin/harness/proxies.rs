@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use rcgen::{CertificateParams, KeyPair, RsaKeySize, PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256};
 
-use crate::procs::{free_port, pinned, Spawned, LOAD_CPU, PROXY_CPU};
-use crate::tools::Tools;
+use terminus_benches::procs::{free_port, pinned, Spawned, LOAD_CPU, PROXY_CPU};
+use terminus_benches::tools::Tools;
 
 /// The name every certificate is for, and every request's SNI and Host.
 pub(crate) const HOST: &str = "localhost";

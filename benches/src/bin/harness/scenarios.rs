@@ -14,9 +14,9 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use terminus_benches::procfs;
 
-use crate::procs::{line_reader, pinned, run_bounded, Spawned, LOAD_CPU};
 use crate::proxies::{KeyType, Running, HOST};
-use crate::tools::Tools;
+use terminus_benches::procs::{line_reader, pinned, run_bounded, Spawned, LOAD_CPU};
+use terminus_benches::tools::Tools;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scenario {

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context};
 
 /// The repository root (this crate is `benches/` in it).
-pub(crate) fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
@@ -25,12 +25,12 @@ const NEEDED: [(&str, &str); 5] = [
 ];
 
 #[derive(Debug, Clone)]
-pub(crate) struct Tools {
-    pub(crate) wrk: PathBuf,
-    pub(crate) h2load: PathBuf,
-    pub(crate) haproxy: PathBuf,
-    pub(crate) nginx: PathBuf,
-    pub(crate) taskset: PathBuf,
+pub struct Tools {
+    pub wrk: PathBuf,
+    pub h2load: PathBuf,
+    pub haproxy: PathBuf,
+    pub nginx: PathBuf,
+    pub taskset: PathBuf,
 }
 
 /// A command in PATH or in the sbin directories (nginx and haproxy live in /usr/sbin, which a
@@ -45,7 +45,7 @@ fn find(cmd: &str) -> Option<PathBuf> {
 
 /// Finds every tool, installing the missing ones with `scripts/ensure-packages.sh`
 /// (`apt-get install -y` as root, with service starts blocked), and says so.
-pub(crate) fn ensure() -> anyhow::Result<Tools> {
+pub fn ensure() -> anyhow::Result<Tools> {
     let missing: Vec<String> = NEEDED
         .iter()
         .filter(|(cmd, _)| find(cmd).is_none())
@@ -79,7 +79,7 @@ pub(crate) fn ensure() -> anyhow::Result<Tools> {
 
 /// The terminus binary to benchmark: `explicit`, or `release/terminus` in this harness's own
 /// target directory, built there first unless `no_build`.
-pub(crate) fn terminus(explicit: Option<&Path>, no_build: bool) -> anyhow::Result<PathBuf> {
+pub fn terminus(explicit: Option<&Path>, no_build: bool) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         anyhow::ensure!(path.is_file(), "{} does not exist", path.display());
         return Ok(path.to_path_buf());
@@ -132,7 +132,7 @@ fn first_line(program: &Path, args: &[&str]) -> String {
 }
 
 /// The date, the machine and the versions, for the report.
-pub(crate) fn describe(tools: &Tools, terminus: &Path) -> serde_json::Value {
+pub fn describe(tools: &Tools, terminus: &Path) -> serde_json::Value {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()

@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 /// The proxy under test runs here.
-pub(crate) const PROXY_CPU: u32 = 0;
+pub const PROXY_CPU: u32 = 0;
 /// The load generators, the backend and the harness itself run here.
-pub(crate) const LOAD_CPU: u32 = 1;
+pub const LOAD_CPU: u32 = 1;
 /// File descriptors for every child: 5,000 idle connections need 5,000 on each side.
 const NOFILE: u32 = 20_000;
 
 /// `taskset -c CPU sh -c 'ulimit -n ...; exec "$@"' sh PROGRAM`: the caller adds the program's
 /// arguments. taskset and sh both exec, so the child's PID is the program's.
-pub(crate) fn pinned(taskset: &Path, cpu: u32, program: &Path) -> Command {
+pub fn pinned(taskset: &Path, cpu: u32, program: &Path) -> Command {
     let mut cmd = Command::new(taskset);
     cmd.arg("-c")
         .arg(cpu.to_string())
@@ -36,7 +36,7 @@ pub(crate) fn pinned(taskset: &Path, cpu: u32, program: &Path) -> Command {
 }
 
 /// Pins this process (and so every thread and child it starts afterwards) to `cpu`.
-pub(crate) fn pin_self(taskset: &Path, cpu: u32) -> anyhow::Result<()> {
+pub fn pin_self(taskset: &Path, cpu: u32) -> anyhow::Result<()> {
     let status = Command::new(taskset)
         .args([
             "-p",
@@ -54,7 +54,7 @@ pub(crate) fn pin_self(taskset: &Path, cpu: u32) -> anyhow::Result<()> {
 /// A started child. Dropping it stops it: SIGTERM, then after a grace period SIGKILL for it and
 /// every descendant it had (an nginx master's worker outlives a SIGKILLed master).
 #[derive(Debug)]
-pub(crate) struct Spawned {
+pub struct Spawned {
     name: String,
     child: Child,
     log: Option<PathBuf>,
@@ -62,11 +62,7 @@ pub(crate) struct Spawned {
 }
 
 impl Spawned {
-    pub(crate) fn start(
-        name: &str,
-        mut cmd: Command,
-        log: Option<PathBuf>,
-    ) -> anyhow::Result<Self> {
+    pub fn start(name: &str, mut cmd: Command, log: Option<PathBuf>) -> anyhow::Result<Self> {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {name}: {cmd:?}"))?;
@@ -78,21 +74,21 @@ impl Spawned {
         })
     }
 
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub(crate) fn take_stdout(&mut self) -> Option<ChildStdout> {
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
     }
 
     /// The exit status if it has exited.
-    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+    pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
 
     /// The last lines of its log file, for error messages.
-    pub(crate) fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let Some(text) = self.log.as_ref().and_then(|p| fs::read_to_string(p).ok()) else {
             return String::new();
         };
@@ -101,7 +97,7 @@ impl Spawned {
     }
 
     /// Waits for it to exit on its own, up to `limit`.
-    pub(crate) fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
         let until = Instant::now() + limit;
         loop {
             if let Some(status) = self.exited() {
@@ -116,7 +112,7 @@ impl Spawned {
     }
 
     /// SIGTERM; SIGKILL to the tree after 3 s. Idempotent.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if self.done {
             return;
         }
@@ -124,7 +120,7 @@ impl Spawned {
         if self.exited().is_some() {
             return;
         }
-        let tree = terminus_benches::procfs::tree(self.pid());
+        let tree = crate::procfs::tree(self.pid());
         signal("TERM", &tree[..1]);
         if self.wait_for(Duration::from_secs(3)).is_none() {
             eprintln!("harness: {} did not stop on SIGTERM; killing it", self.name);
@@ -167,13 +163,13 @@ fn signal(sig: &str, pids: &[u32]) {
 
 /// What a bounded run printed.
 #[derive(Debug)]
-pub(crate) struct Finished {
-    pub(crate) stdout: String,
+pub struct Finished {
+    pub stdout: String,
 }
 
 /// Runs `cmd` to completion within `limit` (killed otherwise), output kept in `dir`. A non-zero
 /// exit is an error that shows the end of its output.
-pub(crate) fn run_bounded(
+pub fn run_bounded(
     name: &str,
     mut cmd: Command,
     dir: &Path,
@@ -202,7 +198,7 @@ pub(crate) fn run_bounded(
 }
 
 /// Lines of a child's stdout, read by a thread, so the harness can wait for one with a timeout.
-pub(crate) fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
+pub fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -216,7 +212,7 @@ pub(crate) fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
 }
 
 /// A loopback port nobody listens on now.
-pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
     listener.local_addr().context("local address")
 }
@@ -224,13 +220,13 @@ pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
 /// The harness's temporary directory (certificates, configs, logs), removed when dropped
 /// unless kept.
 #[derive(Debug)]
-pub(crate) struct TempDir {
+pub struct TempDir {
     path: PathBuf,
     keep: bool,
 }
 
 impl TempDir {
-    pub(crate) fn new(keep: bool) -> anyhow::Result<Self> {
+    pub fn new(keep: bool) -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -241,7 +237,7 @@ impl TempDir {
         Ok(Self { path, keep })
     }
 
-    pub(crate) fn path(&self) -> &Path {
+    pub fn path(&self) -> &Path {
         &self.path
     }
 }
