@@ -96,7 +96,7 @@ fn handshake(client_config: &Arc<ClientConfig>, s: &Server) -> anyhow::Result<Ha
         .store
         .resolve(hello.server_name(), &caps)
         .context("no certificate")?;
-    let config = s.policy.server_config(resolved.key);
+    let config = s.policy.server_config(resolved.key, &caps);
     let mut server = accepted
         .into_connection(config)
         .map_err(|(e, _)| anyhow!(e))?;

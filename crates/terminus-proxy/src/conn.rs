@@ -221,7 +221,7 @@ async fn handshake(shared: &Shared, tcp: TcpStream) -> Option<(TlsStream<TcpStre
         .await;
         return None;
     };
-    let config = shared.policy.server_config(resolved.key);
+    let config = shared.policy.server_config(resolved.key, &caps);
     match timeout_at(deadline, start.into_stream(config)).await {
         Err(_) => {
             metrics.handshake(false, "", "timeout");

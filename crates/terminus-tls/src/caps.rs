@@ -13,6 +13,9 @@ pub struct ClientCaps {
     pub ecdsa_p384: bool,
     pub ed25519: bool,
     pub rsa: bool,
+    /// The client lists ChaCha20-Poly1305 before any AES-GCM suite: the sign of a device without
+    /// AES hardware, which then gets ChaCha20 although the server otherwise prefers AES-128-GCM.
+    pub prefers_chacha: bool,
 }
 
 impl ClientCaps {
@@ -22,6 +25,7 @@ impl ClientCaps {
         ecdsa_p384: true,
         ed25519: true,
         rsa: true,
+        prefers_chacha: false,
     };
 
     pub fn from_hello(hello: &ClientHello<'_>) -> Self {
@@ -86,6 +90,7 @@ impl ClientCaps {
             } else {
                 tls12_rsa && (pss || pkcs1)
             },
+            prefers_chacha: prefers_chacha(suites),
         }
     }
 
@@ -100,9 +105,43 @@ impl ClientCaps {
     }
 }
 
+/// Whether the first AEAD suite the client lists is ChaCha20-Poly1305.
+fn prefers_chacha(suites: &[CipherSuite]) -> bool {
+    suites
+        .iter()
+        .find_map(|s| match *s {
+            CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => Some(true),
+            CipherSuite::TLS13_AES_128_GCM_SHA256
+            | CipherSuite::TLS13_AES_256_GCM_SHA384
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+            | CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => Some(false),
+            _ => None,
+        })
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chacha_preference_is_the_first_aead_listed() {
+        use CipherSuite as S;
+        assert!(prefers_chacha(&[
+            S::TLS_EMPTY_RENEGOTIATION_INFO_SCSV,
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+            S::TLS13_AES_128_GCM_SHA256,
+        ]));
+        assert!(!prefers_chacha(&[
+            S::TLS13_AES_256_GCM_SHA384,
+            S::TLS13_CHACHA20_POLY1305_SHA256,
+        ]));
+        assert!(!prefers_chacha(&[]));
+    }
 
     #[test]
     fn tls13_client_uses_schemes_only() {

@@ -497,6 +497,7 @@ mod tests {
         ecdsa_p384: false,
         ed25519: false,
         rsa: true,
+        prefers_chacha: false,
     };
 
     #[test]
