@@ -1,10 +1,10 @@
 //! Logs: router log lines (target `terminus::access`) go to stdout as `<time> <logfmt line>`,
-//! batched (written every 100 ms or every 64 KiB, so a busy router does not make one system call
-//! per request); everything else goes to stderr, filtered by `RUST_LOG` (default `info`).
+//! batched (written by a thread every 100 ms, or sooner once 64 KiB wait, so a busy router does
+//! not make one system call per request); everything else goes to stderr, filtered by `RUST_LOG` (default `info`).
 
 use std::fmt;
 use std::io::{IsTerminal, Write};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use terminus_proxy::ACCESS_TARGET;
@@ -19,34 +19,67 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Wake the writer thread early once this much is waiting.
 const FLUSH_AT: usize = 64 * 1024;
+/// Past this much waiting (stdout is not keeping up), requests write the batch themselves:
+/// back-pressure rather than unbounded memory.
+const MAX_PENDING: usize = 16 * 1024 * 1024;
 
 static BATCH: OnceLock<Batched> = OnceLock::new();
 
-/// Router log lines waiting to be written to stdout.
+/// Router log lines waiting to be written to stdout by the `terminus-log` thread, so the request
+/// path appends to memory and makes no system call.
 #[derive(Clone, Default)]
-struct Batched(Arc<Mutex<Vec<u8>>>);
+struct Batched(Arc<Pending>);
+
+#[derive(Default)]
+struct Pending {
+    lines: Mutex<Vec<u8>>,
+    full: Condvar,
+}
 
 impl Batched {
+    fn lines(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.0.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes out what is waiting. Taken under stdout's lock, so batches keep their order
+    /// whichever thread writes them.
     fn write_out(&self) {
-        let data = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = std::io::stdout().lock();
+        let data = std::mem::take(&mut *self.lines());
         if !data.is_empty() {
-            let mut out = std::io::stdout().lock();
             let _ = out.write_all(&data);
             let _ = out.flush();
+        }
+    }
+
+    /// The writer thread: every FLUSH_EVERY, or sooner when FLUSH_AT is waiting.
+    fn run(&self) {
+        loop {
+            let lines = self.lines();
+            let (lines, _) = self
+                .0
+                .full
+                .wait_timeout(lines, FLUSH_EVERY)
+                .unwrap_or_else(|p| p.into_inner());
+            drop(lines);
+            self.write_out();
         }
     }
 }
 
 impl Write for Batched {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let full = {
-            let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            buf.extend_from_slice(bytes);
-            buf.len() >= FLUSH_AT
+        let pending = {
+            let mut lines = self.lines();
+            lines.extend_from_slice(bytes);
+            lines.len()
         };
-        if full {
+        if pending >= MAX_PENDING {
             self.write_out();
+        } else if pending >= FLUSH_AT {
+            self.0.full.notify_one();
         }
         Ok(bytes.len())
     }
@@ -74,13 +107,10 @@ pub fn flush() {
 pub fn init() {
     let batch = BATCH.get_or_init(|| {
         let batch = Batched::default();
-        let flusher = batch.clone();
+        let writer = batch.clone();
         let _ = std::thread::Builder::new()
             .name("terminus-log".into())
-            .spawn(move || loop {
-                std::thread::sleep(FLUSH_EVERY);
-                flusher.write_out();
-            });
+            .spawn(move || writer.run());
         batch
     });
     let access = tracing_subscriber::fmt::layer()

@@ -145,9 +145,19 @@ fn run_all(args: RunArgs) -> anyhow::Result<()> {
 /// How a row reads its figure from one dataset's results.
 type Cell = Box<dyn Fn(&Value) -> String>;
 
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// "median / max" of a change's latency: `kind` is `add` or `update`, `what` `visible` or `api`.
+fn median_max(kind: &'static str, what: &'static str) -> Cell {
+    let (median, max) = (format!("{what}_ms"), format!("{what}_ms_max"));
+    Box::new(move |r| format!("{:.1} / {:.1}", num(&r[kind][&median]), num(&r[kind][&max])))
+}
+
 /// One row per figure, one column per dataset.
 fn table(results: &[Value]) -> String {
-    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let f = num;
     let rows: Vec<(&str, &str, Cell)> = vec![
         (
             "start to first handshake (s)",
@@ -202,46 +212,22 @@ fn table(results: &[Value]) -> String {
         (
             "certs:add answer → served, median/max (ms)",
             "≤ 10",
-            Box::new(move |r| {
-                format!(
-                    "{:.1} / {:.1}",
-                    f(&r["add"]["visible_ms"]),
-                    f(&r["add"]["visible_ms_max"])
-                )
-            }),
+            median_max("add", "visible"),
         ),
         (
             "certs:add API answer, median/max (ms)",
             "",
-            Box::new(move |r| {
-                format!(
-                    "{:.1} / {:.1}",
-                    f(&r["add"]["api_ms"]),
-                    f(&r["add"]["api_ms_max"])
-                )
-            }),
+            median_max("add", "api"),
         ),
         (
             "certs:update answer → served, median/max (ms)",
             "≤ 10",
-            Box::new(move |r| {
-                format!(
-                    "{:.1} / {:.1}",
-                    f(&r["update"]["visible_ms"]),
-                    f(&r["update"]["visible_ms_max"])
-                )
-            }),
+            median_max("update", "visible"),
         ),
         (
             "certs:update API answer, median/max (ms)",
             "same at any size",
-            Box::new(move |r| {
-                format!(
-                    "{:.1} / {:.1}",
-                    f(&r["update"]["api_ms"]),
-                    f(&r["update"]["api_ms_max"])
-                )
-            }),
+            median_max("update", "api"),
         ),
         (
             "unknown SNI: refused / counted in metric",
