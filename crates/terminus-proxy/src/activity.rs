@@ -20,6 +20,8 @@ pub(crate) const CHECKS_PER_WINDOW: u32 = 4;
 #[derive(Debug, Default)]
 pub(crate) struct Activity {
     moved: AtomicBool,
+    /// A write made progress since the watchdog last looked.
+    wrote: AtomicBool,
     blocked: AtomicBool,
     in_flight: AtomicUsize,
     /// The watchdog closed the connection because the client stopped reading.
@@ -76,7 +78,10 @@ impl Activity {
     /// One look by the watchdog.
     pub(crate) fn look(&self, watch: &mut Watch) -> Verdict {
         let moved = self.moved.swap(false, Ordering::Relaxed);
-        if self.blocked.load(Ordering::Relaxed) {
+        let wrote = self.wrote.swap(false, Ordering::Relaxed);
+        // Blocked now and no write got through since the last look: a client reading slowly
+        // still makes progress and is not stalled.
+        if self.blocked.load(Ordering::Relaxed) && !wrote {
             watch.blocked += 1;
         } else {
             watch.blocked = 0;
@@ -186,6 +191,7 @@ impl<I> TrackedIo<I> {
         match r {
             Poll::Ready(Ok(n)) if *n > 0 => {
                 self.activity.blocked.store(false, Ordering::Relaxed);
+                self.activity.wrote.store(true, Ordering::Relaxed);
                 self.activity.moved();
             }
             Poll::Pending => self.activity.blocked.store(true, Ordering::Relaxed),
@@ -223,5 +229,18 @@ mod tests {
         }
         assert_eq!(a.look(&mut w), Verdict::Stalled);
         drop(busy);
+    }
+
+    #[test]
+    fn a_slow_reader_whose_writes_progress_is_not_stalled() {
+        let a = Activity::new();
+        let _busy = a.request();
+        let mut w = Watch::default();
+        for _ in 0..3 * CHECKS_PER_WINDOW {
+            // Between two looks a write got through, then the next one blocked again.
+            a.wrote.store(true, Ordering::Relaxed);
+            a.blocked.store(true, Ordering::Relaxed);
+            assert_eq!(a.look(&mut w), Verdict::Wait);
+        }
     }
 }
