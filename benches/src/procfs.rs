@@ -85,10 +85,20 @@ pub fn tree_cpu_ticks(pid: u32) -> u64 {
 
 /// VmRSS of one process in KiB (0 for a process without memory, such as a zombie).
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    keyed(pid, "status", "VmRSS:")
+}
+
+/// Bytes the process caused to be read from storage (`read_bytes` of /proc/PID/io).
+pub fn storage_read_bytes(pid: u32) -> io::Result<u64> {
+    keyed(pid, "io", "read_bytes:")
+}
+
+/// The first number after `key` in /proc/PID/`file` (0 when the key is missing).
+fn keyed(pid: u32, file: &str, key: &str) -> io::Result<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/{file}"))?;
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0))

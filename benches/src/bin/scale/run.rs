@@ -2,7 +2,6 @@
 //! drawn over the whole store, API change latency, and what an unknown name costs.
 
 use std::fs;
-use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -147,9 +146,9 @@ pub(crate) fn run(dir: &Path, count: u64, s: &Settings) -> anyhow::Result<Value>
     })?;
 
     let unknown_before = admin.metric(UNKNOWN_SNI)?;
-    let io_before = read_bytes(pid)?;
+    let io_before = procfs::storage_read_bytes(pid)?;
     let unknown = load.handshakes("u{}.unknown.test", Some(1_000_000_000))?;
-    let io_after = read_bytes(pid)?;
+    let io_after = procfs::storage_read_bytes(pid)?;
     let unknown_after = admin.metric(UNKNOWN_SNI)?;
 
     let rss_end = procfs::rss_kib(pid)?;
@@ -264,16 +263,6 @@ fn changes(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-/// Bytes the process caused to be read from storage (`read_bytes` of /proc/PID/io).
-fn read_bytes(pid: u32) -> io::Result<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/io"))?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("read_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
 }
 
 /// Handshake load from this binary's `client` mode, pinned to the load CPU.
