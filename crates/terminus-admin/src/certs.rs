@@ -31,6 +31,9 @@ pub struct CertReplace {
     #[serde(default)]
     pub bypass: bool,
     pub checksum: Option<String>,
+    /// Replace even when the new certificate does not cover domains pinned to this one.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -287,7 +290,7 @@ impl Control {
         })?;
         self.publish(store, &record)?;
         for d in &pin {
-            self.certs.pin(d, &name);
+            self.routes.set_pin(d, Some(&name));
         }
         let certificate = self.cert(&name, now)?;
         Ok(CertChange {
@@ -321,9 +324,7 @@ impl Control {
                 ));
                 continue;
             }
-            let covered = prepared.leaf.names.contains(d)
-                || (!d.is_wildcard() && prepared.leaf.covers(d.base().as_str()));
-            if covered {
+            if d.covered_by(&prepared.leaf.names) {
                 pin.push(d.clone());
             }
         }
@@ -384,15 +385,40 @@ impl Control {
             .cert(name)?
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
         let mut warnings = prepared.warnings.clone();
+        let mut uncovered_pins = Vec::new();
         for (domain, cert) in self.domain_certs() {
-            let uses = cert.as_ref().is_some_and(|(n, _)| n == name);
-            let covered = prepared.leaf.names.contains(&domain)
-                || (!domain.is_wildcard() && prepared.leaf.covers(domain.base().as_str()));
-            if uses && !covered {
+            let Some((serving, pinned)) = cert else {
+                continue;
+            };
+            if serving != name || domain.covered_by(&prepared.leaf.names) {
+                continue;
+            }
+            if pinned {
+                uncovered_pins.push(domain.to_string());
+            } else {
                 warnings.push(format!(
-                    "the new certificate does not cover {domain}, which uses this certificate now: HTTPS requests for it will fail"
+                    "the new certificate does not cover {domain}, which is served with this certificate now: it falls back to another certificate covering it, or the default"
                 ));
             }
+        }
+        if !uncovered_pins.is_empty() {
+            let (list, are) = (
+                uncovered_pins.join(", "),
+                if uncovered_pins.len() == 1 {
+                    "is"
+                } else {
+                    "are"
+                },
+            );
+            if !up.force {
+                return Err(ApiError::unprocessable(
+                    "cert_does_not_cover_domain",
+                    format!("the new certificate does not cover {list}, which {are} pinned to '{name}': HTTPS requests would fail. Upload a certificate that covers them, unpin them with `terminus domains:update HOST --no-cert`, or pass --force to replace anyway; nothing was changed"),
+                ));
+            }
+            warnings.push(format!(
+                "forced: the new certificate does not cover {list}, which {are} pinned to it: HTTPS requests for them will fail"
+            ));
         }
         let version =
             store.seal_version(name, record.current.version + 1, &prepared, up.bypass, now)?;
@@ -476,7 +502,7 @@ impl Control {
         self.certs.remove(name);
         for host in unpinned {
             if let Ok(p) = host.parse() {
-                self.certs.unpin(&p);
+                self.routes.set_pin(&p, None);
             }
         }
         Ok(view)

@@ -164,18 +164,11 @@ impl Control {
         }
     }
 
-    /// The certificate a domain uses and whether it is pinned: the pin if its certificate
-    /// exists, else what SNI selection would pick for that name (the default does not count).
+    /// The certificate a domain is served with and whether by its pin, by the selection rule
+    /// handshakes use (the default certificate does not count).
     pub(crate) fn cert_of_domain(&self, pattern: &HostPattern) -> Option<(String, bool)> {
-        if let Some(pinned) = self.certs.pinned(pattern) {
-            if self.certs.get(&pinned).is_some() {
-                return Some((pinned.to_string(), true));
-            }
-        }
-        let (entry, by) = self
-            .certs
-            .select(Some(&pattern.to_string()), &ClientCaps::ALL)?;
-        (by != SelectedBy::Default).then(|| (entry.name().to_owned(), false))
+        let (entry, by) = self.certs.select_for_domain(pattern, &ClientCaps::ALL)?;
+        (by != SelectedBy::Default).then(|| (entry.name().to_owned(), by == SelectedBy::Pinned))
     }
 
     /// Domain → certificate name for every domain, for listings.

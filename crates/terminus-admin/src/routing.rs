@@ -149,6 +149,7 @@ impl Control {
         self.routes.set_domain(Domain {
             pattern: pattern.clone(),
             app: req.app.as_str().into(),
+            cert: None,
         });
         self.domain_view(&pattern)
     }
@@ -178,9 +179,7 @@ impl Control {
                     format!("no certificate named '{cert}': see `terminus certs`"),
                 )
             })?;
-            let covered = entry.names().contains(&pattern)
-                || (!pattern.is_wildcard() && entry.covers(pattern.base().as_str()));
-            if !covered {
+            if !pattern.covered_by(entry.names()) {
                 let names: Vec<String> = entry.names().iter().map(|n| n.to_string()).collect();
                 return Err(ApiError::unprocessable(
                     "cert_does_not_cover_domain",
@@ -193,10 +192,7 @@ impl Control {
             ..record
         };
         store.write(|w| w.put_domain(&updated))?;
-        match &req.cert {
-            Some(cert) => self.certs.pin(&pattern, cert),
-            None => self.certs.unpin(&pattern),
-        }
+        self.routes.set_pin(&pattern, req.cert.as_deref());
         self.domain_view(&pattern)
     }
 
@@ -215,7 +211,6 @@ impl Control {
             return Err(ApiError::not_found("domain", host));
         }
         self.routes.remove_domain(&pattern);
-        self.certs.unpin(&pattern);
         Ok(view)
     }
 
@@ -359,7 +354,6 @@ impl Control {
         for host in removed {
             if let Ok(p) = HostPattern::parse(&host) {
                 self.routes.remove_domain(&p);
-                self.certs.unpin(&p);
             }
         }
         self.routes.remove_app(name);

@@ -160,6 +160,14 @@ impl HostPattern {
         matches!(self, Self::Wildcard(_))
     }
 
+    /// Can a certificate carrying `names` serve this domain? It can if it names the domain
+    /// itself or, for an exact domain, one of its wildcards matches the name. A wildcard domain
+    /// needs the same wildcard: `a.example.com` does not cover `*.example.com`.
+    pub fn covered_by(&self, names: &[HostPattern]) -> bool {
+        names.contains(self)
+            || (!self.is_wildcard() && names.iter().any(|n| n.matches(self.base().as_str())))
+    }
+
     /// The name without the `*.`: the exact name, or the wildcard's suffix.
     pub fn base(&self) -> &HostName {
         match self {

@@ -38,11 +38,14 @@ impl App {
     }
 }
 
-/// A domain attached to an app.
+/// A domain attached to an app, optionally pinned to a certificate by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Domain {
     pub pattern: HostPattern,
     pub app: Box<str>,
+    /// `domains:update HOST --cert NAME`: the certificate this domain is served with, whatever
+    /// other certificates' names cover it (while that certificate exists and suits the client).
+    pub cert: Option<Box<str>>,
 }
 
 /// Host → app → backends. Both maps change one entry at a time while requests read them.
@@ -66,7 +69,7 @@ pub enum Route {
 impl RouteTable {
     /// The route for a normalized host name.
     pub fn route(&self, host: &str) -> Route {
-        let Some((domain, _)) = self.domains.lookup(host) else {
+        let Some(domain) = self.domain_for(host) else {
             return Route::UnknownHost;
         };
         match self.apps.get(&domain.app) {
@@ -98,12 +101,34 @@ impl RouteTable {
         self.domains.insert(&pattern, Arc::new(domain))
     }
 
+    /// Pins an existing domain to a certificate, or unpins it (`None`). False when no domain
+    /// has this pattern.
+    pub fn set_pin(&self, pattern: &HostPattern, cert: Option<&str>) -> bool {
+        self.domains.update(pattern, |current| match current {
+            Some(d) => (
+                Some(Arc::new(Domain {
+                    cert: cert.map(Into::into),
+                    ..Domain::clone(d)
+                })),
+                true,
+            ),
+            None => (None, false),
+        })
+    }
+
     pub fn remove_domain(&self, pattern: &HostPattern) -> Option<Arc<Domain>> {
         self.domains.remove(pattern)
     }
 
+    /// The domain stored under exactly this pattern.
     pub fn domain(&self, pattern: &HostPattern) -> Option<Arc<Domain>> {
         self.domains.get(pattern)
+    }
+
+    /// The most specific domain covering a normalized host: its exact entry, else the one-label
+    /// wildcard entry. This entry alone decides the host's app and certificate pin.
+    pub fn domain_for(&self, host: &str) -> Option<Arc<Domain>> {
+        self.domains.lookup(host).map(|(d, _)| d)
     }
 
     pub fn domains(&self) -> Vec<Arc<Domain>> {
@@ -129,10 +154,12 @@ mod tests {
         table.set_domain(Domain {
             pattern: HostPattern::parse("*.example.com").unwrap(),
             app: "web".into(),
+            cert: None,
         });
         table.set_domain(Domain {
             pattern: HostPattern::parse("api.example.com").unwrap(),
             app: "api".into(),
+            cert: None,
         });
         let Route::App(app) = table.route("api.example.com") else {
             panic!("api.example.com should route")

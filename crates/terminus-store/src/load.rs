@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
 };
-use terminus_route::{App, Domain, HostPattern, RouteTable};
+use terminus_route::{App, Domain, HostPattern};
 use terminus_tls::{CertEntry, CertStore, KeySource, Prepared};
 
 use crate::checksum;
@@ -139,32 +139,6 @@ impl Store {
         })?;
         Ok(report)
     }
-
-    /// Loads stored apps and domains into `routes` and domain pins into `certs`.
-    pub fn load_routes(&self, routes: &RouteTable, certs: &CertStore) -> Result<Vec<String>> {
-        let reader = self.read()?;
-        let mut problems = Vec::new();
-        for app in reader.apps()? {
-            match app_from(&app) {
-                Ok(a) => {
-                    routes.set_app(a);
-                }
-                Err(e) => problems.push(e),
-            }
-        }
-        for d in reader.domains()? {
-            match domain_from(&d) {
-                Ok(domain) => {
-                    if let Some(cert) = &d.cert {
-                        certs.pin(&domain.pattern, cert);
-                    }
-                    routes.set_domain(domain);
-                }
-                Err(e) => problems.push(e),
-            }
-        }
-        Ok(problems)
-    }
 }
 
 pub fn app_from(app: &AppRecord) -> Result<App, String> {
@@ -182,6 +156,7 @@ pub fn domain_from(d: &DomainRecord) -> Result<Domain, String> {
     Ok(Domain {
         pattern,
         app: d.app.as_str().into(),
+        cert: d.cert.as_deref().map(Into::into),
     })
 }
 

@@ -174,7 +174,7 @@ fn check_domains(
     }
     let uncovered: Vec<&HostPattern> = domains
         .iter()
-        .filter(|d| !pattern_covered(leaf, d))
+        .filter(|d| !d.covered_by(&leaf.names))
         .collect();
     if uncovered.len() == domains.len() {
         return Err(CertError::NoDomainCovered {
@@ -189,12 +189,6 @@ fn check_domains(
         ));
     }
     Ok(())
-}
-
-/// A domain pattern is covered by a certificate if the certificate names it exactly, or (for an
-/// exact domain) one of its wildcards matches it.
-fn pattern_covered(leaf: &CertInfo, domain: &HostPattern) -> bool {
-    leaf.names.contains(domain) || (!domain.is_wildcard() && leaf.covers(domain.base().as_str()))
 }
 
 fn join<'a, T: std::fmt::Display + 'a>(items: impl Iterator<Item = &'a T>) -> String {

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use terminus_route::{normalize, HostMap, HostPattern};
+use terminus_route::{normalize, Domain, HostMap, HostPattern, RouteTable};
 
 use crate::caps::ClientCaps;
 use crate::error::StoreError;
@@ -182,7 +182,8 @@ pub struct CertStore {
     provider: Arc<CryptoProvider>,
     by_name: DashMap<Arc<str>, Arc<CertEntry>>,
     by_host: HostMap<Slot>,
-    pins: HostMap<Arc<str>>,
+    /// The domains and their pins: the most specific domain entry decides a host's pin.
+    domains: Arc<RouteTable>,
     default: ArcSwapOption<String>,
     keys: quick_cache::sync::Cache<u64, Arc<CertifiedKey>>,
     writer: Mutex<()>,
@@ -206,13 +207,20 @@ impl CertStore {
             provider,
             by_name: DashMap::with_shard_amount(64),
             by_host: HostMap::default(),
-            pins: HostMap::default(),
+            domains: Arc::default(),
             default: ArcSwapOption::empty(),
             keys: quick_cache::sync::Cache::new(key_cache.max(1)),
             writer: Mutex::new(()),
             on_change: None,
             on_quarantine: None,
         }
+    }
+
+    /// Reads domain pins from this table (`domains:update HOST --cert NAME`). Without it no
+    /// domain is pinned.
+    pub fn with_domains(mut self, domains: Arc<RouteTable>) -> Self {
+        self.domains = domains;
+        self
     }
 
     /// Reports the certificate count after every change (for a gauge).
@@ -336,55 +344,85 @@ impl CertStore {
         self.default.load().as_ref().map(|n| n.to_string())
     }
 
-    /// Pins a domain to a certificate by name: the pin wins over name matching while that
-    /// certificate exists.
-    pub fn pin(&self, domain: &HostPattern, cert_name: &str) {
-        self.pins.insert(domain, Arc::from(cert_name));
-    }
-
-    pub fn unpin(&self, domain: &HostPattern) {
-        self.pins.remove(domain);
-    }
-
-    pub fn pinned(&self, domain: &HostPattern) -> Option<Arc<str>> {
-        self.pins.get(domain)
-    }
-
-    /// Chooses the certificate for a handshake: a pin, then an exact name, then a wildcard,
-    /// each only if the client can use its key type; then, if only unusable candidates cover
-    /// the name, the best of them, so the handshake fails with a precise alert rather than
-    /// serving a certificate for another name; then the default.
+    /// Chooses the certificate for a handshake. The selection rule, written only here:
+    ///
+    /// 1. The most specific domain entry covering the name decides (its exact entry, else its
+    ///    one-label wildcard entry; see [`RouteTable::domain_for`]). If that entry is pinned, its
+    ///    certificate is served while it exists, is usable, and suits the client's key types. A
+    ///    wildcard domain's pin therefore applies only to hosts with no exact domain entry.
+    /// 2. Otherwise the certificates' own names: an exact name, then a one-label wildcard, each
+    ///    only if the client can use its key type; if only candidates the client cannot use
+    ///    cover the name, the best of them, so the handshake fails with a precise alert rather
+    ///    than serving a certificate made for another name.
+    /// 3. Then the default certificate.
     pub fn select(
         &self,
         sni: Option<&str>,
         caps: &ClientCaps,
     ) -> Option<(Arc<CertEntry>, SelectedBy)> {
-        if let Some(sni) = sni {
-            let host = normalize(sni);
-            let host = host.as_ref();
-            if let Some(pinned) = self.pins.lookup(host).and_then(|(n, _)| self.get(&n)) {
-                if pinned.usable() && caps.supports(pinned.kind) {
-                    return Some((pinned, SelectedBy::Pinned));
-                }
-            }
-            let mut fallback = None;
-            for (slot, by) in [
+        let Some(sni) = sni else {
+            return self.default_entry();
+        };
+        let host = normalize(sni);
+        let host = host.as_ref();
+        self.choose(
+            self.domains.domain_for(host).as_deref(),
+            [
                 (self.by_host.lookup_exact(host), SelectedBy::Exact),
                 (self.by_host.lookup_wildcard(host), SelectedBy::Wildcard),
-            ] {
-                let Some(slot) = slot else { continue };
-                let mut usable = slot.iter().filter(|e| e.usable());
-                if let Some(e) = slot.iter().find(|e| e.usable() && caps.supports(e.kind)) {
-                    return Some((e.clone(), by));
-                }
-                if fallback.is_none() {
-                    fallback = usable.next().map(|e| (e.clone(), by));
-                }
-            }
-            if fallback.is_some() {
-                return fallback;
+            ],
+            caps,
+        )
+    }
+
+    /// What a domain entry is served with, by the same rule as [`CertStore::select`]: for an
+    /// exact domain, what a handshake for that name gets; for a wildcard domain, what a host
+    /// that only the wildcard covers gets (its pin, else a certificate named for the wildcard).
+    pub fn select_for_domain(
+        &self,
+        pattern: &HostPattern,
+        caps: &ClientCaps,
+    ) -> Option<(Arc<CertEntry>, SelectedBy)> {
+        match pattern {
+            HostPattern::Exact(name) => self.select(Some(name.as_str()), caps),
+            HostPattern::Wildcard(_) => self.choose(
+                self.domains.domain(pattern).as_deref(),
+                [(self.by_host.get(pattern), SelectedBy::Wildcard)],
+                caps,
+            ),
+        }
+    }
+
+    /// Steps 1 to 3 of the rule, given the deciding domain entry and the name-matched slots in
+    /// order of precedence.
+    fn choose<const N: usize>(
+        &self,
+        domain: Option<&Domain>,
+        slots: [(Option<Slot>, SelectedBy); N],
+        caps: &ClientCaps,
+    ) -> Option<(Arc<CertEntry>, SelectedBy)> {
+        let pinned = domain
+            .and_then(|d| d.cert.as_deref())
+            .and_then(|name| self.get(name));
+        if let Some(pinned) = pinned {
+            if pinned.usable() && caps.supports(pinned.kind) {
+                return Some((pinned, SelectedBy::Pinned));
             }
         }
+        let mut fallback = None;
+        for (slot, by) in slots {
+            let Some(slot) = slot else { continue };
+            if let Some(e) = slot.iter().find(|e| e.usable() && caps.supports(e.kind)) {
+                return Some((e.clone(), by));
+            }
+            if fallback.is_none() {
+                fallback = slot.iter().find(|e| e.usable()).map(|e| (e.clone(), by));
+            }
+        }
+        fallback.or_else(|| self.default_entry())
+    }
+
+    fn default_entry(&self) -> Option<(Arc<CertEntry>, SelectedBy)> {
         let default = self.default.load();
         let name = default.as_ref()?;
         self.get(name.as_str())
@@ -562,9 +600,18 @@ mod tests {
         );
     }
 
+    fn domain(table: &RouteTable, host: &str, pin: Option<&str>) {
+        table.set_domain(Domain {
+            pattern: HostPattern::parse(host).unwrap(),
+            app: "web".into(),
+            cert: pin.map(Into::into),
+        });
+    }
+
     #[test]
     fn pins_win_while_their_certificate_exists() {
-        let s = store();
+        let domains = Arc::new(RouteTable::default());
+        let s = store().with_domains(domains.clone());
         s.insert(entry("a", &["*.example.com"], &PKCS_ECDSA_P256_SHA256))
             .unwrap();
         s.insert(entry(
@@ -573,8 +620,7 @@ mod tests {
             &PKCS_ECDSA_P256_SHA256,
         ))
         .unwrap();
-        let shop = HostPattern::parse("shop.example.com").unwrap();
-        s.pin(&shop, "a");
+        domain(&domains, "shop.example.com", Some("a"));
         assert_eq!(
             pick(&s, Some("shop.example.com"), &ClientCaps::ALL),
             Some(("a".into(), SelectedBy::Pinned))
@@ -584,6 +630,135 @@ mod tests {
             pick(&s, Some("shop.example.com"), &ClientCaps::ALL),
             Some(("b".into(), SelectedBy::Exact))
         );
+    }
+
+    /// Every combination of: an exact domain entry for `shop.example.com` (none, unpinned,
+    /// pinned), a wildcard domain entry `*.example.com` (none, unpinned, pinned), a certificate
+    /// named `shop.example.com`, and one named `*.example.com`. The pinned certificates carry
+    /// unrelated names so that only a pin can select them. Expected: what `shop.example.com`
+    /// gets, what `other.example.com` (covered only by the wildcards) gets, and what the
+    /// listing shows for the wildcard domain.
+    #[test]
+    fn selection_rule_over_every_combination() {
+        use SelectedBy::{Default as D, Exact as E, Pinned as P, Wildcard as W};
+        const NONE: u8 = 0;
+        const UNPINNED: u8 = 1;
+        const PINNED: u8 = 2;
+        type Pick = (&'static str, SelectedBy);
+        #[rustfmt::skip]
+        let table: &[(u8, u8, bool, bool, Pick, Pick)] = &[
+            // exact dom wild dom  exact  wild   shop.example.com    other.example.com
+            (NONE,     NONE,     false, false, ("fallback", D),    ("fallback", D)),
+            (NONE,     NONE,     false, true,  ("name-wild", W),   ("name-wild", W)),
+            (NONE,     NONE,     true,  false, ("name-exact", E),  ("fallback", D)),
+            (NONE,     NONE,     true,  true,  ("name-exact", E),  ("name-wild", W)),
+            (NONE,     UNPINNED, false, false, ("fallback", D),    ("fallback", D)),
+            (NONE,     UNPINNED, false, true,  ("name-wild", W),   ("name-wild", W)),
+            (NONE,     UNPINNED, true,  false, ("name-exact", E),  ("fallback", D)),
+            (NONE,     UNPINNED, true,  true,  ("name-exact", E),  ("name-wild", W)),
+            (NONE,     PINNED,   false, false, ("pin-wild", P),    ("pin-wild", P)),
+            (NONE,     PINNED,   false, true,  ("pin-wild", P),    ("pin-wild", P)),
+            (NONE,     PINNED,   true,  false, ("pin-wild", P),    ("pin-wild", P)),
+            (NONE,     PINNED,   true,  true,  ("pin-wild", P),    ("pin-wild", P)),
+            (UNPINNED, NONE,     false, false, ("fallback", D),    ("fallback", D)),
+            (UNPINNED, NONE,     false, true,  ("name-wild", W),   ("name-wild", W)),
+            (UNPINNED, NONE,     true,  false, ("name-exact", E),  ("fallback", D)),
+            (UNPINNED, NONE,     true,  true,  ("name-exact", E),  ("name-wild", W)),
+            (UNPINNED, UNPINNED, false, false, ("fallback", D),    ("fallback", D)),
+            (UNPINNED, UNPINNED, false, true,  ("name-wild", W),   ("name-wild", W)),
+            (UNPINNED, UNPINNED, true,  false, ("name-exact", E),  ("fallback", D)),
+            (UNPINNED, UNPINNED, true,  true,  ("name-exact", E),  ("name-wild", W)),
+            (UNPINNED, PINNED,   false, false, ("fallback", D),    ("pin-wild", P)),
+            (UNPINNED, PINNED,   false, true,  ("name-wild", W),   ("pin-wild", P)),
+            (UNPINNED, PINNED,   true,  false, ("name-exact", E),  ("pin-wild", P)),
+            (UNPINNED, PINNED,   true,  true,  ("name-exact", E),  ("pin-wild", P)),
+            (PINNED,   NONE,     false, false, ("pin-exact", P),   ("fallback", D)),
+            (PINNED,   NONE,     false, true,  ("pin-exact", P),   ("name-wild", W)),
+            (PINNED,   NONE,     true,  false, ("pin-exact", P),   ("fallback", D)),
+            (PINNED,   NONE,     true,  true,  ("pin-exact", P),   ("name-wild", W)),
+            (PINNED,   UNPINNED, false, false, ("pin-exact", P),   ("fallback", D)),
+            (PINNED,   UNPINNED, false, true,  ("pin-exact", P),   ("name-wild", W)),
+            (PINNED,   UNPINNED, true,  false, ("pin-exact", P),   ("fallback", D)),
+            (PINNED,   UNPINNED, true,  true,  ("pin-exact", P),   ("name-wild", W)),
+            (PINNED,   PINNED,   false, false, ("pin-exact", P),   ("pin-wild", P)),
+            (PINNED,   PINNED,   false, true,  ("pin-exact", P),   ("pin-wild", P)),
+            (PINNED,   PINNED,   true,  false, ("pin-exact", P),   ("pin-wild", P)),
+            (PINNED,   PINNED,   true,  true,  ("pin-exact", P),   ("pin-wild", P)),
+        ];
+        assert_eq!(table.len(), 36);
+        let ec = &PKCS_ECDSA_P256_SHA256;
+        let certs = [
+            entry("pin-exact", &["pinned-exact.test"], ec),
+            entry("pin-wild", &["*.pinned-wild.test"], ec),
+            entry("name-exact", &["shop.example.com"], ec),
+            entry("name-wild", &["*.example.com"], ec),
+            entry("fallback", &["default.test"], ec),
+        ]
+        .map(Arc::new);
+        for (i, &(exact, wild, exact_cert, wild_cert, shop, other)) in table.iter().enumerate() {
+            let domains = Arc::new(RouteTable::default());
+            let s = store().with_domains(domains.clone());
+            for c in &certs {
+                let present = match c.name() {
+                    "name-exact" => exact_cert,
+                    "name-wild" => wild_cert,
+                    _ => true,
+                };
+                if present {
+                    s.insert(clone_entry(c)).unwrap();
+                }
+            }
+            s.set_default(Some("fallback"));
+            for (state, host, pin) in [
+                (exact, "shop.example.com", "pin-exact"),
+                (wild, "*.example.com", "pin-wild"),
+            ] {
+                if state != NONE {
+                    domain(&domains, host, (state == PINNED).then_some(pin));
+                }
+            }
+            let all = ClientCaps::ALL;
+            let want = |(n, by): (&str, SelectedBy)| Some((n.to_owned(), by));
+            assert_eq!(
+                pick(&s, Some("shop.example.com"), &all),
+                want(shop),
+                "row {i}: shop"
+            );
+            assert_eq!(
+                pick(&s, Some("other.example.com"), &all),
+                want(other),
+                "row {i}: other"
+            );
+            // The listing uses the same rule: an exact domain shows what its handshakes get; the
+            // wildcard domain shows what a host only it covers gets.
+            let listed = |p: &str| {
+                s.select_for_domain(&HostPattern::parse(p).unwrap(), &all)
+                    .map(|(e, by)| (e.name().to_owned(), by))
+            };
+            assert_eq!(
+                listed("shop.example.com"),
+                want(shop),
+                "row {i}: listed shop"
+            );
+            assert_eq!(
+                listed("*.example.com"),
+                want(other),
+                "row {i}: listed wildcard"
+            );
+        }
+    }
+
+    /// A second entry with the same content (entries are not `Clone`: each has its own id).
+    fn clone_entry(e: &CertEntry) -> CertEntry {
+        CertEntry::new(
+            e.name(),
+            e.leaf.clone(),
+            e.intermediates.clone(),
+            e.names.to_vec(),
+            e.kind,
+            e.not_after,
+            Box::new(InMemoryKey::new(e.key.private_key().unwrap().clone_key())),
+        )
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub enum Command {
         bypass: bool,
         #[arg(long)]
         checksum: Option<String>,
+        /// Replace even if the new certificate does not cover domains pinned to this one.
+        #[arg(long)]
+        force: bool,
     },
     /// Go back to the previous version of a certificate.
     #[command(name = "certs:rollback")]
@@ -305,9 +308,10 @@ pub fn run(command: Command, api: &ApiArgs) -> Result<()> {
             key,
             bypass,
             checksum,
+            force,
         } => {
             let (c, k, sum) = upload(&crt, &key, checksum)?;
-            let body = json!({ "certificate_chain": c, "private_key": k, "bypass": bypass, "checksum": sum });
+            let body = json!({ "certificate_chain": c, "private_key": k, "bypass": bypass, "checksum": sum, "force": force });
             let v = client.call(
                 Method::PATCH,
                 &format!("/v1/certs/{}", encode(&name)),

@@ -105,8 +105,10 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
         .store
         .as_ref()
         .map_or(DEFAULT_KEY_CACHE, |s| s.key_cache);
+    let routes = Arc::new(RouteTable::default());
     let certs = Arc::new(
         CertStore::new(policy.provider().clone(), key_cache)
+            .with_domains(routes.clone())
             .on_change(move |n| {
                 loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
             })
@@ -118,7 +120,6 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
                 );
             }),
     );
-    let routes = Arc::new(RouteTable::default());
 
     let (cert_errors, static_certs) = load_certificates(config, &certs, &origin);
     for e in &cert_errors {
@@ -305,9 +306,6 @@ fn load_store(
                 d.host
             )),
             Ok(domain) => {
-                if let Some(cert) = &d.cert {
-                    certs.pin(&domain.pattern, cert);
-                }
                 routes.set_domain(domain);
             }
             Err(e) => problems.push(e),
@@ -340,13 +338,12 @@ fn load_static_routes(
         routes.set_domain(Domain {
             pattern: d.pattern.clone(),
             app: d.app.as_str().into(),
+            cert: d.certificate.as_deref().map(Into::into),
         });
         if let Some(cert) = &d.certificate {
-            certs.pin(&d.pattern, cert);
-            let covered = certs.get(cert).is_some_and(|e| {
-                e.names().contains(&d.pattern)
-                    || (!d.pattern.is_wildcard() && e.covers(d.pattern.base().as_str()))
-            });
+            let covered = certs
+                .get(cert)
+                .is_some_and(|e| d.pattern.covered_by(e.names()));
             if !covered {
                 tracing::warn!(domain = %d.pattern, certificate = %cert, "the pinned certificate does not cover this domain (or did not load): its requests will get 421");
             }
