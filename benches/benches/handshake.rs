@@ -1,5 +1,5 @@
 //! A full TLS handshake in memory, no sockets: the client's flight goes to a rustls `Acceptor`,
-//! the certificate is resolved from a `CertStore` by the ClientHello's SNI and capabilities,
+//! the certificate is resolved from a `CertIndex` by the ClientHello's SNI and capabilities,
 //! the per-connection `ServerConfig` comes from `TlsPolicy::server_config`, and the handshake
 //! runs to completion, the session ticket included, as terminus does per connection. Both
 //! sides' CPU is in the figure.
@@ -21,18 +21,18 @@ use rustls::server::Acceptor;
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConnection};
 use terminus_benches::tls::{client_config, client_config_with, AcceptAnyCertificate};
 use terminus_config::TlsConfig;
-use terminus_tls::{CertEntry, CertStore, ClientCaps, TlsPolicy};
+use terminus_tls::{CertEntry, CertIndex, ClientCaps, TlsPolicy};
 
 use common::{or_exit, prepared};
 
 struct Server {
-    store: CertStore,
+    store: CertIndex,
     policy: TlsPolicy,
 }
 
 fn server(alg: &'static rcgen::SignatureAlgorithm) -> anyhow::Result<Server> {
     let policy = TlsPolicy::new(&TlsConfig::default()).context("policy")?;
-    let store = CertStore::new(policy.provider().clone(), 16);
+    let store = CertIndex::new(policy.provider().clone(), 16);
     let entry = CertEntry::from_prepared("localhost", prepared("localhost", alg)?);
     store.insert(entry).context("insert")?;
     Ok(Server { store, policy })

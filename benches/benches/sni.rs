@@ -1,4 +1,4 @@
-//! SNI resolution in `CertStore` at 1, 10k and 1M names.
+//! SNI resolution in `CertIndex` at 1, 10k and 1M names.
 //!
 //! Every entry shares one certificate's DER and key (borrowed `'static` slices, so a million
 //! entries cost names and map slots, not a million copies of a certificate); each has its own
@@ -17,7 +17,7 @@ use anyhow::Context;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use terminus_route::HostPattern;
-use terminus_tls::{CertEntry, CertStore, ClientCaps, KeySource, Prepared, DEFAULT_KEY_CACHE};
+use terminus_tls::{CertEntry, CertIndex, ClientCaps, KeySource, Prepared, DEFAULT_KEY_CACHE};
 
 use common::{or_exit, prepared};
 
@@ -60,8 +60,8 @@ fn name(i: usize) -> String {
 }
 
 /// A store with `n` exact names and one wildcard.
-fn store(shared: &Shared, n: usize, key_cache: usize) -> anyhow::Result<CertStore> {
-    let store = CertStore::new(Arc::new(terminus_tls::provider(true)), key_cache);
+fn store(shared: &Shared, n: usize, key_cache: usize) -> anyhow::Result<CertIndex> {
+    let store = CertIndex::new(Arc::new(terminus_tls::provider(true)), key_cache);
     let none: Arc<[CertificateDer<'static>]> = Arc::from(Vec::new());
     let entry = |name: &str, pattern: &str| -> anyhow::Result<CertEntry> {
         Ok(CertEntry::new(

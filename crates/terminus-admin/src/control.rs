@@ -15,7 +15,7 @@ use serde::Serialize;
 use terminus_metrics::ControlMetrics;
 use terminus_route::{HostPattern, RouteTable};
 use terminus_store::{Store, StoreError};
-use terminus_tls::{CertError, CertInfo, CertStore, ClientCaps, SelectedBy};
+use terminus_tls::{CertError, CertIndex, CertInfo, ClientCaps, SelectedBy};
 
 /// The audit log's tracing target: one line per change.
 pub const AUDIT_TARGET: &str = "terminus::audit";
@@ -95,7 +95,7 @@ pub enum Source {
 
 pub struct Control {
     pub(crate) store: Option<Arc<Store>>,
-    pub(crate) certs: Arc<CertStore>,
+    pub(crate) certs: Arc<CertIndex>,
     pub(crate) routes: Arc<RouteTable>,
     pub(crate) provider: Arc<CryptoProvider>,
     pub(crate) statics: Statics,
@@ -116,7 +116,7 @@ impl std::fmt::Debug for Control {
 impl Control {
     pub fn new(
         store: Option<Arc<Store>>,
-        certs: Arc<CertStore>,
+        certs: Arc<CertIndex>,
         routes: Arc<RouteTable>,
         statics: Statics,
         metrics: ControlMetrics,

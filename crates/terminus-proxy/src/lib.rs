@@ -2,7 +2,7 @@
 //! HTTP/2 from clients, routing by Host, header rewriting, HTTP/1.1 keep-alive to backends, error
 //! responses with router codes, one log line per request, graceful shutdown.
 //!
-//! Locks: the handshake path reads the certificate store (sharded read locks held for one hash
+//! Locks: the handshake path reads the certificate index (sharded read locks held for one hash
 //! lookup) and nothing else; the request path also reads the route table and takes the backend
 //! pool's per-backend lock for a push or pop. No I/O happens under any lock.
 
@@ -29,7 +29,7 @@ use ipnet::IpNet;
 use terminus_config::Config;
 use terminus_metrics::ProxyMetrics;
 use terminus_route::RouteTable;
-use terminus_tls::{CertStore, TlsPolicy};
+use terminus_tls::{CertIndex, TlsPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -88,7 +88,7 @@ impl Settings {
 /// State every connection shares.
 pub struct Shared {
     pub settings: Settings,
-    pub certs: Arc<CertStore>,
+    pub certs: Arc<CertIndex>,
     pub routes: Arc<RouteTable>,
     pub policy: TlsPolicy,
     pub metrics: ProxyMetrics,
@@ -113,7 +113,7 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     pub fn new(
         settings: Settings,
-        certs: Arc<CertStore>,
+        certs: Arc<CertIndex>,
         routes: Arc<RouteTable>,
         policy: TlsPolicy,
         metrics: ProxyMetrics,

@@ -11,7 +11,7 @@ use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
 };
 use terminus_route::{App, Domain, HostPattern};
-use terminus_tls::{CertEntry, CertStore, KeySource, Prepared};
+use terminus_tls::{CertEntry, CertIndex, KeySource, Prepared};
 
 use crate::checksum;
 use crate::db::Store;
@@ -114,7 +114,7 @@ impl Store {
     /// be decoded are quarantined (reported to `quarantined`) and the rest load.
     pub fn load_certs(
         &self,
-        certs: &CertStore,
+        certs: &CertIndex,
         mut quarantined: impl FnMut(&Quarantine),
     ) -> Result<LoadReport> {
         let mut report = LoadReport::default();

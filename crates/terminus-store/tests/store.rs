@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use terminus_config::StoreConfig;
 use terminus_store::{CertRecord, Interner, Store, StoreError, R17};
-use terminus_tls::{prepare, CertStore, ClientCaps, PrepareOptions, Prepared};
+use terminus_tls::{prepare, CertIndex, ClientCaps, PrepareOptions, Prepared};
 
 struct Dir(PathBuf);
 impl Drop for Dir {
@@ -66,8 +66,8 @@ fn add(store: &Store, name: &str, host: &str) -> String {
     key_pem
 }
 
-fn resolver() -> CertStore {
-    CertStore::new(Arc::new(terminus_tls::provider(true)), 16)
+fn resolver() -> CertIndex {
+    CertIndex::new(Arc::new(terminus_tls::provider(true)), 16)
 }
 
 #[test]

@@ -56,7 +56,7 @@ impl CertError {
 
 /// Why the store refused a change or could not build a served key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
+pub enum IndexError {
     #[error("a certificate named '{0}' already exists: choose another name or use certs:update")]
     DuplicateName(String),
     #[error("no certificate named '{0}'")]

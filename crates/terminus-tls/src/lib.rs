@@ -1,23 +1,26 @@
 //! TLS for terminus: PEM and X.509 intake, chain fix-up and trust check, the hot-swappable
-//! certificate store with SNI selection, and the TLS policy. No HTTP here.
+//! certificate index with SNI selection, and the TLS policy. No HTTP here.
 //!
 //! - [`prepare`] turns an upload (certificate file, key file) into a validated chain and key.
-//! - [`CertStore`] holds what is served and picks a certificate per ClientHello.
+//! - [`CertIndex`] holds what is served and picks a certificate per ClientHello.
 //! - [`TlsPolicy`] builds the per-connection rustls `ServerConfig` around the chosen certificate.
 
 mod caps;
 mod error;
+mod index;
 mod info;
 mod pem;
 mod policy;
 mod prepare;
 mod resolver;
-mod store;
 #[cfg(test)]
 mod testpki;
 
 pub use caps::ClientCaps;
-pub use error::{CertError, PolicyError, StoreError};
+pub use error::{CertError, IndexError, PolicyError};
+pub use index::{
+    CertEntry, CertIndex, InMemoryKey, KeySource, Resolved, SelectedBy, DEFAULT_KEY_CACHE,
+};
 pub use info::{format_time, format_time_short, CertInfo, KeyKind};
 pub use pem::{parse_pem, to_pem, PemBundle};
 pub use policy::{provider, TlsPolicy, ALPN_H2, ALPN_HTTP11};
@@ -25,8 +28,5 @@ pub use prepare::{
     is_trusted, prepare, DropReason, Dropped, PrepareOptions, Prepared, MIN_RSA_BITS,
 };
 pub use resolver::SniResolver;
-pub use store::{
-    CertEntry, CertStore, InMemoryKey, KeySource, Resolved, SelectedBy, DEFAULT_KEY_CACHE,
-};
 
 pub use rustls;

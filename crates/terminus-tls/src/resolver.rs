@@ -1,7 +1,7 @@
 //! The store as a rustls `ResolvesServerCert`, for a plain `ServerConfig` (in-memory tests,
 //! benchmarks, embedders). The router itself selects before the handshake (see
 //! terminus-proxy) so each connection knows the certificate it served; both paths share
-//! [`CertStore::resolve`].
+//! [`CertIndex::resolve`].
 
 use std::sync::Arc;
 
@@ -9,10 +9,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::caps::ClientCaps;
-use crate::store::CertStore;
+use crate::index::CertIndex;
 
 #[derive(Debug, Clone)]
-pub struct SniResolver(pub Arc<CertStore>);
+pub struct SniResolver(pub Arc<CertIndex>);
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {

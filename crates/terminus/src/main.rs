@@ -22,7 +22,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(
     name = "terminus",
     version,
-    about = "An edge router: TLS by SNI from a live certificate store, HTTP to backends"
+    about = "An edge router: TLS by SNI from certificates that change while it runs, HTTP to backends"
 )]
 struct Cli {
     #[command(flatten)]
@@ -232,7 +232,7 @@ fn check_config(path: PathBuf) -> ExitCode {
         }
     };
     let provider = std::sync::Arc::new(terminus_tls::provider(config.tls.post_quantum));
-    let store = terminus_tls::CertStore::new(provider, 16);
+    let store = terminus_tls::CertIndex::new(provider, 16);
     let (errors, _) =
         terminus::startup::load_certificates(&config, &store, &path.display().to_string());
     for e in &errors {

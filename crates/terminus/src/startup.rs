@@ -1,4 +1,4 @@
-//! Turning a validated config into a running router: TLS policy, certificate store, route table,
+//! Turning a validated config into a running router: TLS policy, certificate index, route table,
 //! metrics, the data-plane listeners and the admin listener.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use terminus_metrics::{
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
 use terminus_route::{App, Domain, RouteTable};
 use terminus_store::Store;
-use terminus_tls::{prepare, CertEntry, CertStore, PrepareOptions, TlsPolicy, DEFAULT_KEY_CACHE};
+use terminus_tls::{prepare, CertEntry, CertIndex, PrepareOptions, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -107,7 +107,7 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
         .map_or(DEFAULT_KEY_CACHE, |s| s.key_cache);
     let routes = Arc::new(RouteTable::default());
     let certs = Arc::new(
-        CertStore::new(policy.provider().clone(), key_cache)
+        CertIndex::new(policy.provider().clone(), key_cache)
             .with_domains(routes.clone())
             .on_change(move |n| {
                 loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
@@ -246,7 +246,7 @@ fn log_key_origin(store: &Store) {
 /// Loads the store's certificates, apps and domains (skipping names the config file defines).
 fn load_store(
     store: &Store,
-    certs: &CertStore,
+    certs: &CertIndex,
     routes: &RouteTable,
     statics: &Statics,
     metrics: &ControlMetrics,
@@ -322,7 +322,7 @@ fn load_store(
 
 fn load_static_routes(
     config: &Config,
-    certs: &CertStore,
+    certs: &CertIndex,
     routes: &RouteTable,
     static_certs: std::collections::HashMap<String, StaticCert>,
 ) -> Statics {
@@ -388,7 +388,7 @@ async fn cleanup_loop(control: Arc<Control>) {
 }
 
 /// Expiry of every served certificate, for the per-certificate gauge.
-struct CertsExpiry(Arc<CertStore>);
+struct CertsExpiry(Arc<CertIndex>);
 
 impl ExpirySource for CertsExpiry {
     fn each(&self, f: &mut dyn FnMut(&str, i64)) {
@@ -406,7 +406,7 @@ impl ExpirySource for CertsExpiry {
 /// and skipped: one bad file never keeps the others from being served.
 pub fn load_certificates(
     config: &Config,
-    certs: &CertStore,
+    certs: &CertIndex,
     origin: &str,
 ) -> (
     Vec<CertLoadError>,

@@ -1,12 +1,12 @@
-//! The hot-swappable certificate store and SNI selection.
+//! The hot-swappable certificate index (what is served, by name and host) and SNI selection.
 //!
 //! Readers (handshakes) look names up in sharded maps: a shard's read lock for one hash lookup,
 //! never a lock a writer holds for more than one insert. Writers are serialized among themselves
 //! by a mutex readers never touch, and each change touches only the names of the certificate it
-//! changes, so its cost does not grow with the store.
+//! changes, so its cost does not grow with the index.
 //!
 //! A certificate's served form (`CertifiedKey`: parsed key plus chain) is built on first use and
-//! kept in a bounded cache, so a store of many certificates holds DER, not parsed keys, for the
+//! kept in a bounded cache, so an index of many certificates holds DER, not parsed keys, for the
 //! names nobody is asking for.
 
 use std::fmt;
@@ -21,7 +21,7 @@ use rustls::sign::CertifiedKey;
 use terminus_route::{normalize, Domain, HostMap, HostPattern, RouteTable};
 
 use crate::caps::ClientCaps;
-use crate::error::StoreError;
+use crate::error::IndexError;
 use crate::info::KeyKind;
 use crate::prepare::Prepared;
 
@@ -178,7 +178,7 @@ type Slot = Arc<[Arc<CertEntry>]>;
 /// service.
 type QuarantineHook = Box<dyn Fn(&str, &str) + Send + Sync>;
 
-pub struct CertStore {
+pub struct CertIndex {
     provider: Arc<CryptoProvider>,
     by_name: DashMap<Arc<str>, Arc<CertEntry>>,
     by_host: HostMap<Slot>,
@@ -191,9 +191,9 @@ pub struct CertStore {
     on_quarantine: Option<QuarantineHook>,
 }
 
-impl fmt::Debug for CertStore {
+impl fmt::Debug for CertIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertStore")
+        f.debug_struct("CertIndex")
             .field("certificates", &self.by_name.len())
             .field("names", &self.by_host.len())
             .field("built_keys", &self.keys.len())
@@ -201,7 +201,7 @@ impl fmt::Debug for CertStore {
     }
 }
 
-impl CertStore {
+impl CertIndex {
     pub fn new(provider: Arc<CryptoProvider>, key_cache: usize) -> Self {
         Self {
             provider,
@@ -264,10 +264,10 @@ impl CertStore {
     }
 
     /// Adds a certificate under a new name.
-    pub fn insert(&self, entry: CertEntry) -> Result<Arc<CertEntry>, StoreError> {
+    pub fn insert(&self, entry: CertEntry) -> Result<Arc<CertEntry>, IndexError> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.by_name.contains_key(&entry.name) {
-            return Err(StoreError::DuplicateName(entry.name.to_string()));
+            return Err(IndexError::DuplicateName(entry.name.to_string()));
         }
         Ok(self.publish(entry))
     }
@@ -375,7 +375,7 @@ impl CertStore {
         )
     }
 
-    /// What a domain entry is served with, by the same rule as [`CertStore::select`]: for an
+    /// What a domain entry is served with, by the same rule as [`CertIndex::select`]: for an
     /// exact domain, what a handshake for that name gets; for a wildcard domain, what a host
     /// that only the wildcard covers gets (its pin, else a certificate named for the wildcard).
     pub fn select_for_domain(
@@ -445,11 +445,11 @@ impl CertStore {
     }
 
     /// The served form of an entry: from the cache, or built now (CPU only, no I/O).
-    pub fn certified_key(&self, entry: &CertEntry) -> Result<Arc<CertifiedKey>, StoreError> {
+    pub fn certified_key(&self, entry: &CertEntry) -> Result<Arc<CertifiedKey>, IndexError> {
         if let Some(key) = self.keys.get(&entry.id) {
             return Ok(key);
         }
-        let load = |detail: String| StoreError::Load {
+        let load = |detail: String| IndexError::Load {
             name: entry.name.to_string(),
             detail,
         };
@@ -512,16 +512,16 @@ mod tests {
         CertEntry::from_prepared(name, p)
     }
 
-    fn store() -> CertStore {
-        CertStore::new(Arc::new(crate::provider(true)), 16)
+    fn index() -> CertIndex {
+        CertIndex::new(Arc::new(crate::provider(true)), 16)
     }
 
     fn pick(
-        store: &CertStore,
+        index: &CertIndex,
         sni: Option<&str>,
         caps: &ClientCaps,
     ) -> Option<(String, SelectedBy)> {
-        store
+        index
             .resolve(sni, caps)
             .map(|r| (r.entry.name().to_owned(), r.by))
     }
@@ -540,7 +540,7 @@ mod tests {
 
     #[test]
     fn exact_beats_wildcard_and_default_catches_the_rest() {
-        let s = store();
+        let s = index();
         s.insert(entry("wild", &["*.example.com"], &PKCS_ECDSA_P256_SHA256))
             .unwrap();
         s.insert(entry("www", &["www.example.com"], &PKCS_ECDSA_P256_SHA256))
@@ -579,7 +579,7 @@ mod tests {
 
     #[test]
     fn key_type_follows_the_client() {
-        let s = store();
+        let s = index();
         s.insert(entry("ec", &["both.example.com"], &PKCS_ECDSA_P256_SHA256))
             .unwrap();
         s.insert(entry("rsa", &["both.example.com"], &PKCS_RSA_SHA256))
@@ -611,7 +611,7 @@ mod tests {
     #[test]
     fn pins_win_while_their_certificate_exists() {
         let domains = Arc::new(RouteTable::default());
-        let s = store().with_domains(domains.clone());
+        let s = index().with_domains(domains.clone());
         s.insert(entry("a", &["*.example.com"], &PKCS_ECDSA_P256_SHA256))
             .unwrap();
         s.insert(entry(
@@ -697,7 +697,7 @@ mod tests {
         .map(Arc::new);
         for (i, &(exact, wild, exact_cert, wild_cert, shop, other)) in table.iter().enumerate() {
             let domains = Arc::new(RouteTable::default());
-            let s = store().with_domains(domains.clone());
+            let s = index().with_domains(domains.clone());
             for c in &certs {
                 let present = match c.name() {
                     "name-exact" => exact_cert,
@@ -763,7 +763,7 @@ mod tests {
 
     #[test]
     fn replace_swaps_names_and_drops_the_old_served_form() {
-        let s = store();
+        let s = index();
         s.insert(entry("c", &["old.example.com"], &PKCS_ECDSA_P256_SHA256))
             .unwrap();
         let before = s
@@ -785,7 +785,7 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert!(matches!(
             s.insert(entry("c", &["x.example.com"], &PKCS_ECDSA_P256_SHA256)),
-            Err(StoreError::DuplicateName(n)) if n == "c"
+            Err(IndexError::DuplicateName(n)) if n == "c"
         ));
     }
 
@@ -801,7 +801,7 @@ mod tests {
     fn a_key_that_cannot_be_built_is_quarantined_and_others_serve() {
         let quarantined = Arc::new(Mutex::new(Vec::new()));
         let q = quarantined.clone();
-        let s = store()
+        let s = index()
             .on_quarantine(move |name, why| q.lock().unwrap().push(format!("{name}: {why}")));
         let good = entry("good", &["*.example.com"], &PKCS_ECDSA_P256_SHA256);
         let bad = CertEntry::new(
@@ -828,7 +828,7 @@ mod tests {
 
     #[test]
     fn evicted_served_forms_are_rebuilt() {
-        let s = CertStore::new(Arc::new(crate::provider(true)), 2);
+        let s = CertIndex::new(Arc::new(crate::provider(true)), 2);
         for i in 0..8 {
             s.insert(entry(
                 &format!("c{i}"),
