@@ -7,6 +7,7 @@
 
 mod duration;
 mod error;
+mod name;
 mod raw;
 mod validate;
 
@@ -14,9 +15,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, Result};
 pub use ipnet::IpNet;
+pub use name::{Name, NameError, NameProblem, MAX_NAME_LEN};
 pub use terminus_route::HostPattern;
 
 /// The name the router gives itself in `Via` headers.
@@ -71,7 +73,7 @@ pub struct RouterConfig {
     /// Runtime worker threads; 0 means one per CPU.
     pub threads: usize,
     /// Requests for hosts no domain covers go to this app instead of a 404.
-    pub default_app: Option<String>,
+    pub default_app: Option<Name>,
     /// Write one log line per request.
     pub access_log: bool,
 }
@@ -149,7 +151,7 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
     pub handshake_timeout: Duration,
     /// Served when SNI is missing or names no known certificate.
-    pub default_certificate: Option<String>,
+    pub default_certificate: Option<Name>,
     pub session_cache_size: usize,
     /// Offer the hybrid X25519MLKEM768 key exchange to clients that ask for it.
     pub post_quantum: bool,
@@ -175,22 +177,22 @@ pub struct ProxyConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertificateFiles {
-    pub name: String,
+    pub name: Name,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
-    pub name: String,
+    pub name: Name,
     pub backends: Vec<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DomainConfig {
     pub pattern: HostPattern,
-    pub app: String,
-    pub certificate: Option<String>,
+    pub app: Name,
+    pub certificate: Option<Name>,
 }
 
 impl Default for TlsConfig {
@@ -255,10 +257,11 @@ impl Config {
         admin: Option<SocketAddr>,
         data_dir: Option<PathBuf>,
     ) -> Self {
+        let default = Name::quick_start();
         let certificates: Vec<CertificateFiles> = certificate
             .into_iter()
             .map(|(cert, key)| CertificateFiles {
-                name: "default".into(),
+                name: default.clone(),
                 cert,
                 key,
             })
@@ -269,7 +272,7 @@ impl Config {
             router: RouterConfig {
                 name: DEFAULT_ROUTER_NAME.into(),
                 threads: 0,
-                default_app: Some("default".into()),
+                default_app: Some(default.clone()),
                 access_log: true,
             },
             listeners: vec![Listener {
@@ -286,7 +289,7 @@ impl Config {
             store: data_dir.map(StoreConfig::in_dir),
             certificates,
             apps: vec![AppConfig {
-                name: "default".into(),
+                name: default,
                 backends,
             }],
             domains: Vec::new(),

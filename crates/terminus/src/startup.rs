@@ -332,7 +332,7 @@ fn load_static_routes(
     };
     for app in &config.apps {
         routes.set_app(App::new(&app.name, app.backends.clone()));
-        statics.apps.insert(app.name.clone());
+        statics.apps.insert(app.name.to_string());
     }
     for d in &config.domains {
         routes.set_domain(Domain {
@@ -350,7 +350,7 @@ fn load_static_routes(
         }
         statics
             .domains
-            .insert(d.pattern.clone(), d.certificate.clone());
+            .insert(d.pattern.clone(), d.certificate.clone().map(String::from));
     }
     statics
 }
@@ -419,7 +419,7 @@ pub fn load_certificates(
         let fail = |message: String| CertLoadError {
             file: origin.to_owned(),
             key: format!("certificate[{i}]"),
-            name: files.name.clone(),
+            name: files.name.to_string(),
             message,
         };
         let read = |path: &std::path::Path| {
@@ -454,7 +454,7 @@ pub fn load_certificates(
         };
         match certs.insert(CertEntry::from_prepared(&files.name, prepared)) {
             Ok(_) => {
-                statics.insert(files.name.clone(), info);
+                statics.insert(files.name.to_string(), info);
             }
             Err(e) => errors.push(fail(e.to_string())),
         }
