@@ -120,19 +120,18 @@ pub struct AppRecord {
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![SCHEMA];
-    out.extend(postcard::to_stdvec(value).map_err(|e| StoreError::Decode(e.to_string()))?);
+    out.extend(postcard::to_stdvec(value).map_err(StoreError::Encode)?);
     Ok(out)
 }
 
 pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&SCHEMA, body)) => {
-            postcard::from_bytes(body).map_err(|e| StoreError::Decode(e.to_string()))
-        }
-        Some((v, _)) => Err(StoreError::Decode(format!(
-            "schema version {v} is not known to this terminus (it knows {SCHEMA}); upgrade terminus"
-        ))),
-        None => Err(StoreError::Decode("empty record".into())),
+        Some((&SCHEMA, body)) => postcard::from_bytes(body).map_err(StoreError::Decode),
+        Some((&version, _)) => Err(StoreError::UnknownSchema {
+            version,
+            known: SCHEMA,
+        }),
+        None => Err(StoreError::Empty),
     }
 }
 
@@ -185,6 +184,11 @@ mod tests {
     fn unknown_schema_is_a_clear_error() {
         let err = decode::<AppRecord>(&[9, 0]).unwrap_err();
         assert!(err.to_string().contains("schema version 9"), "{err}");
+        assert!(!err.is_corruption());
+        assert!(decode::<AppRecord>(&[]).unwrap_err().is_corruption());
+        assert!(decode::<AppRecord>(&[SCHEMA, 200])
+            .unwrap_err()
+            .is_corruption());
     }
 
     #[test]

@@ -109,19 +109,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(args: &ServeArgs) -> Result<Config, String> {
+/// Why `serve`'s arguments describe no router.
+#[derive(Debug, thiserror::Error)]
+enum ServeConfigError {
+    #[error(transparent)]
+    File(#[from] terminus_config::ConfigError),
+    #[error("serve needs --config FILE, or --listen ADDR --cert FILE --key FILE --backend ADDR")]
+    NoConfig,
+    #[error("<command line>: --listen needs --cert and --key, or --data-dir for certificates managed through the admin API")]
+    NoCertificate,
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
     if let Some(path) = &args.config {
-        return Config::load(path).map_err(|e| e.to_string());
+        return Ok(Config::load(path)?);
     }
     let Some(listen) = args.listen else {
-        return Err(
-            "serve needs --config FILE, or --listen ADDR --cert FILE --key FILE --backend ADDR"
-                .into(),
-        );
+        return Err(ServeConfigError::NoConfig);
     };
     let cert = args.cert.clone().zip(args.key.clone());
     if cert.is_none() && args.data_dir.is_none() {
-        return Err("<command line>: --listen needs --cert and --key, or --data-dir for certificates managed through the admin API".into());
+        return Err(ServeConfigError::NoCertificate);
     }
     Ok(Config::quick_start(
         listen,

@@ -43,7 +43,7 @@ pub enum StartError {
     Store {
         file: String,
         #[source]
-        source: terminus_store::StoreError,
+        source: Box<terminus_store::StoreError>,
     },
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
     TokenFile {
@@ -133,7 +133,7 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
         Some(store_config) => {
             let store_error = |source| StartError::Store {
                 file: origin.clone(),
-                source,
+                source: Box::new(source),
             };
             let store = Store::open(store_config).map_err(store_error)?;
             log_key_origin(&store);
@@ -296,7 +296,7 @@ fn load_store(
             Ok(a) => {
                 routes.set_app(a);
             }
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     for d in reader.domains()? {
@@ -308,7 +308,7 @@ fn load_store(
             Ok(domain) => {
                 routes.set_domain(domain);
             }
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     tracing::info!(
