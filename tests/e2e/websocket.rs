@@ -51,3 +51,44 @@ async fn websocket_upgrade_echoes_through_the_router() {
     drop(ws);
     r.shutdown().await;
 }
+
+/// A tunnel with no byte either way for the idle window is closed, while one that keeps talking
+/// within the window stays open.
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_after_the_idle_window() {
+    let echo = Backend::echo("ws").await;
+    let mut b = Builder::new();
+    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
+    b.app("web", &[echo.addr])
+        .domain("*.example.com", "web", None)
+        .timeout("idle = \"400ms\"");
+    let r = b.start().await;
+    let conn = TlsClient::new(ClientOptions::sni("ws.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://ws.example.com/ws", conn.stream)
+        .await
+        .unwrap();
+    // Talking every 200 ms keeps it open well past the window.
+    for i in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        ws.send(Message::text(format!("{i}"))).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+    }
+    // Then silence: the router closes it within a little over one window.
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+        .await
+        .expect("the idle tunnel is closed by the router");
+    assert!(
+        !matches!(end, Some(Ok(Message::Text(_)))),
+        "no data was expected: {end:?}"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "closed before the idle window: {:?}",
+        started.elapsed()
+    );
+    r.shutdown().await;
+}

@@ -22,7 +22,6 @@ use crate::access_log::AccessLog;
 use crate::activity::InFlight;
 use crate::fault::Fault;
 use crate::pool::Conn;
-use crate::Shared;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -194,8 +193,7 @@ pub(crate) struct ResponseBody {
     source: Source,
     idle: IdleTimer,
     log: Option<Box<AccessLog>>,
-    conn: Option<Conn>,
-    shared: Arc<Shared>,
+    conn: Option<Conn<RequestBody>>,
     in_flight: InFlight,
 }
 
@@ -203,15 +201,14 @@ impl ResponseBody {
     pub(crate) fn local(
         text: Bytes,
         log: Box<AccessLog>,
-        shared: Arc<Shared>,
+        idle: Duration,
         in_flight: InFlight,
     ) -> Self {
         Self {
-            idle: IdleTimer::new(shared.settings.idle_timeout),
+            idle: IdleTimer::new(idle),
             source: Source::Local(Some(text)),
             log: Some(log),
             conn: None,
-            shared,
             in_flight,
         }
     }
@@ -219,16 +216,15 @@ impl ResponseBody {
     pub(crate) fn backend(
         body: Incoming,
         log: Box<AccessLog>,
-        conn: Option<Conn>,
-        shared: Arc<Shared>,
+        conn: Option<Conn<RequestBody>>,
+        idle: Duration,
         in_flight: InFlight,
     ) -> Self {
         Self {
-            idle: IdleTimer::new(shared.settings.idle_timeout),
+            idle: IdleTimer::new(idle),
             source: Source::Backend(body),
             log: Some(log),
             conn,
-            shared,
             in_flight,
         }
     }
@@ -247,12 +243,10 @@ impl ResponseBody {
             }
             log.emit();
         }
-        if fault.is_none() {
-            if let Some(conn) = self.conn.take() {
-                self.shared.pool.checkin(conn);
-            }
+        match self.conn.take() {
+            Some(conn) if fault.is_none() => conn.release(),
+            _ => {}
         }
-        self.conn = None;
     }
 
     fn count(&mut self, frame: &Frame<Bytes>) {

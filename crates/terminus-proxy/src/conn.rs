@@ -9,7 +9,7 @@ use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use rustls::server::Acceptor;
-use terminus_tls::{CertEntry, ClientCaps};
+use terminus_tls::ClientCaps;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -18,37 +18,13 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::activity::{Activity, TrackedIo, Verdict, Watch};
+use crate::info::{ConnInfo, TlsInfo};
 use crate::shutdown::Tracker;
-use crate::Shared;
+use crate::state::Shared;
 
 /// A fatal `unrecognized_name` alert, sent in the clear before any ServerHello (as nginx's
 /// `ssl_reject_handshake` does) when no certificate covers the client's SNI.
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
-
-/// What the request handler needs to know about the connection a request came on.
-#[derive(Debug)]
-pub(crate) struct ConnInfo {
-    pub peer: SocketAddr,
-    /// The peer is a trusted proxy.
-    pub trusted: bool,
-    /// The listener's port, for X-Forwarded-Port.
-    pub port: HeaderValue,
-    /// `https` or `http`, for X-Forwarded-Proto.
-    pub proto: &'static str,
-    pub tls: Option<TlsInfo>,
-    pub activity: Arc<Activity>,
-    /// Upgraded tunnels count as live connections for shutdown.
-    pub tracker: Tracker,
-}
-
-#[derive(Debug)]
-pub(crate) struct TlsInfo {
-    /// The certificate served on this connection: a request's Host must be one of its names.
-    pub cert: Arc<CertEntry>,
-    pub version: &'static str,
-    /// The protocol agreed by ALPN, if any.
-    pub alpn: Option<Vec<u8>>,
-}
 
 pub(crate) async fn accept_loop(
     shared: Arc<Shared>,

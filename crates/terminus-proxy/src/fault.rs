@@ -1,13 +1,7 @@
-//! What went wrong with a request, which side caused it, and how that is answered and logged.
+//! What went wrong with a request (the client, a backend or the router), how it is answered,
+//! and how it is logged.
 
 use http::StatusCode;
-
-/// Who failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Backend,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -125,20 +119,6 @@ impl Fault {
             Self::ExpectationFailed => Some("unsupported_expect"),
             Self::MethodNotAllowed => Some("connect_not_allowed"),
             _ => None,
-        }
-    }
-
-    pub fn side(self) -> Side {
-        match self {
-            Self::BadRequest(_)
-            | Self::HeadersTooLarge(_)
-            | Self::ExpectationFailed
-            | Self::MethodNotAllowed
-            | Self::Misdirected
-            | Self::UnknownHost
-            | Self::ClientGone
-            | Self::ClientIdle => Side::Client,
-            _ => Side::Backend,
         }
     }
 

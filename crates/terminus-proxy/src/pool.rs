@@ -7,15 +7,16 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use http_body::Body;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
 use crate::fault::Fault;
 
 /// Idle connections kept per backend; more are closed when handed back.
@@ -23,48 +24,88 @@ const MAX_IDLE_PER_BACKEND: usize = 512;
 /// A response head larger than this is refused (H25).
 const MAX_RESPONSE_HEAD: usize = 1 << 20;
 
-/// A connection to a backend, ready for one request.
-pub(crate) struct Conn {
-    pub sender: http1::SendRequest<RequestBody>,
+/// A connection to a backend, ready for one request. Once its response has ended cleanly it goes
+/// back to its pool with [`Conn::release`]; dropped instead, it is closed.
+pub(crate) struct Conn<B> {
+    pub sender: http1::SendRequest<B>,
     pub addr: SocketAddr,
     /// Came from the idle list (so it may have been closed by the backend meanwhile).
     pub reused: bool,
+    pool: Arc<Inner<B>>,
 }
 
-struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+impl<B> Conn<B> {
+    /// Hands the connection back after a complete response.
+    pub(crate) fn release(self) {
+        let Self {
+            sender, addr, pool, ..
+        } = self;
+        pool.checkin(addr, sender);
+    }
+}
+
+struct Idle<B> {
+    sender: http1::SendRequest<B>,
     since: Instant,
 }
 
-pub(crate) struct Pool {
-    idle: DashMap<SocketAddr, Vec<Idle>>,
+/// Keep-alive connections to backends, generic over the request body type so that bodies and
+/// the pool do not depend on each other.
+pub(crate) struct Pool<B> {
+    inner: Arc<Inner<B>>,
+}
+
+struct Inner<B> {
+    idle: DashMap<SocketAddr, Vec<Idle<B>>>,
     quarantined: DashMap<SocketAddr, Instant>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     quarantine_for: Duration,
 }
 
-impl std::fmt::Debug for Pool {
+impl<B> std::fmt::Debug for Pool<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("backends", &self.idle.len())
-            .field("quarantined", &self.quarantined.len())
+            .field("backends", &self.inner.idle.len())
+            .field("quarantined", &self.inner.quarantined.len())
             .finish()
     }
 }
 
-impl Pool {
+impl<B> Inner<B> {
+    fn checkin(&self, addr: SocketAddr, sender: http1::SendRequest<B>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut list = self.idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl<B> Pool<B>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     pub(crate) fn new(
         connect_timeout: Duration,
         idle_timeout: Duration,
         quarantine_for: Duration,
     ) -> Self {
         Self {
-            idle: DashMap::new(),
-            quarantined: DashMap::new(),
-            connect_timeout,
-            idle_timeout,
-            quarantine_for,
+            inner: Arc::new(Inner {
+                idle: DashMap::new(),
+                quarantined: DashMap::new(),
+                connect_timeout,
+                idle_timeout,
+                quarantine_for,
+            }),
         }
     }
 
@@ -72,7 +113,7 @@ impl Pool {
     pub(crate) async fn checkout(
         &self,
         addr: SocketAddr,
-    ) -> Result<(Conn, Option<Duration>), Fault> {
+    ) -> Result<(Conn<B>, Option<Duration>), Fault> {
         if let Some(conn) = self.take_idle(addr) {
             return Ok((conn, None));
         }
@@ -81,15 +122,16 @@ impl Pool {
         Ok((conn, Some(started.elapsed())))
     }
 
-    fn take_idle(&self, addr: SocketAddr) -> Option<Conn> {
-        let mut list = self.idle.get_mut(&addr)?;
+    fn take_idle(&self, addr: SocketAddr) -> Option<Conn<B>> {
+        let mut list = self.inner.idle.get_mut(&addr)?;
         let now = Instant::now();
         while let Some(idle) = list.pop() {
-            if idle.sender.is_ready() && now.duration_since(idle.since) < self.idle_timeout {
+            if idle.sender.is_ready() && now.duration_since(idle.since) < self.inner.idle_timeout {
                 return Some(Conn {
                     sender: idle.sender,
                     addr,
                     reused: true,
+                    pool: self.inner.clone(),
                 });
             }
         }
@@ -97,9 +139,12 @@ impl Pool {
     }
 
     /// Opens a new connection, classifying failures as H19 (timeout) or H21 (refused).
-    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Conn, Fault> {
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
+    pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Conn<B>, Fault> {
+        let stream = match tokio::time::timeout(
+            self.inner.connect_timeout,
+            TcpStream::connect(addr),
+        )
+        .await
         {
             Err(_) => return Err(Fault::ConnectTimeout),
             Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(Fault::ConnectTimeout),
@@ -122,34 +167,22 @@ impl Pool {
             sender,
             addr,
             reused: false,
+            pool: self.inner.clone(),
         })
     }
 
-    /// Hands a connection back after a complete response.
-    pub(crate) fn checkin(&self, conn: Conn) {
-        if conn.sender.is_closed() {
-            return;
-        }
-        let mut list = self.idle.entry(conn.addr).or_default();
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle {
-                sender: conn.sender,
-                since: Instant::now(),
-            });
-        }
-    }
-
     pub(crate) fn quarantine(&self, addr: SocketAddr) {
-        self.quarantined
-            .insert(addr, Instant::now() + self.quarantine_for);
+        self.inner
+            .quarantined
+            .insert(addr, Instant::now() + self.inner.quarantine_for);
     }
 
     pub(crate) fn is_quarantined(&self, addr: SocketAddr) -> bool {
-        match self.quarantined.get(&addr).map(|until| *until) {
+        let quarantined = &self.inner.quarantined;
+        match quarantined.get(&addr).map(|until| *until) {
             Some(until) if until > Instant::now() => true,
             Some(_) => {
-                self.quarantined
-                    .remove_if(&addr, |_, until| *until <= Instant::now());
+                quarantined.remove_if(&addr, |_, until| *until <= Instant::now());
                 false
             }
             None => false,
@@ -159,17 +192,18 @@ impl Pool {
     /// Closes idle connections older than the pool idle timeout and forgets expired quarantines.
     pub(crate) fn reap(&self) {
         let now = Instant::now();
-        self.idle.retain(|_, list| {
+        let inner = &self.inner;
+        inner.idle.retain(|_, list| {
             list.retain(|idle| {
-                !idle.sender.is_closed() && now.duration_since(idle.since) < self.idle_timeout
+                !idle.sender.is_closed() && now.duration_since(idle.since) < inner.idle_timeout
             });
             !list.is_empty()
         });
-        self.quarantined.retain(|_, until| *until > now);
+        inner.quarantined.retain(|_, until| *until > now);
     }
 
     /// Idle connections currently pooled (for tests and metrics).
     pub(crate) fn idle_count(&self) -> usize {
-        self.idle.iter().map(|l| l.len()).sum()
+        self.inner.idle.iter().map(|l| l.len()).sum()
     }
 }

@@ -15,11 +15,11 @@ use tokio::time::Instant;
 
 use crate::access_log::AccessLog;
 use crate::body::{ClientBodyState, RequestBody, ResponseBody};
-use crate::conn::ConnInfo;
 use crate::fault::Fault;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::info::ConnInfo;
 use crate::pool::Conn;
-use crate::Shared;
+use crate::state::Shared;
 
 /// Longest request line and longest header line accepted.
 pub(crate) const MAX_LINE: usize = 8192;
@@ -126,11 +126,17 @@ pub(crate) async fn handle(
             crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, &conn);
         }
         let (parts, body) = response.into_parts();
-        let body = ResponseBody::backend(body, log, None, shared.clone(), in_flight);
+        let body = ResponseBody::backend(body, log, None, shared.settings.idle_timeout, in_flight);
         return Ok(Response::from_parts(parts, body));
     }
     let (parts, body) = response.into_parts();
-    let body = ResponseBody::backend(body, log, Some(backend), shared.clone(), in_flight);
+    let body = ResponseBody::backend(
+        body,
+        log,
+        Some(backend),
+        shared.settings.idle_timeout,
+        in_flight,
+    );
     Ok(Response::from_parts(parts, body))
 }
 
@@ -266,7 +272,7 @@ async fn forward(
     mut request: Request<RequestBody>,
     body: &ClientBodyState,
     log: &mut AccessLog,
-) -> Result<(Response<Incoming>, Conn), Fault> {
+) -> Result<(Response<Incoming>, Conn<RequestBody>), Fault> {
     let backends = app.backends();
     let n = backends.len();
     let start = app.next_start();
@@ -315,7 +321,7 @@ async fn send(
     mut request: Request<RequestBody>,
     body: &ClientBodyState,
     log: &mut AccessLog,
-) -> Result<(Response<Incoming>, Conn), Attempt> {
+) -> Result<(Response<Incoming>, Conn<RequestBody>), Attempt> {
     let metrics = &shared.metrics;
     for attempt in 0..2 {
         let checkout = if attempt == 0 {
@@ -394,7 +400,12 @@ fn error_response(
     log.status = status.as_u16();
     log.fault = Some(fault);
     let request_id = log.request_id.clone();
-    let body = ResponseBody::local(Bytes::from(fault.body()), log, shared.clone(), in_flight);
+    let body = ResponseBody::local(
+        Bytes::from(fault.body()),
+        log,
+        shared.settings.idle_timeout,
+        in_flight,
+    );
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let h = response.headers_mut();

@@ -1,20 +1,12 @@
 //! Upgraded connections (WebSocket and any other `Upgrade`): bytes copied both ways until either
-//! side closes or nothing moves for the idle window.
-
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+//! side closes, nothing moves for the idle window, or one side stops reading for it.
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
 
-use crate::conn::ConnInfo;
-use crate::Shared;
+use crate::activity::{Activity, TrackedIo, Verdict, Watch};
+use crate::info::ConnInfo;
+use crate::state::Shared;
 
 /// Copies bytes between the upgraded client and backend connections. The tunnel counts as a live
 /// connection (for the open-connections gauge and for shutdown, which waits for it up to the
@@ -42,12 +34,13 @@ pub(crate) fn spawn_tunnel(
                 return;
             }
         };
-        let epoch = Instant::now();
-        let last = Arc::new(AtomicU64::new(0));
-        let mut client = Activity::new(TokioIo::new(client), epoch, last.clone());
-        let mut backend = Activity::new(TokioIo::new(backend), epoch, last.clone());
+        let activity = Activity::new();
+        let mut client = TrackedIo::new(TokioIo::new(client), activity.clone());
+        let mut backend = TrackedIo::new(TokioIo::new(backend), activity.clone());
         let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
         tokio::pin!(copy);
+        let every = Watch::interval(idle);
+        let mut watch = Watch::default();
         loop {
             tokio::select! {
                 result = &mut copy => {
@@ -56,71 +49,15 @@ pub(crate) fn spawn_tunnel(
                     }
                     return;
                 }
-                _ = tokio::time::sleep(idle) => {
-                    let quiet = epoch.elapsed().saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
-                    if quiet >= idle {
+                _ = tokio::time::sleep(every) => match activity.look(&mut watch) {
+                    Verdict::Wait => {}
+                    // No byte either way for the idle window, or one side stopped reading.
+                    Verdict::Idle | Verdict::Stalled => {
                         tracing::debug!("upgraded connection idle, closing");
                         return;
                     }
-                }
+                },
             }
         }
     });
-}
-
-/// Records when bytes last moved through a stream.
-struct Activity<T> {
-    inner: T,
-    epoch: Instant,
-    last: Arc<AtomicU64>,
-}
-
-impl<T> Activity<T> {
-    fn new(inner: T, epoch: Instant, last: Arc<AtomicU64>) -> Self {
-        Self { inner, epoch, last }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last.store(ms, Ordering::Relaxed);
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.touch();
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            this.touch();
-        }
-        r
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
 }

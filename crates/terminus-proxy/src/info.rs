@@ -1,0 +1,35 @@
+//! What a request's handler knows about the connection it came on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use terminus_tls::CertEntry;
+
+use crate::activity::Activity;
+use crate::shutdown::Tracker;
+
+/// What the request handler needs to know about the connection a request came on.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The peer is a trusted proxy.
+    pub trusted: bool,
+    /// The listener's port, for X-Forwarded-Port.
+    pub port: HeaderValue,
+    /// `https` or `http`, for X-Forwarded-Proto.
+    pub proto: &'static str,
+    pub tls: Option<TlsInfo>,
+    pub activity: Arc<Activity>,
+    /// Upgraded tunnels count as live connections for shutdown.
+    pub tracker: Tracker,
+}
+
+#[derive(Debug)]
+pub(crate) struct TlsInfo {
+    /// The certificate served on this connection: a request's Host must be one of its names.
+    pub cert: Arc<CertEntry>,
+    pub version: &'static str,
+    /// The protocol agreed by ALPN, if any.
+    pub alpn: Option<Vec<u8>>,
+}
