@@ -7,7 +7,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -26,6 +26,9 @@ pub struct ControlMetrics {
     pub api_changes: Family<ApiChangeLabels, Counter>,
     /// Stored certificates not served because their checksum failed (R17).
     pub quarantined: Counter,
+    /// 1 while the store is open and loaded, 0 when it is damaged or unreadable (or none is
+    /// configured): the API cannot change anything then.
+    pub store_available: Gauge,
 }
 
 impl ControlMetrics {
@@ -33,6 +36,7 @@ impl ControlMetrics {
         let m = Self {
             api_changes: Family::default(),
             quarantined: Counter::default(),
+            store_available: Gauge::default(),
         };
         registry.register(
             names::API_CHANGES,
@@ -43,6 +47,11 @@ impl ControlMetrics {
             names::STORE_QUARANTINED,
             "Stored certificates quarantined (R17: checksum mismatch or undecodable)",
             m.quarantined.clone(),
+        );
+        registry.register(
+            names::STORE_AVAILABLE,
+            "1 while the store is open and loaded; 0 when it is damaged or unreadable, or none is configured",
+            m.store_available.clone(),
         );
         m
     }

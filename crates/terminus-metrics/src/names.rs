@@ -10,5 +10,6 @@ pub const OPEN_CONNECTIONS: &str = "terminus_open_connections";
 pub const CERTIFICATES_LOADED: &str = "terminus_certificates_loaded";
 pub const API_CHANGES: &str = "terminus_api_changes";
 pub const STORE_QUARANTINED: &str = "terminus_store_quarantined";
+pub const STORE_AVAILABLE: &str = "terminus_store_available";
 pub const CERTIFICATE_EXPIRY: &str = "terminus_certificate_expiry_seconds";
 pub const CERTIFICATES_EXPIRING: &str = "terminus_certificates_expiring";

@@ -1,6 +1,7 @@
 //! The redb file: four tables (certs, domains, apps, meta), every change one ACID transaction
 //! committed with `Durability::Immediate` (fsync before `commit` returns), so an acknowledged
-//! change survives `kill -9` and a crash never leaves half a record.
+//! change survives `kill -9` and a crash never leaves half a record. Every engine call runs
+//! under [`engine::guard`]: a damaged file is an error, never a panic.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,27 +9,32 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use terminus_config::StoreConfig;
 
+use crate::engine::{self, guard};
 use crate::error::{Result, StoreError};
 use crate::records::{decode, encode, AppRecord, CertRecord, DomainRecord};
 use crate::seal::{KeyOrigin, MasterKey};
 
-const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
-const DOMAINS: TableDefinition<&str, &[u8]> = TableDefinition::new("domains");
-const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) type Table = TableDefinition<'static, &'static str, &'static [u8]>;
+pub(crate) const CERTS: Table = TableDefinition::new("certs");
+pub(crate) const DOMAINS: Table = TableDefinition::new("domains");
+pub(crate) const APPS: Table = TableDefinition::new("apps");
+pub(crate) const META: Table = TableDefinition::new("meta");
 
-const KEY_CHECK: &str = "key_check";
-const KEY_CHECK_PLAINTEXT: &[u8] = b"terminus store key check";
-/// redb's page cache. Records are read once at start; the data lives in the resolver after.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const KEY_CHECK: &str = "key_check";
+pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"terminus store key check";
+/// The store file inside the data directory.
+pub const STORE_FILE: &str = "terminus.redb";
 
 /// The durable store.
 pub struct Store {
     db: Database,
     key: Arc<MasterKey>,
     dir: PathBuf,
+    file: Arc<Path>,
     key_origin: KeyOrigin,
     dns_zone: String,
+    /// Opened by [`Store::open_read_only`]: writes are refused.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -41,7 +47,8 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store described by `config`.
+    /// Opens (or creates) the store described by `config`, verifying every page of the file
+    /// (see [`engine`]) and that the master key opens it.
     pub fn open(config: &StoreConfig) -> Result<Self> {
         let dir = config.dir.clone();
         create_private_dir(&dir).map_err(|source| StoreError::CreateDir {
@@ -49,52 +56,90 @@ impl Store {
             source,
         })?;
         let (key, key_origin) = MasterKey::load(&config.key_file)?;
-        let file = dir.join("terminus.redb");
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&file)
-            .map_err(|e| StoreError::Open {
-                file: file.clone(),
-                source: e.into(),
-            })?;
+        let file = Self::file_in(&dir);
+        let db = engine::open(&file)?;
         let store = Self {
             db,
             key: Arc::new(key),
             dir,
+            file: file.into(),
             key_origin,
             dns_zone: config.dns_zone.clone(),
+            read_only: false,
         };
         store.check_key()?;
         Ok(store)
     }
 
+    /// Opens an existing store without changing anything on disk (no key file is created, the
+    /// store file is not written), with the same integrity and key checks as [`Store::open`].
+    /// `None` when the data directory holds no store file yet.
+    pub fn open_read_only(config: &StoreConfig) -> Result<Option<Self>> {
+        let file = Self::file_in(&config.dir);
+        if !file.exists() {
+            return Ok(None);
+        }
+        let (key, key_origin) = MasterKey::load_existing(&config.key_file)?;
+        let db = engine::open_read_only(&file, true)?;
+        let store = Self {
+            db,
+            key: Arc::new(key),
+            dir: config.dir.clone(),
+            file: file.into(),
+            key_origin,
+            dns_zone: config.dns_zone.clone(),
+            read_only: true,
+        };
+        let sealed = guard(&store.file, "checking the store key", || {
+            let tx = store.db.begin_read()?;
+            let meta = match tx.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let sealed = meta.get(KEY_CHECK)?.map(|v| v.value().to_vec());
+            Ok(sealed)
+        })?;
+        if sealed.is_some_and(|s| !key_check_opens(&store.key, &s)) {
+            return Err(StoreError::WrongMasterKey {
+                dir: config.dir.clone(),
+            });
+        }
+        Ok(Some(store))
+    }
+
+    /// The store file of a data directory.
+    pub fn file_in(dir: &Path) -> PathBuf {
+        dir.join(STORE_FILE)
+    }
+
     /// Creates the tables on first use and proves the master key opens this directory.
     fn check_key(&self) -> Result<()> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut meta = tx.open_table(META)?;
-            for t in [CERTS, DOMAINS, APPS] {
-                tx.open_table(t)?;
-            }
-            let existing = meta.get(KEY_CHECK)?.map(|v| v.value().to_vec());
-            match existing {
-                Some(sealed) => {
-                    if self.key.open(&sealed, KEY_CHECK.as_bytes()).as_deref()
-                        != Some(KEY_CHECK_PLAINTEXT)
-                    {
-                        return Err(StoreError::WrongMasterKey {
-                            dir: self.dir.clone(),
-                        });
+        guard(&self.file, "checking the store key", || {
+            let tx = self.db.begin_write()?;
+            {
+                let mut meta = tx.open_table(META)?;
+                for t in [CERTS, DOMAINS, APPS] {
+                    tx.open_table(t)?;
+                }
+                let existing = meta.get(KEY_CHECK)?.map(|v| v.value().to_vec());
+                match existing {
+                    Some(sealed) => {
+                        if !key_check_opens(&self.key, &sealed) {
+                            return Err(StoreError::WrongMasterKey {
+                                dir: self.dir.clone(),
+                            });
+                        }
+                    }
+                    None => {
+                        let sealed = self.key.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK.as_bytes())?;
+                        meta.insert(KEY_CHECK, sealed.as_slice())?;
                     }
                 }
-                None => {
-                    let sealed = self.key.seal(KEY_CHECK_PLAINTEXT, KEY_CHECK.as_bytes())?;
-                    meta.insert(KEY_CHECK, sealed.as_slice())?;
-                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn master_key(&self) -> &Arc<MasterKey> {
@@ -109,32 +154,48 @@ impl Store {
         &self.dir
     }
 
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
     pub fn dns_zone(&self) -> &str {
         &self.dns_zone
     }
 
     /// A consistent snapshot for reading.
     pub fn read(&self) -> Result<Reader> {
+        let tx = guard(&self.file, "reading", || Ok(self.db.begin_read()?))?;
         Ok(Reader {
-            tx: self.db.begin_read()?,
+            tx,
+            file: self.file.clone(),
         })
     }
 
     /// Runs `f` in one write transaction and commits durably if it returns `Ok`; on `Err`
     /// nothing is written.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
-        let tx = self.db.begin_write()?;
-        let out = {
-            let mut w = Writer {
-                certs: tx.open_table(CERTS)?,
-                domains: tx.open_table(DOMAINS)?,
-                apps: tx.open_table(APPS)?,
+        if self.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        guard(&self.file, "writing", || {
+            let tx = self.db.begin_write()?;
+            let out = {
+                let mut w = Writer {
+                    certs: tx.open_table(CERTS)?,
+                    domains: tx.open_table(DOMAINS)?,
+                    apps: tx.open_table(APPS)?,
+                };
+                f(&mut w)?
             };
-            f(&mut w)?
-        };
-        tx.commit()?;
-        Ok(out)
+            tx.commit()?;
+            Ok(out)
+        })
     }
+}
+
+/// The sealed key-check value opens with `key`.
+pub(crate) fn key_check_opens(key: &MasterKey, sealed: &[u8]) -> bool {
+    key.open(sealed, KEY_CHECK.as_bytes()).as_deref() == Some(KEY_CHECK_PLAINTEXT)
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -151,6 +212,7 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// A read snapshot.
 pub struct Reader {
     tx: redb::ReadTransaction,
+    file: Arc<Path>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -168,34 +230,60 @@ pub struct Undecodable {
 
 impl Reader {
     pub fn cert(&self, name: &str) -> Result<Option<CertRecord>> {
-        let t = self.tx.open_table(CERTS)?;
-        t.get(name)?.map(|v| decode(v.value())).transpose()
+        guard(&self.file, "reading", || {
+            let t = self.tx.open_table(CERTS)?;
+            t.get(name)?.map(|v| decode(v.value())).transpose()
+        })
     }
 
     pub fn cert_count(&self) -> Result<u64> {
-        Ok(self.tx.open_table(CERTS)?.len()?)
+        guard(&self.file, "reading", || {
+            Ok(self.tx.open_table(CERTS)?.len()?)
+        })
     }
 
     /// Every certificate record in name order, streamed: a record that does not decode is
     /// handed over as such, and the walk goes on.
-    pub fn each_cert(&self, mut f: impl FnMut(Result<CertRecord, Undecodable>)) -> Result<()> {
-        let t = self.tx.open_table(CERTS)?;
-        for item in t.iter()? {
-            let (k, v) = item?;
-            f(decode(v.value()).map_err(|error| Undecodable {
-                key: k.value().to_owned(),
-                error,
-            }));
-        }
-        Ok(())
+    pub fn each_cert(&self, f: impl FnMut(Result<CertRecord, Undecodable>)) -> Result<()> {
+        self.each(CERTS, f)
+    }
+
+    /// Every app record, streamed as [`Reader::each_cert`].
+    pub fn each_app(&self, f: impl FnMut(Result<AppRecord, Undecodable>)) -> Result<()> {
+        self.each(APPS, f)
+    }
+
+    /// Every domain record, streamed as [`Reader::each_cert`].
+    pub fn each_domain(&self, f: impl FnMut(Result<DomainRecord, Undecodable>)) -> Result<()> {
+        self.each(DOMAINS, f)
+    }
+
+    fn each<T: for<'a> serde::Deserialize<'a>>(
+        &self,
+        table: Table,
+        mut f: impl FnMut(Result<T, Undecodable>),
+    ) -> Result<()> {
+        guard(&self.file, "reading", || {
+            let t = self.tx.open_table(table)?;
+            for item in t.iter()? {
+                let (k, v) = item?;
+                f(decode(v.value()).map_err(|error| Undecodable {
+                    key: k.value().to_owned(),
+                    error,
+                }));
+            }
+            Ok(())
+        })
     }
 
     pub fn domains(&self) -> Result<Vec<DomainRecord>> {
-        all(&self.tx.open_table(DOMAINS)?)
+        guard(&self.file, "reading", || {
+            all(&self.tx.open_table(DOMAINS)?)
+        })
     }
 
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
-        all(&self.tx.open_table(APPS)?)
+        guard(&self.file, "reading", || all(&self.tx.open_table(APPS)?))
     }
 }
 

@@ -14,11 +14,25 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open the store file {file}: {source}")]
     Open {
         file: PathBuf,
         #[source]
         source: redb::Error,
+    },
+    #[error(
+        "the store file {file} is damaged: the storage engine failed while {during} ({message})"
+    )]
+    EnginePanic {
+        file: PathBuf,
+        during: &'static str,
+        message: String,
     },
     #[error("store key: {0}")]
     MasterKey(#[from] KeyFileError),
@@ -36,6 +50,8 @@ pub enum StoreError {
     Empty,
     #[error("encrypting a private key failed")]
     Seal,
+    #[error("the store was opened read-only")]
+    ReadOnly,
 }
 
 impl StoreError {
@@ -43,7 +59,7 @@ impl StoreError {
     /// fine once the cause is fixed.
     pub fn is_io(&self) -> bool {
         match self {
-            Self::CreateDir { .. } => true,
+            Self::CreateDir { .. } | Self::File { .. } => true,
             Self::Open { source, .. } | Self::Db(source) => {
                 matches!(source, redb::Error::Io(_) | redb::Error::PreviousIo)
             }
@@ -54,6 +70,7 @@ impl StoreError {
     /// What is stored is damaged: the file's structure or a record's bytes.
     pub fn is_corruption(&self) -> bool {
         match self {
+            Self::EnginePanic { .. } => true,
             Self::Open { source, .. } | Self::Db(source) => {
                 matches!(source, redb::Error::Corrupted(_))
             }

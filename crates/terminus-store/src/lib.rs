@@ -7,18 +7,27 @@
 //!   verifies it, and a mismatch quarantines that entry (R17) while everything else loads.
 //! - A certificate keeps its previous version for rollback.
 
+mod check;
 mod checksum;
 mod db;
+mod engine;
 mod error;
-mod load;
+pub mod load;
 pub mod names;
 mod records;
+mod recover;
 pub mod seal;
+mod sealed;
 
+pub use check::{check_store, StoreCheck};
 pub use checksum::{parse as parse_checksum, sha256};
-pub use db::{Reader, Store, Undecodable, Writer};
+pub use db::{Reader, Store, Undecodable, Writer, STORE_FILE};
 pub use error::{Result, StoreError};
 pub use load::{
-    app_from, domain_from, Interner, LoadReport, Quarantine, RecordError, SealedKey, R17,
+    app_from, domain_from, load_config, load_store, publish_app, publish_cert, publish_domain,
+    CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport, Quarantine, RecordError, Reserved,
+    Skipped, R17,
 };
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
+pub use recover::{recover, Lost, RecoverOutcome, Recovery};
+pub use sealed::SealedKey;

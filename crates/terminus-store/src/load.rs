@@ -1,143 +1,184 @@
-//! From stored records to what the router serves: certificates into the resolver (each checked
-//! against its stored checksum; a mismatch is quarantined with R17 and never blocks the rest),
-//! domains and apps into the route table.
+//! Records → what the router serves. The one place that turns the config file's certificates,
+//! apps and domains and the store's records into [`CertEntry`], [`App`] and [`Domain`] values and
+//! applies them to the certificate index and the route table: at start ([`load_config`], then
+//! [`load_store`]) and for one changed record while the router runs ([`publish_cert`],
+//! [`publish_app`], [`publish_domain`]).
+//!
+//! Stored certificates are checked against their stored checksum; a mismatch is quarantined with
+//! R17 and never blocks the rest. Nothing here parses X.509 for stored records: each version
+//! carries the fields selection needs, and its key stays sealed until a handshake needs it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls_pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
+use rustls_pki_types::CertificateDer;
+use terminus_config::Config;
+use terminus_route::{App, Domain, HostPattern, RouteTable};
+use terminus_tls::{
+    prepare, CertEntry, CertError, CertIndex, CertInfo, IndexError, PrepareOptions,
 };
-use terminus_route::{App, Domain, HostPattern};
-use terminus_tls::{CertEntry, CertIndex, KeyError, KeySource, Prepared};
 
 use crate::checksum;
-use crate::db::Store;
+use crate::db::{Store, Undecodable};
 use crate::error::{Result, StoreError};
-use crate::records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
+use crate::records::{AppRecord, CertRecord, CertVersion, DomainRecord};
 use crate::seal::MasterKey;
+use crate::sealed::SealedKey;
 
 /// Router code for a bundle whose checksum does not match (the seed's slug checksum error).
 pub const R17: &str = "R17";
 
-const FORMAT_PKCS8: u8 = 1;
-const FORMAT_PKCS1: u8 = 2;
-const FORMAT_SEC1: u8 = 3;
-
-/// A private key kept sealed in memory and opened only when a handshake needs the certificate.
-pub struct SealedKey {
-    master: Arc<MasterKey>,
-    sealed: Box<[u8]>,
-    aad: Box<[u8]>,
+/// A certificate from the config file as the API shows it (it is served from the index).
+#[derive(Debug, Clone)]
+pub struct ConfigCert {
+    pub info: CertInfo,
+    pub chain: Vec<CertificateDer<'static>>,
 }
 
-impl fmt::Debug for SealedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SealedKey(<sealed>)")
-    }
+/// Names the config file defines. A stored object with one of these names is not loaded: the
+/// file wins.
+#[derive(Debug, Default, Clone)]
+pub struct Reserved {
+    pub certs: HashSet<String>,
+    pub apps: HashSet<String>,
+    pub domains: HashSet<HostPattern>,
 }
 
-impl KeySource for SealedKey {
-    fn private_key(&self) -> Result<PrivateKeyDer<'static>, KeyError> {
-        let mut plain = self
-            .master
-            .open(&self.sealed, &self.aad)
-            .ok_or(KeyError::DoesNotOpen)?;
-        let key = match plain.split_first() {
-            Some((&FORMAT_PKCS8, der)) => Some(PrivatePkcs8KeyDer::from(der.to_vec()).into()),
-            Some((&FORMAT_PKCS1, der)) => Some(PrivatePkcs1KeyDer::from(der.to_vec()).into()),
-            Some((&FORMAT_SEC1, der)) => Some(PrivateSec1KeyDer::from(der.to_vec()).into()),
-            _ => None,
-        };
-        plain.fill(0);
-        key.ok_or(KeyError::UnknownFormat)
-    }
+/// A certificate in the config file that could not be loaded. The router starts without it.
+#[derive(Debug, thiserror::Error)]
+pub enum CertFileError {
+    #[error("{file}: certificate[{index}] '{name}': cannot read {path}: {source}")]
+    Read {
+        file: PathBuf,
+        index: usize,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: certificate[{index}] '{name}': {source} ({path})")]
+    Invalid {
+        file: PathBuf,
+        index: usize,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: Box<CertError>,
+    },
+    #[error("{file}: certificate[{index}] '{name}': {source}")]
+    Index {
+        file: PathBuf,
+        index: usize,
+        name: String,
+        #[source]
+        source: Box<IndexError>,
+    },
 }
 
-impl Store {
-    /// Seals a validated upload as version `version` of certificate `name`.
-    pub fn seal_version(
-        &self,
-        name: &str,
-        version: u32,
-        prepared: &Prepared,
-        bypass: bool,
-        now: i64,
-    ) -> Result<CertVersion> {
-        let (format, der) = match &prepared.key {
-            PrivateKeyDer::Pkcs8(k) => (FORMAT_PKCS8, k.secret_pkcs8_der()),
-            PrivateKeyDer::Pkcs1(k) => (FORMAT_PKCS1, k.secret_pkcs1_der()),
-            PrivateKeyDer::Sec1(k) => (FORMAT_SEC1, k.secret_sec1_der()),
-            _ => return Err(StoreError::Seal),
-        };
-        let mut plain = Vec::with_capacity(der.len() + 1);
-        plain.push(format);
-        plain.extend_from_slice(der);
-        let sealed = self
-            .master_key()
-            .seal(&plain, &CertVersion::aad(name, version));
-        plain.fill(0);
-        let leaf = &prepared.leaf;
-        let mut v = CertVersion {
-            version,
-            chain: prepared.chain.iter().map(|c| c.to_vec()).collect(),
-            sealed_key: sealed?,
-            checksum: String::new(),
-            names: leaf.names.iter().map(|n| n.to_string()).collect(),
-            common_names: leaf.common_names.clone(),
-            subject: leaf.subject.clone(),
-            issuer: leaf.issuer.clone(),
-            serial: leaf.serial.clone(),
-            not_before: leaf.not_before,
-            not_after: leaf.not_after,
-            key_kind: kind_name(prepared.key_kind),
-            bypass,
-            added_at: now,
-        };
-        v.checksum = v.compute_checksum();
-        Ok(v)
-    }
+/// What loading the config file's objects did.
+#[derive(Debug, Default)]
+pub struct ConfigLoad {
+    /// The certificates that are served, by name.
+    pub certs: HashMap<String, ConfigCert>,
+    /// The certificates that are not, and why.
+    pub errors: Vec<CertFileError>,
+    pub reserved: Reserved,
+}
 
-    /// What the resolver serves for a record's current version, or why it must not be served.
-    pub fn entry(
-        &self,
-        record: &CertRecord,
-        interner: &mut Interner,
-    ) -> Result<CertEntry, Quarantine> {
-        entry_for(&record.name, &record.current, self.master_key(), interner)
-    }
-
-    /// Loads every stored certificate into `certs`. Entries that fail their checksum or cannot
-    /// be decoded are quarantined (reported to `quarantined`) and the rest load.
-    pub fn load_certs(
-        &self,
-        certs: &CertIndex,
-        mut quarantined: impl FnMut(&Quarantine),
-    ) -> Result<LoadReport> {
-        let mut report = LoadReport::default();
-        let mut interner = Interner::default();
-        let reader = self.read()?;
-        reader.each_cert(|item| {
-            let entry = match item {
-                Ok(record) => self.entry(&record, &mut interner),
-                Err(bad) => Err(Quarantine {
-                    name: bad.key,
-                    code: R17,
-                    reason: bad.error.to_string(),
-                }),
-            };
-            match entry.map(|e| certs.replace(e)) {
-                Ok(_) => report.loaded += 1,
-                Err(q) => {
-                    quarantined(&q);
-                    report.quarantined.push(q);
-                }
+/// Loads the config file's certificates into `certs` and its apps and domains into `routes`.
+/// A certificate that fails is reported and skipped: one bad file never keeps the others from
+/// being served.
+pub fn load_config(
+    config: &Config,
+    certs: &CertIndex,
+    routes: &RouteTable,
+    now: i64,
+) -> ConfigLoad {
+    let mut out = ConfigLoad::default();
+    let origin = config.origin();
+    for (index, files) in config.certificates.iter().enumerate() {
+        match load_cert_files(&origin, index, files, certs, now) {
+            Ok(cert) => {
+                out.reserved.certs.insert(files.name.to_string());
+                out.certs.insert(files.name.to_string(), cert);
             }
-        })?;
-        Ok(report)
+            Err(e) => out.errors.push(e),
+        }
     }
+    for app in &config.apps {
+        routes.set_app(App::new(&app.name, app.backends.clone()));
+        out.reserved.apps.insert(app.name.to_string());
+    }
+    for d in &config.domains {
+        routes.set_domain(Domain {
+            pattern: d.pattern.clone(),
+            app: d.app.as_str().into(),
+            cert: d.certificate.as_deref().map(Into::into),
+        });
+        if let Some(cert) = &d.certificate {
+            let covered = certs
+                .get(cert)
+                .is_some_and(|e| d.pattern.covered_by(e.names()));
+            if !covered {
+                tracing::warn!(domain = %d.pattern, certificate = %cert, "the pinned certificate does not cover this domain (or did not load): its requests will get 421");
+            }
+        }
+        out.reserved.domains.insert(d.pattern.clone());
+    }
+    out
+}
+
+fn load_cert_files(
+    origin: &std::path::Path,
+    index: usize,
+    files: &terminus_config::CertificateFiles,
+    certs: &CertIndex,
+    now: i64,
+) -> Result<ConfigCert, CertFileError> {
+    let name = || files.name.to_string();
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| CertFileError::Read {
+            file: origin.to_path_buf(),
+            index,
+            name: name(),
+            path: path.clone(),
+            source,
+        })
+    };
+    let (cert_pem, key_pem) = (read(&files.cert)?, read(&files.key)?);
+    let prepared = prepare(
+        &cert_pem,
+        &key_pem,
+        &PrepareOptions::default(),
+        certs.provider(),
+        now,
+    )
+    .map_err(|source| CertFileError::Invalid {
+        file: origin.to_path_buf(),
+        index,
+        name: name(),
+        path: files.cert.clone(),
+        source: Box::new(source),
+    })?;
+    for w in &prepared.warnings {
+        tracing::warn!(certificate = %files.name, "{w}");
+    }
+    let shown = ConfigCert {
+        info: prepared.leaf.clone(),
+        chain: prepared.chain.clone(),
+    };
+    certs
+        .insert(CertEntry::from_prepared(&files.name, prepared))
+        .map_err(|source| CertFileError::Index {
+            file: origin.to_path_buf(),
+            index,
+            name: name(),
+            source: Box::new(source),
+        })?;
+    Ok(shown)
 }
 
 /// A stored app or domain that decodes but cannot be served as it is.
@@ -151,6 +192,162 @@ pub enum RecordError {
         #[source]
         source: terminus_route::NameError,
     },
+}
+
+/// A stored certificate that is not served, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantine {
+    pub name: String,
+    pub code: &'static str,
+    pub reason: String,
+}
+
+impl fmt::Display for Quarantine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "certificate '{}' quarantined ({}): {}",
+            self.name, self.code, self.reason
+        )
+    }
+}
+
+/// A stored app or domain that was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum Skipped {
+    #[error("stored {kind} '{name}' has the name of one in the config file, which wins")]
+    Shadowed { kind: &'static str, name: String },
+    #[error(transparent)]
+    Unusable(#[from] RecordError),
+    #[error("stored {kind} '{key}' cannot be decoded: {source}")]
+    Undecodable {
+        kind: &'static str,
+        key: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// What loading the store did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub certs: usize,
+    pub apps: usize,
+    pub domains: usize,
+    /// Stored certificates not served (R17).
+    pub quarantined: Vec<Quarantine>,
+    /// Stored apps and domains not loaded, and stored certificates shadowed by the config.
+    pub skipped: Vec<Skipped>,
+    /// The walk over the store stopped here: what was read before it is served, the rest is
+    /// not.
+    pub interrupted: Option<StoreError>,
+}
+
+/// Loads every stored certificate, app and domain whose name the config file does not reserve.
+/// Per-record problems are reported and skipped; a failure of the store itself stops the walk
+/// ([`LoadReport::interrupted`]) and keeps what was loaded before it.
+pub fn load_store(
+    store: &Store,
+    certs: &CertIndex,
+    routes: &RouteTable,
+    reserved: &Reserved,
+) -> LoadReport {
+    let mut report = LoadReport::default();
+    if let Err(e) = walk(store, certs, routes, reserved, &mut report) {
+        report.interrupted = Some(e);
+    }
+    report
+}
+
+fn walk(
+    store: &Store,
+    certs: &CertIndex,
+    routes: &RouteTable,
+    reserved: &Reserved,
+    report: &mut LoadReport,
+) -> Result<()> {
+    let reader = store.read()?;
+    let mut interner = Interner::default();
+    reader.each_cert(|item| match item {
+        Ok(record) if reserved.certs.contains(&record.name) => {
+            report.skipped.push(Skipped::Shadowed {
+                kind: "certificate",
+                name: record.name,
+            })
+        }
+        Ok(record) => match entry(store.master_key(), &record, &mut interner) {
+            Ok(e) => {
+                certs.replace(e);
+                report.certs += 1;
+            }
+            Err(q) => report.quarantined.push(q),
+        },
+        Err(bad) => report.quarantined.push(Quarantine {
+            name: bad.key,
+            code: R17,
+            reason: bad.error.to_string(),
+        }),
+    })?;
+    reader.each_app(|item| match item {
+        Ok(app) if reserved.apps.contains(&app.name) => report.skipped.push(Skipped::Shadowed {
+            kind: "app",
+            name: app.name,
+        }),
+        Ok(app) => match publish_app(routes, &app) {
+            Ok(()) => report.apps += 1,
+            Err(e) => report.skipped.push(e.into()),
+        },
+        Err(bad) => report.skipped.push(undecodable("app", bad)),
+    })?;
+    reader.each_domain(|item| match item {
+        Ok(d) => match domain_from(&d) {
+            Ok(domain) if reserved.domains.contains(&domain.pattern) => {
+                report.skipped.push(Skipped::Shadowed {
+                    kind: "domain",
+                    name: d.host,
+                })
+            }
+            Ok(domain) => {
+                routes.set_domain(domain);
+                report.domains += 1;
+            }
+            Err(e) => report.skipped.push(e.into()),
+        },
+        Err(bad) => report.skipped.push(undecodable("domain", bad)),
+    })?;
+    Ok(())
+}
+
+fn undecodable(kind: &'static str, bad: Undecodable) -> Skipped {
+    Skipped::Undecodable {
+        kind,
+        key: bad.key,
+        source: bad.error,
+    }
+}
+
+/// Serves a stored certificate's current version, replacing what is served under its name;
+/// or says why it must not be served.
+pub fn publish_cert(
+    store: &Store,
+    certs: &CertIndex,
+    record: &CertRecord,
+) -> Result<(), Quarantine> {
+    let e = entry(store.master_key(), record, &mut Interner::default())?;
+    certs.replace(e);
+    Ok(())
+}
+
+/// Serves a stored app (replacing the one of that name).
+pub fn publish_app(routes: &RouteTable, record: &AppRecord) -> Result<(), RecordError> {
+    routes.set_app(app_from(record)?);
+    Ok(())
+}
+
+/// Serves a stored domain (replacing the one with that pattern), with its pin.
+pub fn publish_domain(routes: &RouteTable, record: &DomainRecord) -> Result<(), RecordError> {
+    routes.set_domain(domain_from(record)?);
+    Ok(())
 }
 
 pub fn app_from(app: &AppRecord) -> Result<App, RecordError> {
@@ -179,28 +376,69 @@ pub fn domain_from(d: &DomainRecord) -> Result<Domain, RecordError> {
     })
 }
 
-/// A stored certificate that is not served, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Quarantine {
-    pub name: String,
-    pub code: &'static str,
-    pub reason: String,
-}
-
-impl fmt::Display for Quarantine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "certificate '{}' quarantined ({}): {}",
-            self.name, self.code, self.reason
-        )
+impl Store {
+    /// What the index serves for a record's current version, or why it must not be served
+    /// ([`publish_cert`] also serves it).
+    pub fn entry(
+        &self,
+        record: &CertRecord,
+        interner: &mut Interner,
+    ) -> Result<CertEntry, Quarantine> {
+        entry(self.master_key(), record, interner)
     }
 }
 
-#[derive(Debug, Default)]
-pub struct LoadReport {
-    pub loaded: usize,
-    pub quarantined: Vec<Quarantine>,
+/// What the index serves for a record's current version, or why it must not be served.
+pub(crate) fn entry(
+    master: &Arc<MasterKey>,
+    record: &CertRecord,
+    interner: &mut Interner,
+) -> Result<CertEntry, Quarantine> {
+    let name = &record.name;
+    let v = &record.current;
+    let quarantine = |reason: String| Quarantine {
+        name: name.clone(),
+        code: R17,
+        reason,
+    };
+    verify_version(v).map_err(quarantine)?;
+    let kind = v
+        .kind()
+        .ok_or_else(|| quarantine(format!("unknown key type '{}'", v.key_kind)))?;
+    let names = v
+        .names
+        .iter()
+        .map(|n| HostPattern::parse(n))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| quarantine(e.to_string()))?;
+    let (leaf, rest) = v
+        .chain
+        .split_first()
+        .ok_or_else(|| quarantine("the stored chain is empty".into()))?;
+    Ok(CertEntry::new(
+        name,
+        CertificateDer::from(leaf.clone()),
+        interner.intern(rest),
+        names,
+        kind,
+        v.not_after,
+        Box::new(SealedKey::of(master, name, v)),
+    ))
+}
+
+/// The stored checksum matches what is stored.
+pub(crate) fn verify_version(v: &CertVersion) -> Result<(), String> {
+    if !v.checksum_ok() {
+        return Err(format!(
+            "checksum error: the stored bundle hashes to {}, its record says {}",
+            v.compute_checksum(),
+            v.checksum
+        ));
+    }
+    if checksum::parse(&v.checksum).is_none() {
+        return Err("the stored checksum is malformed".into());
+    }
+    Ok(())
 }
 
 /// Shares identical intermediate chains between entries (many certificates from one CA).
@@ -230,53 +468,4 @@ impl Interner {
             })
             .clone()
     }
-}
-
-fn entry_for(
-    name: &str,
-    v: &CertVersion,
-    master: &Arc<MasterKey>,
-    interner: &mut Interner,
-) -> Result<CertEntry, Quarantine> {
-    let quarantine = |reason: String| Quarantine {
-        name: name.to_owned(),
-        code: R17,
-        reason,
-    };
-    if !v.checksum_ok() {
-        return Err(quarantine(format!(
-            "checksum error: the stored bundle hashes to {}, its record says {}",
-            v.compute_checksum(),
-            v.checksum
-        )));
-    }
-    if checksum::parse(&v.checksum).is_none() {
-        return Err(quarantine("the stored checksum is malformed".into()));
-    }
-    let kind = v
-        .kind()
-        .ok_or_else(|| quarantine(format!("unknown key type '{}'", v.key_kind)))?;
-    let names = v
-        .names
-        .iter()
-        .map(|n| HostPattern::parse(n))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| quarantine(e.to_string()))?;
-    let (leaf, rest) = v
-        .chain
-        .split_first()
-        .ok_or_else(|| quarantine("the stored chain is empty".into()))?;
-    Ok(CertEntry::new(
-        name,
-        CertificateDer::from(leaf.clone()),
-        interner.intern(rest),
-        names,
-        kind,
-        v.not_after,
-        Box::new(SealedKey {
-            master: master.clone(),
-            sealed: v.sealed_key.clone().into_boxed_slice(),
-            aad: CertVersion::aad(name, v.version).into_boxed_slice(),
-        }),
-    ))
 }

@@ -46,6 +46,8 @@ pub enum KeyFileError {
     },
     #[error("the system random generator failed")]
     Random,
+    #[error("{path} does not exist and {KEY_ENV} is not set: without the key the store was created with, its private keys cannot be read")]
+    Missing { path: PathBuf },
 }
 
 /// Where the master key came from, for log lines.
@@ -108,6 +110,15 @@ impl MasterKey {
                 source,
             }),
         }
+    }
+
+    /// The key from `TERMINUS_STORE_KEY` or `path`, never creating one (for checking and
+    /// recovering a store that exists).
+    pub fn load_existing(path: &Path) -> Result<(Self, KeyOrigin), KeyFileError> {
+        if std::env::var_os(KEY_ENV).is_none() && !path.exists() {
+            return Err(KeyFileError::Missing { path: path.into() });
+        }
+        Self::load(path)
     }
 
     /// `nonce || ciphertext || tag`.

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use terminus_config::StoreConfig;
-use terminus_store::{CertRecord, Interner, Store, StoreError, R17};
+use terminus_route::RouteTable;
+use terminus_store::{
+    load_store, CertRecord, Interner, LoadReport, Reserved, Store, StoreError, R17,
+};
 use terminus_tls::{prepare, CertIndex, ClientCaps, PrepareOptions, Prepared};
 
 struct Dir(PathBuf);
@@ -70,6 +73,12 @@ fn resolver() -> CertIndex {
     CertIndex::new(Arc::new(terminus_tls::provider(true)), 16)
 }
 
+fn load(store: &Store, certs: &CertIndex) -> LoadReport {
+    let report = load_store(store, certs, &RouteTable::default(), &Reserved::default());
+    assert!(report.interrupted.is_none(), "{:?}", report.interrupted);
+    report
+}
+
 #[test]
 fn certificates_survive_reopen_and_serve_with_their_sealed_keys() {
     let dir = tmp("reopen");
@@ -81,8 +90,8 @@ fn certificates_survive_reopen_and_serve_with_their_sealed_keys() {
     }
     let store = Store::open(&cfg).unwrap();
     let certs = resolver();
-    let report = store.load_certs(&certs, |_| {}).unwrap();
-    assert_eq!(report.loaded, 2);
+    let report = load(&store, &certs);
+    assert_eq!(report.certs, 2);
     assert!(report.quarantined.is_empty());
     let r = certs
         .resolve(Some("two.example.com"), &ClientCaps::ALL)
@@ -108,11 +117,9 @@ fn a_record_whose_checksum_fails_is_quarantined_and_the_rest_load() {
         })
         .unwrap();
     let certs = resolver();
-    let mut seen = Vec::new();
-    let report = store
-        .load_certs(&certs, |q| seen.push(q.to_string()))
-        .unwrap();
-    assert_eq!(report.loaded, 3);
+    let report = load(&store, &certs);
+    let seen: Vec<String> = report.quarantined.iter().map(|q| q.to_string()).collect();
+    assert_eq!(report.certs, 3);
     let names: Vec<&str> = report.quarantined.iter().map(|q| q.name.as_str()).collect();
     assert_eq!(names, ["c2", "c4"]);
     assert!(report.quarantined.iter().all(|q| q.code == R17));

@@ -80,6 +80,15 @@ struct ServeArgs {
     /// DIR.key unless TERMINUS_STORE_KEY is set.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// If the store is damaged, copy every readable record into a new store file before
+    /// starting (the damaged file is kept aside, renamed with a timestamp) and report what was
+    /// lost. A healthy store is left alone.
+    #[arg(long)]
+    store_recover: bool,
+    /// Once every listener and the admin listener are bound, write their addresses to this file
+    /// as JSON (written whole: a reader never sees half of it). Removed on a clean exit.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -170,7 +179,10 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(config));
+    let options = terminus::StartOptions {
+        store_recover: args.store_recover,
+    };
+    let result = runtime.block_on(run(config, options, args.ready_file));
     terminus::logging::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -194,9 +206,13 @@ impl std::fmt::Display for QuickStartCert {
 
 impl std::error::Error for QuickStartCert {}
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    options: terminus::StartOptions,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let registry = terminus_metrics::MetricsRegistry::default();
-    let router = terminus::start(&config, registry).await?;
+    let router = terminus::start_with(&config, registry, &options).await?;
     if config.source.is_none() && !router.cert_errors.is_empty() {
         // The quick start has one certificate: without it there is nothing to serve.
         let _ = router.shutdown().await;
@@ -206,9 +222,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(address = %addr, tls, "listening");
     }
     tracing::info!(address = %router.admin, certificates = router.shared.certs.len(), "admin listening");
-    wait_for_signal()
-        .await
-        .context("cannot install signal handlers")?;
+    // Handlers first: whoever reads the ready file may send SIGTERM at once.
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    if let Some(path) = &ready_file {
+        if let Err(e) = terminus::startup::write_ready_file(path, &router) {
+            let _ = router.shutdown().await;
+            return Err(e).with_context(|| format!("cannot write --ready-file {}", path.display()));
+        }
+    }
+    signals.wait().await;
+    if let Some(path) = &ready_file {
+        let _ = std::fs::remove_file(path);
+    }
     tracing::info!("shutting down: no new connections, draining");
     let drained = router.shutdown().await;
     if drained.abandoned > 0 {
@@ -220,15 +245,27 @@ async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 fn check_config(path: PathBuf) -> ExitCode {
@@ -239,21 +276,12 @@ fn check_config(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let provider = std::sync::Arc::new(terminus_tls::provider(config.tls.post_quantum));
-    let store = terminus_tls::CertIndex::new(provider, 16);
-    let (errors, _) =
-        terminus::startup::load_certificates(&config, &store, &path.display().to_string());
-    for e in &errors {
+    let report = terminus::check::check_config(&config);
+    for e in &report.errors {
         eprintln!("error: {e}");
     }
-    if errors.is_empty() {
-        println!(
-            "{}: ok ({} certificates, {} apps, {} domains)",
-            path.display(),
-            store.len(),
-            config.apps.len(),
-            config.domains.len()
-        );
+    if report.ok() {
+        println!("{}", report.summary);
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_CONFIG)

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use terminus_admin::{Admin, Api, Control, StaticCert, Statics, Token};
-use terminus_config::Config;
+use terminus_config::{Config, StoreConfig};
 use terminus_metrics::{
     ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
 };
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
-use terminus_route::{App, Domain, RouteTable};
-use terminus_store::Store;
-use terminus_tls::{prepare, CertEntry, CertIndex, PrepareOptions, TlsPolicy, DEFAULT_KEY_CACHE};
+use terminus_route::RouteTable;
+use terminus_store::{ConfigLoad, RecoverOutcome, Reserved, Store, StoreError};
+use terminus_tls::{CertIndex, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -55,14 +55,25 @@ pub enum StartError {
 }
 
 /// A certificate from the config that could not be loaded. The router starts without it.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {key} '{name}': {message}")]
-pub struct CertLoadError {
-    pub file: String,
-    /// `certificate[2]`.
-    pub key: String,
-    pub name: String,
-    pub message: String,
+pub type CertLoadError = terminus_store::CertFileError;
+
+/// What `serve` asks of a start beyond the config.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// `--store-recover`: if the store is damaged, salvage it into a new file first.
+    pub store_recover: bool,
+}
+
+/// The store as this start found it.
+#[derive(Debug)]
+pub enum StoreStatus {
+    /// None is configured.
+    None,
+    /// Opened and loaded; the API changes it.
+    Ready,
+    /// Damaged or unreadable: the config file's objects (and whatever of the store could be
+    /// read) are served, and the API refuses changes with 503 until it is fixed.
+    Unavailable(Box<terminus_store::StoreError>),
 }
 
 /// A running router.
@@ -76,6 +87,7 @@ pub struct Router {
     pub cert_errors: Vec<CertLoadError>,
     /// Stored certificates that were not served (R17).
     pub quarantined: Vec<terminus_store::Quarantine>,
+    pub store: StoreStatus,
     pub control: Arc<Control>,
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
@@ -92,7 +104,16 @@ pub fn unix_now() -> i64 {
 }
 
 /// Starts the router described by `config`, registering its metrics into `registry`.
-pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Router, StartError> {
+pub async fn start(config: &Config, registry: MetricsRegistry) -> Result<Router, StartError> {
+    start_with(config, registry, &StartOptions::default()).await
+}
+
+/// [`start`] with the options of `serve`.
+pub async fn start_with(
+    config: &Config,
+    mut registry: MetricsRegistry,
+    options: &StartOptions,
+) -> Result<Router, StartError> {
     let origin = config.origin().display().to_string();
     let policy = TlsPolicy::new(&config.tls).map_err(|source| StartError::Policy {
         file: origin.clone(),
@@ -121,31 +142,30 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
             }),
     );
 
-    let (cert_errors, static_certs) = load_certificates(config, &certs, &origin);
+    let mut from_config = terminus_store::load_config(config, &certs, &routes, unix_now());
+    let cert_errors = std::mem::take(&mut from_config.errors);
     for e in &cert_errors {
         tracing::error!("{e}; the router serves without it");
     }
-    let statics = load_static_routes(config, &certs, &routes, static_certs);
-
     // The store comes second: a name defined in the config file wins over a stored one.
-    let (store, quarantined) = match &config.store {
-        None => (None, Vec::new()),
+    let (store, status, quarantined) = match &config.store {
+        None => (None, StoreStatus::None, Vec::new()),
         Some(store_config) => {
-            let store_error = |source| StartError::Store {
+            let opened = open_store(
+                store_config,
+                options,
+                &certs,
+                &routes,
+                &from_config.reserved,
+                &control_metrics,
+            );
+            opened.map_err(|source| StartError::Store {
                 file: origin.clone(),
                 source: Box::new(source),
-            };
-            let store = Store::open(store_config).map_err(store_error)?;
-            log_key_origin(&store);
-            let (quarantined, problems) =
-                load_store(&store, &certs, &routes, &statics, &control_metrics)
-                    .map_err(store_error)?;
-            for p in problems {
-                tracing::error!("{p}; skipped");
-            }
-            (Some(Arc::new(store)), quarantined)
+            })?
         }
     };
+    let statics = statics_of(config, from_config);
     certs.set_default(config.tls.default_certificate.as_deref());
     ExpiryCollector::register(
         &mut registry,
@@ -212,6 +232,7 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
         admin,
         cert_errors,
         quarantined,
+        store: status,
         control,
         proxy,
         cleanup,
@@ -243,114 +264,148 @@ fn log_key_origin(store: &Store) {
     }
 }
 
-/// Loads the store's certificates, apps and domains (skipping names the config file defines).
-fn load_store(
-    store: &Store,
+type Opened = (
+    Option<Arc<Store>>,
+    StoreStatus,
+    Vec<terminus_store::Quarantine>,
+);
+
+/// Opens and loads the store. A damaged or unreadable store never stops the start: the router
+/// serves without it (the config file's objects, and whatever of the store could be read) and
+/// says so loudly. Only a wrong or unreadable store key, or a data directory that cannot be
+/// created, stop it: those are configuration mistakes, and starting would hide them.
+fn open_store(
+    config: &StoreConfig,
+    options: &StartOptions,
     certs: &CertIndex,
     routes: &RouteTable,
-    statics: &Statics,
+    reserved: &Reserved,
     metrics: &ControlMetrics,
-) -> terminus_store::Result<(Vec<terminus_store::Quarantine>, Vec<String>)> {
-    let started = std::time::Instant::now();
-    let mut problems = Vec::new();
-    let mut report = terminus_store::LoadReport::default();
-    let mut interner = terminus_store::Interner::default();
-    store.read()?.each_cert(|item| {
-        let entry = match item {
-            Ok(record) if statics.certs.contains_key(&record.name) => {
-                problems.push(format!(
-                    "stored certificate '{}' has the name of a certificate in the config file, which wins",
-                    record.name
-                ));
-                return;
-            }
-            Ok(record) => store.entry(&record, &mut interner),
-            Err(bad) => Err(terminus_store::Quarantine {
-                name: bad.key,
-                code: terminus_store::R17,
-                reason: bad.error.to_string(),
-            }),
-        };
-        match entry {
-            Ok(e) => {
-                certs.replace(e);
-                report.loaded += 1;
-            }
-            Err(q) => {
-                tracing::error!(code = q.code, certificate = %q.name, "{q}; the other certificates are served");
-                metrics.quarantined.inc();
-                report.quarantined.push(q);
-            }
-        }
-    })?;
-    let reader = store.read()?;
-    for app in reader.apps()? {
-        if statics.apps.contains(&app.name) {
-            problems.push(format!(
-                "stored app '{}' has the name of an app in the config file, which wins",
-                app.name
-            ));
-            continue;
-        }
-        match terminus_store::app_from(&app) {
-            Ok(a) => {
-                routes.set_app(a);
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
+) -> Result<Opened, StoreError> {
+    if options.store_recover {
+        recover_store(config);
     }
-    for d in reader.domains()? {
-        match terminus_store::domain_from(&d) {
-            Ok(domain) if statics.domains.contains_key(&domain.pattern) => problems.push(format!(
-                "stored domain '{}' is also in the config file, which wins",
-                d.host
-            )),
-            Ok(domain) => {
-                routes.set_domain(domain);
-            }
-            Err(e) => problems.push(e.to_string()),
+    let store = match Store::open(config) {
+        Ok(store) => store,
+        Err(
+            e @ (StoreError::MasterKey(_)
+            | StoreError::WrongMasterKey { .. }
+            | StoreError::CreateDir { .. }),
+        ) => return Err(e),
+        Err(e) => {
+            store_unavailable(config, &e);
+            return Ok((None, StoreStatus::Unavailable(Box::new(e)), Vec::new()));
         }
+    };
+    log_key_origin(&store);
+    let started = std::time::Instant::now();
+    let report = terminus_store::load_store(&store, certs, routes, reserved);
+    for q in &report.quarantined {
+        tracing::error!(code = q.code, certificate = %q.name, "{q}; the other certificates are served");
+        metrics.quarantined.inc();
+    }
+    for s in &report.skipped {
+        tracing::error!("{s}; skipped");
     }
     tracing::info!(
-        certificates = report.loaded,
+        certificates = report.certs,
+        apps = report.apps,
+        domains = report.domains,
         quarantined = report.quarantined.len(),
         took_ms = started.elapsed().as_millis() as u64,
         "store loaded"
     );
-    Ok((report.quarantined, problems))
+    match report.interrupted {
+        Some(e) => {
+            store_unavailable(config, &e);
+            Ok((
+                None,
+                StoreStatus::Unavailable(Box::new(e)),
+                report.quarantined,
+            ))
+        }
+        None => {
+            metrics.store_available.set(1);
+            Ok((
+                Some(Arc::new(store)),
+                StoreStatus::Ready,
+                report.quarantined,
+            ))
+        }
+    }
 }
 
-fn load_static_routes(
-    config: &Config,
-    certs: &CertIndex,
-    routes: &RouteTable,
-    static_certs: std::collections::HashMap<String, StaticCert>,
-) -> Statics {
+/// The loud part of serving without the store: what happened, what is served, what to do.
+fn store_unavailable(config: &StoreConfig, e: &StoreError) {
+    let remedy = if e.is_io() {
+        "check the disk and the permissions of the data directory, then restart"
+    } else {
+        "restore the data directory from its backup, or restart with `terminus serve --store-recover`, which copies every readable record into a new store file and keeps the damaged one aside"
+    };
+    tracing::error!(
+        dir = %config.dir.display(),
+        error = %e,
+        "THE STORE CANNOT BE USED: serving the config file's certificates, apps and domains (and what of the store could be read); the admin API refuses changes with 503 until it is fixed. To fix: {remedy}"
+    );
+}
+
+/// `--store-recover`: salvage a damaged store before opening it.
+fn recover_store(config: &StoreConfig) {
+    match terminus_store::recover(config) {
+        Ok(RecoverOutcome::NoStore) => {
+            tracing::info!(dir = %config.dir.display(), "--store-recover: no store yet, nothing to recover")
+        }
+        Ok(RecoverOutcome::Healthy) => {
+            tracing::info!(dir = %config.dir.display(), "--store-recover: the store is healthy, nothing to recover")
+        }
+        Ok(RecoverOutcome::Recovered(r)) => {
+            for lost in &r.lost {
+                tracing::error!("--store-recover: {lost}");
+            }
+            for e in &r.unreadable {
+                tracing::error!(error = %e, "--store-recover: part of the damaged file could not be read; the records in it are lost");
+            }
+            tracing::warn!(
+                certificates = r.certs,
+                apps = r.apps,
+                domains = r.domains,
+                lost = r.lost.len(),
+                unreadable_parts = r.unreadable.len(),
+                damaged_file = %r.damaged_file.display(),
+                damage = %r.damage.as_ref().map(ToString::to_string).unwrap_or_default(),
+                "--store-recover: the damaged store was copied into a new file; the damaged file is kept aside. Apps and domains carry no checksum of their own: review them (terminus apps, terminus domains)"
+            );
+        }
+        Err(e) => {
+            tracing::error!(dir = %config.dir.display(), error = %e, "--store-recover: cannot recover this store")
+        }
+    }
+}
+
+/// What the config file defines, for the API (read-only there).
+fn statics_of(config: &Config, loaded: ConfigLoad) -> Statics {
     let mut statics = Statics {
-        certs: static_certs,
+        certs: loaded
+            .certs
+            .into_iter()
+            .map(|(name, c)| {
+                (
+                    name,
+                    StaticCert {
+                        info: c.info,
+                        chain: c.chain,
+                    },
+                )
+            })
+            .collect(),
         ..Statics::default()
     };
-    for app in &config.apps {
-        routes.set_app(App::new(&app.name, app.backends.clone()));
-        statics.apps.insert(app.name.to_string());
-    }
+    statics.apps = loaded.reserved.apps;
     for d in &config.domains {
-        routes.set_domain(Domain {
-            pattern: d.pattern.clone(),
-            app: d.app.as_str().into(),
-            cert: d.certificate.as_deref().map(Into::into),
-        });
-        if let Some(cert) = &d.certificate {
-            let covered = certs
-                .get(cert)
-                .is_some_and(|e| d.pattern.covered_by(e.names()));
-            if !covered {
-                tracing::warn!(domain = %d.pattern, certificate = %cert, "the pinned certificate does not cover this domain (or did not load): its requests will get 421");
-            }
-        }
-        statics
-            .domains
-            .insert(d.pattern.clone(), d.certificate.clone().map(String::from));
+        statics.domains.insert(
+            d.pattern.clone(),
+            d.certificate.as_ref().map(ToString::to_string),
+        );
     }
     statics
 }
@@ -402,64 +457,50 @@ impl ExpirySource for CertsExpiry {
     }
 }
 
-/// Loads the config's certificate files into the resolver. A certificate that fails is reported
-/// and skipped: one bad file never keeps the others from being served.
-pub fn load_certificates(
-    config: &Config,
-    certs: &CertIndex,
-    origin: &str,
-) -> (
-    Vec<CertLoadError>,
-    std::collections::HashMap<String, StaticCert>,
-) {
-    let now = unix_now();
-    let mut errors = Vec::new();
-    let mut statics = std::collections::HashMap::new();
-    for (i, files) in config.certificates.iter().enumerate() {
-        let fail = |message: String| CertLoadError {
-            file: origin.to_owned(),
-            key: format!("certificate[{i}]"),
-            name: files.name.to_string(),
-            message,
-        };
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|e| fail(format!("cannot read {}: {e}", path.display())))
-        };
-        let (cert_pem, key_pem) = match (read(&files.cert), read(&files.key)) {
-            (Ok(c), Ok(k)) => (c, k),
-            (Err(e), _) | (_, Err(e)) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        let prepared = match prepare(
-            &cert_pem,
-            &key_pem,
-            &PrepareOptions::default(),
-            certs.provider(),
-            now,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                errors.push(fail(format!("{} ({})", e, files.cert.display())));
-                continue;
-            }
-        };
-        for w in &prepared.warnings {
-            tracing::warn!(certificate = %files.name, "{w}");
+/// The ready file's content: what the router bound, for whoever started it.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Ready {
+    pub pid: u32,
+    pub listeners: Vec<ReadyListener>,
+    pub admin: SocketAddr,
+    /// `ready`, `unavailable` (damaged or unreadable: serving without it) or `none`.
+    pub store: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ReadyListener {
+    pub address: SocketAddr,
+    pub tls: bool,
+}
+
+/// Writes the ready file: to a temporary name beside it, synced, then renamed over `path`, so
+/// a reader sees no file or the whole file.
+pub fn write_ready_file(path: &std::path::Path, router: &Router) -> std::io::Result<()> {
+    use std::io::Write;
+    let ready = Ready {
+        pid: std::process::id(),
+        listeners: router
+            .listeners
+            .iter()
+            .map(|&(address, tls)| ReadyListener { address, tls })
+            .collect(),
+        admin: router.admin,
+        store: match router.store {
+            StoreStatus::None => "none",
+            StoreStatus::Ready => "ready",
+            StoreStatus::Unavailable(_) => "unavailable",
         }
-        let info = StaticCert {
-            info: prepared.leaf.clone(),
-            chain: prepared.chain.clone(),
-        };
-        match certs.insert(CertEntry::from_prepared(&files.name, prepared)) {
-            Ok(_) => {
-                statics.insert(files.name.to_string(), info);
-            }
-            Err(e) => errors.push(fail(e.to_string())),
-        }
-    }
-    (errors, statics)
+        .to_owned(),
+    };
+    let json = serde_json::to_vec_pretty(&ready).map_err(std::io::Error::other)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&json)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Router {
