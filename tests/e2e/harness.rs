@@ -139,12 +139,26 @@ impl Builder {
     }
 
     pub async fn start(self) -> TestRouter {
+        self.start_with(terminus::StartOptions::default()).await
+    }
+
+    /// Writes the config to `terminus.toml` in the test's directory; returns its path.
+    pub fn write_config(&self) -> PathBuf {
         let path = self.dir.path().join("terminus.toml");
         std::fs::write(&path, self.toml()).expect("write config");
+        path
+    }
+
+    pub async fn start_with(self, options: terminus::StartOptions) -> TestRouter {
+        let path = self.write_config();
         let config = terminus_config::Config::load(&path).expect("valid test config");
-        let router = terminus::start(&config, terminus_metrics::MetricsRegistry::default())
-            .await
-            .expect("router starts");
+        let router = terminus::start_with(
+            &config,
+            terminus_metrics::MetricsRegistry::default(),
+            &options,
+        )
+        .await
+        .expect("router starts");
         assert!(router.cert_errors.is_empty(), "{:?}", router.cert_errors);
         TestRouter {
             router,

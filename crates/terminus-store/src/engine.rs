@@ -79,6 +79,14 @@ pub(crate) fn open_read_only(file: &Path, verify: bool) -> Result<Database> {
     })
 }
 
+/// Closes a database under [`guard`]: closing commits the allocator state, which in a file
+/// opened without the integrity check may be damaged.
+pub(crate) fn close(file: &Path, db: Database) -> Result<()> {
+    guard(file, "closing the store", || {
+        db.close().map_err(|e| StoreError::Db(e.into()))
+    })
+}
+
 const BLOCK: usize = 4096;
 
 /// A store file seen through an in-memory overlay: reads come from the file unless a block was

@@ -48,6 +48,8 @@ pub enum StoreError {
     UnknownSchema { version: u8, known: u8 },
     #[error("a stored record is empty")]
     Empty,
+    #[error("a stored record does not match its checksum: its bytes were damaged")]
+    RecordChecksum,
     #[error("encrypting a private key failed")]
     Seal,
     #[error("the store was opened read-only")]
@@ -74,7 +76,7 @@ impl StoreError {
             Self::Open { source, .. } | Self::Db(source) => {
                 matches!(source, redb::Error::Corrupted(_))
             }
-            Self::Decode(_) | Self::Empty => true,
+            Self::Decode(_) | Self::Empty | Self::RecordChecksum => true,
             _ => false,
         }
     }

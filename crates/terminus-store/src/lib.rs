@@ -6,6 +6,11 @@
 //! - Every stored certificate version carries a `SHA256:<hex>` checksum of its bundle; loading
 //!   verifies it, and a mismatch quarantines that entry (R17) while everything else loads.
 //! - A certificate keeps its previous version for rollback.
+//! - Every record carries a checksum of its own bytes, and the file is opened with the engine's
+//!   integrity check; a damaged file is an error ([`StoreError::is_corruption`]), never a panic
+//!   ([`engine`] is the boundary). [`check_store`] checks a store without writing it;
+//!   [`recover`] salvages a damaged one into a new file.
+//! - [`load`] turns the config file's objects and stored records into what the router serves.
 
 mod check;
 mod checksum;

@@ -16,7 +16,7 @@ use crate::db::{key_check_opens, Store, Table, APPS, CERTS, DOMAINS, KEY_CHECK, 
 use crate::engine::{self, guard};
 use crate::error::{Result, StoreError};
 use crate::load::{app_from, domain_from, verify_version};
-use crate::records::{decode, encode, AppRecord, CertRecord, DomainRecord};
+use crate::records::{decode, encode, is_verifiable, AppRecord, CertRecord, DomainRecord};
 use crate::seal::MasterKey;
 
 /// Records written per transaction into the new file.
@@ -46,6 +46,9 @@ pub struct Recovery {
     pub lost: Vec<Lost>,
     /// Parts of the file that could not be read at all (the records in them are not counted).
     pub unreadable: Vec<StoreError>,
+    /// Records copied that were written before records carried a checksum of their own: they
+    /// decode and pass the other checks, but cannot be proven undamaged. Review them.
+    pub unverified: Vec<(&'static str, String)>,
 }
 
 /// A record left behind, and why.
@@ -90,9 +93,17 @@ pub fn recover(config: &StoreConfig) -> Result<RecoverOutcome> {
     let _ = std::fs::remove_file(&salvaging);
     match engine::open_read_only(&file, false) {
         Ok(old) => {
-            check_key(&file, &old, &key, &config.dir)?;
-            let new = engine::open(&salvaging)?;
-            salvage(&file, &old, &new, &key, &mut recovery)?;
+            let salvaged = check_key(&file, &old, &key, &config.dir).and_then(|()| {
+                let new = engine::open(&salvaging)?;
+                salvage(&file, &old, &new, &key, &mut recovery)?;
+                engine::close(&salvaging, new)
+            });
+            // Closing commits allocator state, which in a damaged file may itself be damaged
+            // (it goes to memory only: the file is opened through the read-only view).
+            if let Err(e) = engine::close(&file, old) {
+                recovery.unreadable.push(e);
+            }
+            salvaged?;
         }
         Err(e) => {
             // Nothing readable: the new store starts empty (with this key).
@@ -142,8 +153,11 @@ fn salvage(
         recovery.unreadable.extend(errors);
         for (k, bytes) in records {
             match keep(kind, &k, &bytes, key) {
-                Ok(bytes) => {
-                    out.put(table, k, bytes)?;
+                Ok(kept) => {
+                    if !is_verifiable(&bytes) {
+                        recovery.unverified.push((kind, k.clone()));
+                    }
+                    out.put(table, k, kept)?;
                     match kind {
                         "certificate" => recovery.certs += 1,
                         "app" => recovery.apps += 1,
@@ -161,9 +175,9 @@ fn salvage(
     out.flush()
 }
 
-/// The record's bytes to copy, or why it is left behind: it must decode, sit under its own
-/// name, and pass what a start checks (a certificate's checksum and sealed key; an app's
-/// backends; a domain's host).
+/// The record's bytes to copy (encoded afresh, with a checksum), or why it is left behind: it
+/// must decode (which verifies its own checksum), sit under its own name, and pass what a start
+/// checks (a certificate's checksum and sealed key; an app's backends; a domain's host).
 fn keep(kind: &str, key: &str, bytes: &[u8], master: &MasterKey) -> Result<Vec<u8>, String> {
     let wrong_key = |name: &str| format!("stored under '{key}' but names itself '{name}'");
     match kind {
@@ -193,7 +207,7 @@ fn keep(kind: &str, key: &str, bytes: &[u8], master: &MasterKey) -> Result<Vec<u
                 return Err(wrong_key(&rec.name));
             }
             app_from(&rec).map_err(|e| e.to_string())?;
-            Ok(bytes.to_vec())
+            encode(&rec).map_err(|e| e.to_string())
         }
         _ => {
             let rec: DomainRecord = decode(bytes).map_err(|e| e.to_string())?;
@@ -201,7 +215,7 @@ fn keep(kind: &str, key: &str, bytes: &[u8], master: &MasterKey) -> Result<Vec<u
                 return Err(wrong_key(&rec.host));
             }
             domain_from(&rec).map_err(|e| e.to_string())?;
-            Ok(bytes.to_vec())
+            encode(&rec).map_err(|e| e.to_string())
         }
     }
 }
