@@ -22,7 +22,8 @@ pub const ACCESS_TARGET: &str = "terminus::access";
 /// exactly once: by [`AccessLog::emit`], or, if the request is dropped before that (the client
 /// went away), as H27 when this is dropped.
 #[derive(Debug)]
-pub(crate) struct AccessLog {
+#[doc(hidden)] // public for the access_log fuzz target only
+pub struct AccessLog {
     pub metrics: ProxyMetrics,
     pub emitted: bool,
     /// Write the line (counting happens either way).
@@ -83,7 +84,7 @@ fn bare(out: &mut String, value: &str) {
 }
 
 impl AccessLog {
-    pub(crate) fn line(&self, now: Instant) -> String {
+    pub fn line(&self, now: Instant) -> String {
         let mut out = String::with_capacity(320);
         let at = match self.fault {
             None => "info",
