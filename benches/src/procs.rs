@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -211,10 +211,10 @@ pub fn line_reader(stdout: ChildStdout) -> mpsc::Receiver<String> {
     rx
 }
 
-/// A loopback port nobody listens on now.
+/// A loopback port nobody listens on now, for HAProxy and nginx, which must be told theirs
+/// (see [`terminus_test_support::reserve_port`]).
 pub fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind 127.0.0.1:0")?;
-    listener.local_addr().context("local address")
+    terminus_test_support::reserve_port().context("cannot bind 127.0.0.1:0")
 }
 
 /// The harness's temporary directory (certificates, configs, logs), removed when dropped

@@ -4,10 +4,13 @@
 //! (API 503, `terminus_store_available 0`); `--store-recover` then salvages the readable
 //! records. `check-config` flags the same damage with exit 64.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use terminus_store::{CertRecord, Store};
-use terminus_test_support::{Ca, KeyType, Leaf, TempDir};
+use terminus_test_support::{
+    ready_file, Ca, ClientOptions, KeyType, Leaf, Ready, TempDir, TlsClient,
+};
 use terminus_tls::{prepare, PrepareOptions};
 
 use crate::harness::{Builder, TestRouter};
@@ -196,6 +199,117 @@ async fn restart(keep: TempDir, dir: &Path, store_recover: bool) -> TestRouter {
     }
 }
 
+/// Flips a byte in every stored copy of one record (copy-on-write leaves old copies in free
+/// pages; one of them is live), so a start cannot open the file. Returns the new bytes.
+fn damage_one_record(file: &Path) -> Vec<u8> {
+    let mut bytes = std::fs::read(file).unwrap();
+    let needle = b"s3.example.com";
+    let hits: Vec<usize> = (0..bytes.len() - needle.len())
+        .filter(|&i| &bytes[i..i + needle.len()] == needle)
+        .collect();
+    assert!(!hits.is_empty());
+    for i in hits {
+        bytes[i] ^= 0x5a;
+    }
+    std::fs::write(file, &bytes).unwrap();
+    bytes
+}
+
+/// Runs `terminus serve --config CONFIG [extra]` until its ready file appears; returns the
+/// child and what it bound.
+async fn serve(config: &Path, extra: &[&str]) -> (tokio::process::Child, Ready, PathBuf) {
+    let dir = config.parent().unwrap();
+    let ready = dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    let stderr = dir.join(format!("stderr{}", extra.len()));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_terminus"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--ready-file")
+        .arg(&ready)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let bound = ready_file(&ready, Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    })
+    .await;
+    (child, bound, stderr)
+}
+
+async fn stop(mut child: tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+async fn served_at(addr: std::net::SocketAddr, sni: &str) -> Option<Vec<u8>> {
+    TlsClient::new(ClientOptions::sni(sni))
+        .connect(addr)
+        .await
+        .ok()
+        .and_then(|c| c.served.map(|d| d.to_vec()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_its_config_through_a_damaged_store_and_recovers_it() {
+    let pristine = TempDir::new("damage-bin");
+    let leaves = pristine_store(pristine.path());
+    let (b, leaf) = builder(pristine.path(), None);
+    let config = b.write_config();
+    damage_one_record(&Store::file_in(&b.dir.path().join("data")));
+
+    let (child, bound, stderr) = serve(&config, &[]).await;
+    assert_eq!(bound.store, "unavailable");
+    assert_eq!(
+        served_at(bound.https(), "static.example.com").await,
+        Some(leaf.cert_der.to_vec())
+    );
+    stop(child).await;
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("THE STORE CANNOT BE USED"))
+        .unwrap_or_else(|| panic!("a loud line: {log}"));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("--store-recover"), "{line}");
+    assert!(line.contains("backup"), "{line}");
+
+    let (child, bound, stderr) = serve(&config, &["--store-recover"]).await;
+    assert_eq!(bound.store, "ready");
+    assert_eq!(
+        served_at(bound.https(), "static.example.com").await,
+        Some(leaf.cert_der.to_vec())
+    );
+    let mut salvaged = 0;
+    for (i, leaf) in leaves.iter().enumerate() {
+        let served = served_at(bound.https(), &format!("s{i}.example.com")).await;
+        if served == Some(leaf.cert_der.to_vec()) {
+            salvaged += 1;
+        } else {
+            assert_eq!(served, None, "s{i}: nothing else is served for it");
+        }
+    }
+    assert!(salvaged > 0, "certificates in undamaged pages are salvaged");
+    stop(child).await;
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        log.contains("--store-recover: the damaged store was copied into a new file"),
+        "{log}"
+    );
+}
+
 fn check_config(config: &Path) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_terminus"))
         .args(["check-config", "--config"])
@@ -224,19 +338,8 @@ fn check_config_checks_the_store_and_says_what_to_do() {
         "{stdout}"
     );
 
-    // A byte of every stored copy of one record (copy-on-write leaves old ones in free pages;
-    // one of them is live): a start cannot open this file.
     let file = Store::file_in(&b.dir.path().join("data"));
-    let mut bytes = std::fs::read(&file).unwrap();
-    let needle = b"s3.example.com";
-    let hits: Vec<usize> = (0..bytes.len() - needle.len())
-        .filter(|&i| &bytes[i..i + needle.len()] == needle)
-        .collect();
-    assert!(!hits.is_empty());
-    for i in hits {
-        bytes[i] ^= 0x5a;
-    }
-    std::fs::write(&file, &bytes).unwrap();
+    let bytes = damage_one_record(&file);
     let (code, _, stderr) = check_config(&config);
     assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("terminus.redb"), "{stderr}");

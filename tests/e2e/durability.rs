@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use terminus_test_support::{Backend, Ca, ClientOptions, KeyType, Leaf, TempDir, TlsClient};
+use terminus_test_support::{
+    ready_file, Backend, Ca, ClientOptions, KeyType, Leaf, TempDir, TlsClient,
+};
 use tokio::process::{Child, Command};
 
 const TOKEN: &str = "durability-token-0123";
@@ -20,31 +22,24 @@ struct Router {
     stderr: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Router {
-    /// Starts `terminus serve --data-dir` and waits until its admin endpoint answers.
+    /// Starts `terminus serve --data-dir` on ports the OS chooses and waits for its ready file.
     async fn start(dir: &Path, backend: &Backend, log: &str, run: usize) -> Self {
-        let https = free_port();
-        let admin = free_port();
         let stdout = dir.join(format!("stdout.{run}"));
         let stderr = dir.join(format!("stderr.{run}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_terminus"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{https}")])
+        let ready = dir.join(format!("ready.{run}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_terminus"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
             .args([
                 "--backend",
                 &backend.addr.to_string(),
                 "--admin",
-                &format!("127.0.0.1:{admin}"),
+                "127.0.0.1:0",
             ])
             .arg("--data-dir")
             .arg(dir.join("data"))
+            .arg("--ready-file")
+            .arg(&ready)
             .env("TERMINUS_TOKEN", TOKEN)
             .env("RUST_LOG", log)
             .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
@@ -52,26 +47,29 @@ impl Router {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let router = Self {
+        let mut exited = false;
+        let bound = tokio::time::timeout(
+            Duration::from_secs(10),
+            ready_file(&ready, Duration::from_secs(10), || {
+                exited = matches!(child.try_wait(), Ok(Some(_)));
+                exited
+            }),
+        )
+        .await;
+        let Ok(bound) = bound else {
+            panic!(
+                "router did not start (exited: {exited}): {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        assert_eq!(bound.store, "ready");
+        Self {
             child,
-            https,
-            admin,
+            https: bound.https().port(),
+            admin: bound.admin.port(),
             stdout,
             stderr,
-        };
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", admin))
-                .await
-                .is_ok()
-            {
-                return router;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!(
-            "router did not start: {}",
-            std::fs::read_to_string(&router.stderr).unwrap_or_default()
-        );
     }
 
     async fn cli(&self, args: &[&str]) -> (i32, String, String) {
@@ -151,7 +149,9 @@ async fn acknowledged_changes_survive_kill_9_and_a_corrupted_entry_is_quarantine
     let (c, k) = files(dir.path(), "c0v2", &v2);
     assert_eq!(r.cli(&["certs:update", "--name", "c0", &c, &k]).await.0, 0);
 
-    // Keep adding certificates and kill the router in the middle of it.
+    // Keep adding certificates and kill the router in the middle of it, once a few adds have
+    // been acknowledged (the adder reports each; more keep going while the kill lands).
+    let (progress, mut acked) = tokio::sync::watch::channel(0usize);
     let adder = {
         let admin = r.admin;
         let dir = dir.path().to_path_buf();
@@ -170,6 +170,7 @@ async fn acknowledged_changes_survive_kill_9_and_a_corrupted_entry_is_quarantine
                     .unwrap();
                 if out.status.success() {
                     acknowledged.push(name);
+                    progress.send_replace(acknowledged.len());
                 } else {
                     break;
                 }
@@ -177,7 +178,10 @@ async fn acknowledged_changes_survive_kill_9_and_a_corrupted_entry_is_quarantine
             acknowledged
         })
     };
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::timeout(Duration::from_secs(30), acked.wait_for(|&n| n >= 5))
+        .await
+        .expect("adds are acknowledged")
+        .unwrap();
     r.kill9().await;
     let acknowledged = adder.await.unwrap();
     assert!(

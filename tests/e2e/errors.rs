@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use terminus_test_support::{
-    logs, send_h1, unique_request_id, Backend, ClientOptions, KeyType, Reply, TlsClient,
+    eventually, logs, send_h1, unique_request_id, Backend, ClientOptions, KeyType, Reply, TlsClient,
 };
 
 use crate::harness::{Builder, TestRouter};
@@ -194,7 +194,8 @@ async fn client_gone_before_the_response_is_499_h27() {
         .body(Full::new(Bytes::new()))
         .unwrap();
     let pending = tokio::spawn(send_h1(conn.stream, vec![req]));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Gone once the request is at the backend, before its answer.
+    echo.wait_for_requests(1).await;
     pending.abort();
     let line = logs::find(&id, Duration::from_secs(5))
         .await
@@ -248,8 +249,18 @@ async fn idle_backend_connections_are_closed_after_pool_idle() {
     let (reply, _) = request(&r, "/").await;
     assert_eq!(reply.status, 200);
     assert_eq!(r.router.shared.pooled_connections(), 1);
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(r.router.shared.pooled_connections(), 0);
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the idle pooled connection is closed",
+        || r.router.shared.pooled_connections() == 0,
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed before pool_idle: {:?}",
+        started.elapsed()
+    );
     r.shutdown().await;
 }
 
@@ -363,6 +374,8 @@ async fn a_slow_upload_does_not_count_against_the_first_byte_timeout() {
         .write_all(b"POST /upload HTTP/1.1\r\nhost: www.example.com\r\ncontent-length: 10\r\nconnection: close\r\n\r\n")
         .await
         .unwrap();
+    // Pacing, not waiting: a byte every 120 ms keeps the upload alive (idle is 55 s) while the
+    // whole of it takes three times first_byte.
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(120)).await;
         conn.stream.write_all(b"x").await.unwrap();

@@ -35,7 +35,8 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
         h2.stream,
         vec![get_h2("a.example.com", "/slow?ms=700")],
     ));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Both requests are in flight once the backend has them.
+    echo.wait_for_requests(2).await;
 
     let started = std::time::Instant::now();
     r.shutdown().await;

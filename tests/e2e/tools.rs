@@ -5,8 +5,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use terminus_test_support::{Backend, KeyType};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use terminus_test_support::{ready_file, Backend, KeyType};
 use tokio::process::Command;
 
 use crate::harness::{Builder, TestRouter};
@@ -230,10 +229,10 @@ async fn the_binary_quick_start_serves_and_drains_on_sigterm() {
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, &ca.cert_pem).unwrap();
 
-    let port = free_port();
-    let admin = free_port();
+    // Ports chosen by the OS, reported in the ready file: nothing to race for.
+    let ready = dir.path().join("ready.json");
     let mut child = Command::new(env!("CARGO_BIN_EXE_terminus"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .arg("--cert")
         .arg(&crt)
         .arg("--key")
@@ -242,23 +241,24 @@ async fn the_binary_quick_start_serves_and_drains_on_sigterm() {
             "--backend",
             &echo.addr.to_string(),
             "--admin",
-            &format!("127.0.0.1:{admin}"),
+            "127.0.0.1:0",
         ])
+        .arg("--ready-file")
+        .arg(&ready)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(line) = stderr.next_line().await.unwrap() {
-            if line.contains("admin listening") {
-                break;
-            }
-        }
+    let bound = ready_file(&ready, Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
     })
-    .await
-    .expect("router started");
+    .await;
+    assert_eq!(bound.pid, child.id().unwrap());
+    assert_eq!(bound.store, "none");
+    let port = bound.https().port();
+    assert_ne!(port, 0);
+    assert_ne!(bound.admin.port(), 0);
 
     let url = format!("https://localhost:{port}/slow?ms=800");
     let slow = Command::new("curl")
@@ -267,7 +267,8 @@ async fn the_binary_quick_start_serves_and_drains_on_sigterm() {
         .args(["-o", "/dev/null", "-w", "%{http_code}", &url])
         .output();
     let slow = tokio::spawn(slow);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM once the request is in flight: the backend has it.
+    echo.wait_for_requests(1).await;
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
@@ -280,6 +281,7 @@ async fn the_binary_quick_start_serves_and_drains_on_sigterm() {
         .expect("exits after draining")
         .unwrap();
     assert_eq!(status.code(), Some(0));
+    assert!(!ready.exists(), "the ready file is removed on a clean exit");
     let out = slow.await.unwrap().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -329,12 +331,4 @@ async fn bad_config_exits_64_naming_file_and_key() {
         )),
         "{err}"
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

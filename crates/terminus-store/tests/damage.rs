@@ -221,7 +221,10 @@ fn a_byte_flipped_in_any_page_is_reported_never_panics_and_never_serves_altered_
                     }
                 }
             }));
-            assert!(outcome.is_ok(), "byte {at} of page {page}: see the panic above");
+            assert!(
+                outcome.is_ok(),
+                "byte {at} of page {page}: see the panic above"
+            );
         }
     }
     println!("{pages} pages: {tally:?}");

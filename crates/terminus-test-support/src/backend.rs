@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,25 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Requests received so far, watched: a test waits for a request to arrive instead of
+/// sleeping and hoping it has.
+#[derive(Debug, Clone)]
+struct Arrivals(Arc<watch::Sender<usize>>);
+
+impl Default for Arrivals {
+    fn default() -> Self {
+        Self(Arc::new(watch::Sender::new(0)))
+    }
+}
+
+impl Arrivals {
+    fn arrived(&self) {
+        self.0.send_modify(|n| *n += 1);
+    }
+}
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -29,7 +46,7 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 pub struct Backend {
     pub addr: SocketAddr,
     pub name: String,
-    requests: Arc<AtomicUsize>,
+    requests: Arrivals,
     task: Option<JoinHandle<()>>,
     _held: Vec<TcpStream>,
 }
@@ -49,9 +66,24 @@ async fn listen() -> TcpListener {
 }
 
 impl Backend {
-    /// Requests this backend has received.
+    /// Requests this backend has received (counted when the request head arrives).
     pub fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
+        *self.requests.0.borrow()
+    }
+
+    /// Waits until this backend has received `n` requests in all; panics after 10 s.
+    pub async fn wait_for_requests(&self, n: usize) {
+        let mut rx = self.requests.0.subscribe();
+        tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|&got| got >= n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "backend {} received {} requests, not {n}, within 10 s",
+                    self.name,
+                    self.requests()
+                )
+            })
+            .expect("the backend's counter lives as long as the backend");
     }
 
     /// The echo backend on a port chosen by the OS.
@@ -65,7 +97,7 @@ impl Backend {
     pub async fn echo_on(addr: SocketAddr, name: &str) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let requests = Arc::new(AtomicUsize::new(0));
+        let requests = Arrivals::default();
         let (n, name_owned) = (requests.clone(), name.to_owned());
         let task = tokio::spawn(async move {
             loop {
@@ -75,7 +107,7 @@ impl Backend {
                 let (n, name) = (n.clone(), name_owned.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        n.fetch_add(1, Ordering::SeqCst);
+                        n.arrived();
                         echo(name.clone(), req)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -100,7 +132,7 @@ impl Backend {
         Self {
             addr,
             name: "refusing".into(),
-            requests: Arc::default(),
+            requests: Arrivals::default(),
             task: None,
             _held: Vec::new(),
         }
@@ -130,7 +162,7 @@ impl Backend {
         Self {
             addr,
             name: "blackhole".into(),
-            requests: Arc::default(),
+            requests: Arrivals::default(),
             task: Some(task),
             _held: held,
         }
@@ -141,7 +173,7 @@ impl Backend {
         Self::raw("silent", |mut tcp, n| async move {
             let mut buf = [0u8; 4096];
             if matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {
-                n.fetch_add(1, Ordering::SeqCst);
+                n.arrived();
             }
             tokio::time::sleep(Duration::from_secs(3600)).await;
         })
@@ -153,7 +185,7 @@ impl Backend {
         Self::raw("close-early", |mut tcp, n| async move {
             let mut buf = [0u8; 4096];
             if matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {
-                n.fetch_add(1, Ordering::SeqCst);
+                n.arrived();
             }
             drop(tcp);
         })
@@ -165,7 +197,7 @@ impl Backend {
         Self::raw("close-mid-body", |mut tcp, n| async move {
             let mut buf = [0u8; 4096];
             if matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {
-                n.fetch_add(1, Ordering::SeqCst);
+                n.arrived();
                 let _ = tcp
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789")
                     .await;
@@ -176,12 +208,12 @@ impl Backend {
 
     async fn raw<F, Fut>(name: &str, each: F) -> Self
     where
-        F: Fn(TcpStream, Arc<AtomicUsize>) -> Fut + Send + Sync + 'static,
+        F: Fn(TcpStream, Arrivals) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let listener = listen().await;
         let addr = listener.local_addr().expect("addr");
-        let requests = Arc::new(AtomicUsize::new(0));
+        let requests = Arrivals::default();
         let n = requests.clone();
         let each = Arc::new(each);
         let task = tokio::spawn(async move {

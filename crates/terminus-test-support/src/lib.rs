@@ -1,5 +1,6 @@
-//! Test-only helpers for terminus: a PKI minted at run time, backends on port 0, a recording
-//! TLS client, and a capture of router log lines. Nothing here is used by the router itself.
+//! Test-only helpers for terminus: a PKI minted at run time, backends on port 0 that signal
+//! each request's arrival, a recording TLS client, a capture of router log lines, and waiting on
+//! events (a condition with a deadline, the router's ready file) instead of sleeping. Nothing here is used by the router itself.
 
 // Test-only: a setup step that fails should stop the test loudly, so expect() is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,6 +10,7 @@ pub mod client;
 pub mod logs;
 pub mod pki;
 pub mod tempdir;
+pub mod wait;
 
 pub use backend::Backend;
 pub use client::{
@@ -17,6 +19,7 @@ pub use client::{
 };
 pub use pki::{self_signed, Ca, KeyType, Leaf};
 pub use tempdir::TempDir;
+pub use wait::{eventually, eventually_async, ready_file, reserve_port, Ready};
 
 /// A request id unique to this process, valid as an `X-Request-Id` (20–200 safe bytes), for
 /// finding a request's log line.
