@@ -1,4 +1,4 @@
-//! The terminus configuration: a TOML file read in two stages. Stage one ([`raw`]) is the file as
+//! The terminus configuration: a TOML file read in two stages. Stage one (`raw`) is the file as
 //! written, with unknown keys refused; stage two ([`Config`]) applies the `DEFAULT_*` values
 //! below and checks meaning (addresses, names, references between sections). Every error names
 //! the file, the key and what is wrong.

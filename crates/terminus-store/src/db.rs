@@ -50,7 +50,7 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (or creates) the store described by `config`, verifying every page of the file
-    /// (see [`engine`]) and that the master key opens it.
+    /// and that the master key opens it.
     pub fn open(config: &StoreConfig) -> Result<Self> {
         let dir = config.dir.clone();
         create_private_dir(&dir).map_err(|source| StoreError::CreateDir {

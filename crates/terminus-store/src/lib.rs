@@ -8,7 +8,7 @@
 //! - A certificate keeps its previous version for rollback.
 //! - Every record carries a checksum of its own bytes, and the file is opened with the engine's
 //!   integrity check; a damaged file is an error ([`StoreError::is_corruption`]), never a panic
-//!   ([`engine`] is the boundary). [`check_store`] checks a store without writing it;
+//!   (the engine's calls are guarded). [`check_store`] checks a store without writing it;
 //!   [`recover`] salvages a damaged one into a new file.
 //! - [`load`] turns the config file's objects and stored records into what the router serves.
 
