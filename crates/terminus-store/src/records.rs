@@ -1,4 +1,5 @@
-//! What the store keeps, encoded compactly (postcard) behind a one-byte schema version.
+//! What the store keeps, encoded compactly (postcard) behind a one-byte schema version. Older
+//! schemas are decoded and upgraded on read; writes use the current one.
 
 use serde::{Deserialize, Serialize};
 use terminus_tls::KeyKind;
@@ -6,7 +7,8 @@ use terminus_tls::KeyKind;
 use crate::checksum;
 use crate::error::StoreError;
 
-const SCHEMA: u8 = 1;
+/// 2: certificate versions carry the checksum of the upload as sent (`upload_checksum`).
+const SCHEMA: u8 = 2;
 
 /// One version of a certificate: the chain as served and the sealed private key, plus the
 /// fields shown to operators and needed for selection, so that loading needs no X.509 parsing.
@@ -29,6 +31,10 @@ pub struct CertVersion {
     pub key_kind: String,
     pub bypass: bool,
     pub added_at: i64,
+    /// `SHA256:<hex>` of the files as uploaded (certificate file bytes, then key file bytes),
+    /// what an operator can recompute with `cat server.crt server.key | sha256sum`. Shown, not
+    /// used for integrity (that is `checksum`); None for versions stored before schema 2.
+    pub upload_checksum: Option<String>,
 }
 
 impl CertVersion {
@@ -118,22 +124,105 @@ pub struct AppRecord {
     pub created_at: i64,
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+/// A stored type, with how to read it from an older schema.
+pub(crate) trait Record: Serialize + for<'a> Deserialize<'a> {
+    /// Decodes a schema 1 body.
+    fn from_v1(body: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(body)
+    }
+}
+
+impl Record for DomainRecord {}
+impl Record for AppRecord {}
+
+impl Record for CertRecord {
+    fn from_v1(body: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes::<v1::CertRecord>(body).map(Into::into)
+    }
+}
+
+/// Schema 1, kept to read records written by earlier versions.
+mod v1 {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct CertVersion {
+        version: u32,
+        chain: Vec<Vec<u8>>,
+        sealed_key: Vec<u8>,
+        checksum: String,
+        names: Vec<String>,
+        common_names: Vec<String>,
+        subject: String,
+        issuer: String,
+        serial: String,
+        not_before: i64,
+        not_after: i64,
+        key_kind: String,
+        bypass: bool,
+        added_at: i64,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct CertRecord {
+        name: String,
+        current: CertVersion,
+        previous: Option<CertVersion>,
+        created_at: i64,
+    }
+
+    impl From<CertVersion> for super::CertVersion {
+        fn from(v: CertVersion) -> Self {
+            Self {
+                version: v.version,
+                chain: v.chain,
+                sealed_key: v.sealed_key,
+                checksum: v.checksum,
+                names: v.names,
+                common_names: v.common_names,
+                subject: v.subject,
+                issuer: v.issuer,
+                serial: v.serial,
+                not_before: v.not_before,
+                not_after: v.not_after,
+                key_kind: v.key_kind,
+                bypass: v.bypass,
+                added_at: v.added_at,
+                upload_checksum: None,
+            }
+        }
+    }
+
+    impl From<CertRecord> for super::CertRecord {
+        fn from(r: CertRecord) -> Self {
+            Self {
+                name: r.name,
+                current: r.current.into(),
+                previous: r.previous.map(Into::into),
+                created_at: r.created_at,
+            }
+        }
+    }
+}
+
+pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![SCHEMA];
     out.extend(postcard::to_stdvec(value).map_err(|e| StoreError::Decode(e.to_string()))?);
     Ok(out)
 }
 
-pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&SCHEMA, body)) => {
-            postcard::from_bytes(body).map_err(|e| StoreError::Decode(e.to_string()))
+pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
+    let decoded = match bytes.split_first() {
+        Some((&SCHEMA, body)) => postcard::from_bytes(body),
+        Some((1, body)) => T::from_v1(body),
+        Some((v, _)) => {
+            return Err(StoreError::Decode(format!(
+                "schema version {v} is not known to this terminus (it knows 1 to {SCHEMA}); upgrade terminus"
+            )))
         }
-        Some((v, _)) => Err(StoreError::Decode(format!(
-            "schema version {v} is not known to this terminus (it knows {SCHEMA}); upgrade terminus"
-        ))),
-        None => Err(StoreError::Decode("empty record".into())),
-    }
+        None => return Err(StoreError::Decode("empty record".into())),
+    };
+    decoded.map_err(|e| StoreError::Decode(e.to_string()))
 }
 
 #[cfg(test)]
@@ -156,6 +245,7 @@ mod tests {
             key_kind: "ecdsa-p256".into(),
             bypass: false,
             added_at: 3,
+            upload_checksum: Some(format!("SHA256:{}", "ab".repeat(32))),
         };
         v.checksum = v.compute_checksum();
         v
@@ -179,6 +269,82 @@ mod tests {
         let mut changed = back.current;
         changed.chain[0][0] ^= 1;
         assert!(!changed.checksum_ok(), "the chain is covered");
+    }
+
+    /// A record as terminus wrote it before schema 2 (postcard of the schema 1 fields, behind
+    /// the byte 1) still decodes, with no upload checksum, and its integrity checksum holds.
+    #[test]
+    fn schema_1_records_decode() {
+        #[derive(Serialize)]
+        struct V1Version<'a> {
+            version: u32,
+            chain: &'a [Vec<u8>],
+            sealed_key: &'a [u8],
+            checksum: &'a str,
+            names: &'a [String],
+            common_names: &'a [String],
+            subject: &'a str,
+            issuer: &'a str,
+            serial: &'a str,
+            not_before: i64,
+            not_after: i64,
+            key_kind: &'a str,
+            bypass: bool,
+            added_at: i64,
+        }
+        #[derive(Serialize)]
+        struct V1Record<'a> {
+            name: &'a str,
+            current: V1Version<'a>,
+            previous: Option<V1Version<'a>>,
+            created_at: i64,
+        }
+        let v = version();
+        fn old(v: &CertVersion) -> V1Version<'_> {
+            V1Version {
+                version: v.version,
+                chain: &v.chain,
+                sealed_key: &v.sealed_key,
+                checksum: &v.checksum,
+                names: &v.names,
+                common_names: &v.common_names,
+                subject: &v.subject,
+                issuer: &v.issuer,
+                serial: &v.serial,
+                not_before: v.not_before,
+                not_after: v.not_after,
+                key_kind: &v.key_kind,
+                bypass: v.bypass,
+                added_at: v.added_at,
+            }
+        }
+        let mut bytes = vec![1u8];
+        bytes.extend(
+            postcard::to_stdvec(&V1Record {
+                name: "old-cert",
+                current: old(&v),
+                previous: Some(old(&v)),
+                created_at: 7,
+            })
+            .unwrap(),
+        );
+        let back: CertRecord = decode(&bytes).unwrap();
+        let want = CertVersion {
+            upload_checksum: None,
+            ..v
+        };
+        assert_eq!(back.name, "old-cert");
+        assert_eq!(back.current, want);
+        assert_eq!(back.previous.as_ref(), Some(&want));
+        assert!(back.current.checksum_ok());
+        assert_eq!(back.created_at, 7);
+        // Domains and apps did not change shape.
+        let mut bytes = vec![1u8];
+        bytes.extend(
+            postcard::to_stdvec(&("web", vec!["127.0.0.1:1".to_owned()], 9i64)).unwrap(),
+        );
+        let app: AppRecord = decode(&bytes).unwrap();
+        assert_eq!(app.backends, ["127.0.0.1:1"]);
     }
 
     #[test]

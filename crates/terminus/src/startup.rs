@@ -11,7 +11,7 @@ use terminus_metrics::{
     ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
 };
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
-use terminus_route::{App, Domain, RouteTable};
+use terminus_route::{BackendAddr, Domain, RouteTable};
 use terminus_store::Store;
 use terminus_tls::{prepare, CertEntry, CertIndex, PrepareOptions, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
@@ -128,8 +128,8 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
     let statics = load_static_routes(config, &certs, &routes, static_certs);
 
     // The store comes second: a name defined in the config file wins over a stored one.
-    let (store, quarantined) = match &config.store {
-        None => (None, Vec::new()),
+    let (store, quarantined, stored_apps) = match &config.store {
+        None => (None, Vec::new(), Vec::new()),
         Some(store_config) => {
             let store_error = |source| StartError::Store {
                 file: origin.clone(),
@@ -137,13 +137,12 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
             };
             let store = Store::open(store_config).map_err(store_error)?;
             log_key_origin(&store);
-            let (quarantined, problems) =
-                load_store(&store, &certs, &routes, &statics, &control_metrics)
-                    .map_err(store_error)?;
-            for p in problems {
+            let loaded = load_store(&store, &certs, &routes, &statics, &control_metrics)
+                .map_err(store_error)?;
+            for p in loaded.problems {
                 tracing::error!("{p}; skipped");
             }
-            (Some(Arc::new(store)), quarantined)
+            (Some(Arc::new(store)), loaded.quarantined, loaded.apps)
         }
     };
     certs.set_default(config.tls.default_certificate.as_deref());
@@ -171,6 +170,27 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
                 s.expired_retention
             }),
     ));
+    let app_backends: Vec<(String, Vec<BackendAddr>)> = config
+        .apps
+        .iter()
+        .map(|a| {
+            (
+                a.name.clone(),
+                a.backends.iter().copied().map(BackendAddr::Ip).collect(),
+            )
+        })
+        .chain(stored_apps)
+        .collect();
+    {
+        let control = control.clone();
+        // Names resolve through getaddrinfo, which blocks.
+        let _ = tokio::task::spawn_blocking(move || {
+            for (name, specs) in app_backends {
+                control.set_app_backends(&name, specs);
+            }
+        })
+        .await;
+    }
 
     let bound: Vec<BoundListener> = terminus_proxy::bind(&config.listeners).await?;
     let listeners = bound
@@ -203,6 +223,7 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
     let admin_task = tokio::spawn(terminus_admin::serve(
         admin_listener,
         Admin::new(registry, Some(api)),
+        terminus_admin::Limits::default(),
         admin_rx,
     ));
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
@@ -250,7 +271,7 @@ fn load_store(
     routes: &RouteTable,
     statics: &Statics,
     metrics: &ControlMetrics,
-) -> terminus_store::Result<(Vec<terminus_store::Quarantine>, Vec<String>)> {
+) -> terminus_store::Result<StoreLoad> {
     let started = std::time::Instant::now();
     let mut problems = Vec::new();
     let mut report = terminus_store::LoadReport::default();
@@ -284,6 +305,7 @@ fn load_store(
         }
     })?;
     let reader = store.read()?;
+    let mut apps = Vec::new();
     for app in reader.apps()? {
         if statics.apps.contains(&app.name) {
             problems.push(format!(
@@ -292,11 +314,14 @@ fn load_store(
             ));
             continue;
         }
-        match terminus_store::app_from(&app) {
-            Ok(a) => {
-                routes.set_app(a);
-            }
-            Err(e) => problems.push(e),
+        let specs: Result<Vec<BackendAddr>, _> = app
+            .backends
+            .iter()
+            .map(|b| BackendAddr::parse(b))
+            .collect();
+        match specs {
+            Ok(specs) => apps.push((app.name, specs)),
+            Err(why) => problems.push(format!("stored app '{}': a backend {why}", app.name)),
         }
     }
     for d in reader.domains()? {
@@ -317,7 +342,19 @@ fn load_store(
         took_ms = started.elapsed().as_millis() as u64,
         "store loaded"
     );
-    Ok((report.quarantined, problems))
+    Ok(StoreLoad {
+        quarantined: report.quarantined,
+        apps,
+        problems,
+    })
+}
+
+/// What loading the store found.
+struct StoreLoad {
+    quarantined: Vec<terminus_store::Quarantine>,
+    /// Stored apps and their backends, set once the control plane (which resolves names) runs.
+    apps: Vec<(String, Vec<BackendAddr>)>,
+    problems: Vec<String>,
 }
 
 fn load_static_routes(
@@ -328,10 +365,11 @@ fn load_static_routes(
 ) -> Statics {
     let mut statics = Statics {
         certs: static_certs,
+        default_app: config.router.default_app.clone(),
+        command_line: config.source.is_none(),
         ..Statics::default()
     };
     for app in &config.apps {
-        routes.set_app(App::new(&app.name, app.backends.clone()));
         statics.apps.insert(app.name.clone());
     }
     for d in &config.domains {
