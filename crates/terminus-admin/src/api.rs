@@ -95,7 +95,11 @@ struct Query {
 impl Query {
     fn parse(query: Option<&str>) -> ApiResult<Self> {
         let mut q = Self::default();
-        for pair in query.unwrap_or_default().split('&').filter(|p| !p.is_empty()) {
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = percent_decode(&v.replace('+', " "));
             match k {
@@ -299,7 +303,11 @@ fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> Str
     let path = e.path().to_string();
     let at = if path.is_empty() || path == "." {
         String::new()
-    } else if path.len() <= 64 && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.[]".contains(&b)) {
+    } else if path.len() <= 64
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.[]".contains(&b))
+    {
         format!("{path}: ")
     } else {
         "a field: ".into()
@@ -324,7 +332,11 @@ fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> Str
         .strip_prefix("unknown field `")
         .and_then(|r| r.split('`').next())
     {
-        if field.len() <= 40 && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        if field.len() <= 40
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
             format!("unknown field `{field}`")
         } else {
             "an unknown field".into()

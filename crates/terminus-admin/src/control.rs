@@ -9,9 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::backends::Backends;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
-use crate::backends::Backends;
 use terminus_api::{Affected, ErrorBody, SelectedBy as ApiSelectedBy};
 use terminus_metrics::ControlMetrics;
 use terminus_route::{HostPattern, RouteTable};

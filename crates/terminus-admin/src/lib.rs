@@ -176,7 +176,8 @@ pub async fn serve(
                 seen.in_flight.fetch_add(1, Ordering::AcqRel);
                 async move {
                     let reply = admin.handle(req).await;
-                    let ms = u64::try_from(seen.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+                    let ms =
+                        u64::try_from(seen.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
                     seen.last_done_ms.store(ms, Ordering::Release);
                     seen.in_flight.fetch_sub(1, Ordering::AcqRel);
                     Ok::<_, Infallible>(reply)
@@ -190,7 +191,10 @@ pub async fn serve(
                     match deadline {
                         Some(at) => tokio::time::sleep_until(at).await,
                         // A request is in flight: look again shortly.
-                        None => tokio::time::sleep(limits.idle_timeout.min(Duration::from_secs(1))).await,
+                        None => {
+                            tokio::time::sleep(limits.idle_timeout.min(Duration::from_secs(1)))
+                                .await
+                        }
                     }
                 };
                 tokio::select! {

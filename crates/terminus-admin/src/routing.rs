@@ -54,7 +54,8 @@ impl Control {
             let mut from = cursor.map(str::to_owned);
             // Stored domains the config shadows are skipped: read on until the page is full.
             loop {
-                let batch = reader.domains_after(from.as_deref(), limit.saturating_add(1).min(4096))?;
+                let batch =
+                    reader.domains_after(from.as_deref(), limit.saturating_add(1).min(4096))?;
                 let done = batch.is_empty();
                 for r in batch {
                     from = Some(r.host.clone());
@@ -129,7 +130,9 @@ impl Control {
     }
 
     pub fn add_domain(&self, req: DomainCreate, now: i64) -> ApiResult<DomainView> {
-        let subject = HostPattern::parse(&req.hostname).ok().map(|p| p.to_string());
+        let subject = HostPattern::parse(&req.hostname)
+            .ok()
+            .map(|p| p.to_string());
         let result = self.add_domain_inner(req, now);
         self.audit("domains:add", subject.as_deref(), &result);
         result

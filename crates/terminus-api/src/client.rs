@@ -100,9 +100,11 @@ pub struct Client {
 impl Client {
     /// `url` is `http://HOST:PORT` with an optional path prefix.
     pub fn new(url: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| ClientError::Url {
-            url: url.to_owned(),
-        })?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| ClientError::Url {
+                url: url.to_owned(),
+            })?;
         let (authority, prefix) = match rest.split_once('/') {
             Some((a, p)) => (a.to_owned(), format!("/{}", p.trim_end_matches('/'))),
             None => (rest.to_owned(), String::new()),
@@ -201,12 +203,15 @@ impl Client {
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(T, Option<String>), ClientError> {
         let bytes = match body {
-            Some(b) => Bytes::from(serde_json::to_vec(b).map_err(|source| {
-                ClientError::Decode { status: 0, source }
-            })?),
+            Some(b) => Bytes::from(
+                serde_json::to_vec(b)
+                    .map_err(|source| ClientError::Decode { status: 0, source })?,
+            ),
             None => Bytes::new(),
         };
-        let (status, headers, body) = self.send(method, path, bytes, self.token.as_deref()).await?;
+        let (status, headers, body) = self
+            .send(method, path, bytes, self.token.as_deref())
+            .await?;
         if !status.is_success() {
             let body = serde_json::from_slice::<ErrorBody>(&body).unwrap_or_else(|_| ErrorBody {
                 id: format!("http_{}", status.as_u16()),
@@ -280,7 +285,9 @@ impl Client {
 
     /// `GET /healthz` answers 200.
     pub async fn healthy(&self) -> Result<bool, ClientError> {
-        let (status, _, _) = self.send(Method::GET, "/healthz", Bytes::new(), None).await?;
+        let (status, _, _) = self
+            .send(Method::GET, "/healthz", Bytes::new(), None)
+            .await?;
         Ok(status == StatusCode::OK)
     }
 
@@ -293,7 +300,11 @@ impl Client {
     }
 
     /// Every certificate (or the first `limit`), fetched `page` at a time.
-    pub async fn certs(&self, page: usize, limit: Option<usize>) -> Result<Vec<CertView>, ClientError> {
+    pub async fn certs(
+        &self,
+        page: usize,
+        limit: Option<usize>,
+    ) -> Result<Vec<CertView>, ClientError> {
         self.all("/v1/certs", page, limit).await
     }
 
@@ -305,7 +316,11 @@ impl Client {
         Ok(self.call(Method::POST, "/v1/certs", Some(up)).await?.0)
     }
 
-    pub async fn update_cert(&self, name: &str, up: &CertReplace) -> Result<CertChange, ClientError> {
+    pub async fn update_cert(
+        &self,
+        name: &str,
+        up: &CertReplace,
+    ) -> Result<CertChange, ClientError> {
         let path = format!("/v1/certs/{}", encode(name));
         Ok(self.call(Method::PATCH, &path, Some(up)).await?.0)
     }
@@ -316,7 +331,11 @@ impl Client {
     }
 
     /// Removes a certificate; `confirm` must repeat its name (else 409 with the impact).
-    pub async fn remove_cert(&self, name: &str, confirm: Option<&str>) -> Result<CertRemoved, ClientError> {
+    pub async fn remove_cert(
+        &self,
+        name: &str,
+        confirm: Option<&str>,
+    ) -> Result<CertRemoved, ClientError> {
         let path = format!("/v1/certs/{}{}", encode(name), confirm_query(confirm));
         Ok(self.call(Method::DELETE, &path, None::<&()>).await?.0)
     }
@@ -330,7 +349,11 @@ impl Client {
     }
 
     /// Every domain (or the first `limit`), fetched `page` at a time.
-    pub async fn domains(&self, page: usize, limit: Option<usize>) -> Result<Vec<DomainView>, ClientError> {
+    pub async fn domains(
+        &self,
+        page: usize,
+        limit: Option<usize>,
+    ) -> Result<Vec<DomainView>, ClientError> {
         self.all("/v1/domains", page, limit).await
     }
 
@@ -338,7 +361,11 @@ impl Client {
         Ok(self.call(Method::POST, "/v1/domains", Some(req)).await?.0)
     }
 
-    pub async fn update_domain(&self, host: &str, req: &DomainUpdate) -> Result<DomainView, ClientError> {
+    pub async fn update_domain(
+        &self,
+        host: &str,
+        req: &DomainUpdate,
+    ) -> Result<DomainView, ClientError> {
         let path = format!("/v1/domains/{}", encode(host));
         Ok(self.call(Method::PATCH, &path, Some(req)).await?.0)
     }
@@ -363,7 +390,11 @@ impl Client {
 
     /// Destroys an app and its domains; `confirm` must repeat its name (else 409 with the
     /// impact).
-    pub async fn destroy_app(&self, name: &str, confirm: Option<&str>) -> Result<AppDestroyed, ClientError> {
+    pub async fn destroy_app(
+        &self,
+        name: &str,
+        confirm: Option<&str>,
+    ) -> Result<AppDestroyed, ClientError> {
         let path = format!("/v1/apps/{}{}", encode(name), confirm_query(confirm));
         Ok(self.call(Method::DELETE, &path, None::<&()>).await?.0)
     }
@@ -428,7 +459,10 @@ mod tests {
     #[test]
     fn urls() {
         let c = Client::new("http://127.0.0.1:9090", None).unwrap();
-        assert_eq!((c.connect_to(), c.prefix.as_str()), ("127.0.0.1:9090".into(), ""));
+        assert_eq!(
+            (c.connect_to(), c.prefix.as_str()),
+            ("127.0.0.1:9090".into(), "")
+        );
         let c = Client::new("http://admin.internal/terminus/", Some(" t \n".into())).unwrap();
         assert_eq!(c.connect_to(), "admin.internal:80");
         assert_eq!(c.prefix, "/terminus");

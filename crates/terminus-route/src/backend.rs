@@ -11,7 +11,10 @@ pub enum BackendAddr {
     Ip(SocketAddr),
     /// Resolved at start and again every `[proxy] resolve_interval`; each address it resolves
     /// to is a backend of its own.
-    Name { host: HostName, port: u16 },
+    Name {
+        host: HostName,
+        port: u16,
+    },
 }
 
 impl BackendAddr {
@@ -22,9 +25,9 @@ impl BackendAddr {
         if let Ok(addr) = text.parse::<SocketAddr>() {
             return Ok(Self::Ip(addr));
         }
-        let (host, port) = text
-            .rsplit_once(':')
-            .ok_or("it has no port: write IP:PORT or HOST:PORT, e.g. 10.0.0.5:8080 or api.internal:8080")?;
+        let (host, port) = text.rsplit_once(':').ok_or(
+            "it has no port: write IP:PORT or HOST:PORT, e.g. 10.0.0.5:8080 or api.internal:8080",
+        )?;
         let port: u16 = port
             .parse()
             .ok()
@@ -33,7 +36,8 @@ impl BackendAddr {
         if host.contains(':') || host.starts_with('[') {
             return Err("it is not a valid IPv6 address: write [ADDR]:PORT");
         }
-        let host = HostName::parse(host).map_err(|_| "its host is neither an IP address nor a valid host name")?;
+        let host = HostName::parse(host)
+            .map_err(|_| "its host is neither an IP address nor a valid host name")?;
         Ok(Self::Name { host, port })
     }
 
@@ -67,7 +71,14 @@ mod tests {
         }
         assert!(!BackendAddr::parse("10.0.0.1:1").unwrap().is_name());
         assert!(BackendAddr::parse("web:8080").unwrap().is_name());
-        for bad in ["localhost", "localhost:0", "localhost:http", "::1:80", "a b:80", ""] {
+        for bad in [
+            "localhost",
+            "localhost:0",
+            "localhost:http",
+            "::1:80",
+            "a b:80",
+            "",
+        ] {
             assert!(BackendAddr::parse(bad).is_err(), "{bad}");
         }
     }

@@ -202,7 +202,9 @@ impl Reader {
         let t = self.tx.open_table(DOMAINS)?;
         let mut out = Vec::new();
         let range = match after {
-            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+            Some(a) => {
+                t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
+            }
             None => t.range::<&str>(..)?,
         };
         for item in range.take(limit) {
@@ -221,7 +223,9 @@ impl Reader {
     ) -> Result<()> {
         let t = self.tx.open_table(CERTS)?;
         let range = match after {
-            Some(a) => t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?,
+            Some(a) => {
+                t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
+            }
             None => t.range::<&str>(..)?,
         };
         for item in range {

@@ -340,9 +340,7 @@ mod tests {
         assert_eq!(back.created_at, 7);
         // Domains and apps did not change shape.
         let mut bytes = vec![1u8];
-        bytes.extend(
-            postcard::to_stdvec(&("web", vec!["127.0.0.1:1".to_owned()], 9i64)).unwrap(),
-        );
+        bytes.extend(postcard::to_stdvec(&("web", vec!["127.0.0.1:1".to_owned()], 9i64)).unwrap());
         let app: AppRecord = decode(&bytes).unwrap();
         assert_eq!(app.backends, ["127.0.0.1:1"]);
     }

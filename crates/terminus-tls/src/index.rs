@@ -468,7 +468,10 @@ impl CertIndex {
         fallback.or_else(|| self.default_entry(keep))
     }
 
-    fn default_entry(&self, keep: impl Fn(&CertEntry) -> bool) -> Option<(Arc<CertEntry>, SelectedBy)> {
+    fn default_entry(
+        &self,
+        keep: impl Fn(&CertEntry) -> bool,
+    ) -> Option<(Arc<CertEntry>, SelectedBy)> {
         let default = self.default.load();
         let name = default.as_ref()?;
         self.get(name.as_str())

@@ -43,11 +43,10 @@ impl Roots {
                 what: "trusted roots file",
                 detail: "a CERTIFICATE block cannot be read".into(),
             })?;
-            let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| {
-                CertError::BadCertificate {
+            let anchor =
+                webpki::anchor_from_trusted_cert(&der).map_err(|e| CertError::BadCertificate {
                     detail: format!("a trusted root cannot be used as a trust anchor: {e}"),
-                }
-            })?;
+                })?;
             extra.push(anchor.to_owned());
         }
         if extra.is_empty() {

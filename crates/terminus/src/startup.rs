@@ -314,11 +314,8 @@ fn load_store(
             ));
             continue;
         }
-        let specs: Result<Vec<BackendAddr>, _> = app
-            .backends
-            .iter()
-            .map(|b| BackendAddr::parse(b))
-            .collect();
+        let specs: Result<Vec<BackendAddr>, _> =
+            app.backends.iter().map(|b| BackendAddr::parse(b)).collect();
         match specs {
             Ok(specs) => apps.push((app.name, specs)),
             Err(why) => problems.push(format!("stored app '{}': a backend {why}", app.name)),
