@@ -12,6 +12,7 @@ mod harness;
 mod lifecycle;
 mod proxy;
 mod scale;
+mod secrets;
 mod selection;
 mod shutdown;
 mod sni;

@@ -126,6 +126,9 @@ impl Control {
         cursor: Option<&str>,
     ) -> ApiResult<(Vec<CertView>, Option<String>)> {
         let limit = limit.map_or(usize::MAX, |l| l.clamp(1, terminus_api::MAX_PAGE));
+        if cursor.is_some_and(|c| check_name("certificate", "cursor", c).is_err()) {
+            return Err(crate::routing::bad_cursor());
+        }
         let after = |name: &str| cursor.is_none_or(|c| name > c);
         let mut listed: Vec<Listed> = self
             .statics

@@ -15,6 +15,14 @@ use crate::control::{check_name, parse_host, ApiError, ApiResult, Control};
 const CATCH_ALL_NOTE: &str =
     "catch-all from `serve --backend`: serves every host no domain covers; change it by restarting with other --backend flags";
 
+pub(crate) fn bad_cursor() -> ApiError {
+    ApiError::new(
+        400,
+        "invalid_cursor",
+        "cursor is not one this API handed out: pass the next-cursor header of the previous page",
+    )
+}
+
 fn parse_backends(backends: &[String]) -> ApiResult<Vec<BackendAddr>> {
     backends
         .iter()
@@ -40,6 +48,9 @@ impl Control {
         cursor: Option<&str>,
     ) -> ApiResult<(Vec<DomainView>, Option<String>)> {
         let limit = limit.map_or(usize::MAX, |l| l.clamp(1, terminus_api::MAX_PAGE));
+        if cursor.is_some_and(|c| HostPattern::parse(c).is_err()) {
+            return Err(bad_cursor());
+        }
         let after = |host: &str| cursor.is_none_or(|c| host > c);
         let mut hosts: Vec<(String, Option<DomainRecord>)> = self
             .statics

@@ -407,7 +407,7 @@ fn confirm_query(confirm: Option<&str>) -> String {
 }
 
 /// Percent-encodes a path segment or query value.
-pub(crate) fn encode(segment: &str) -> String {
+pub fn encode(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         match b {

@@ -7,5 +7,5 @@
 mod client;
 mod types;
 
-pub use client::{Blocking, Client, ClientError, Page};
+pub use client::{encode, Blocking, Client, ClientError, Page};
 pub use types::*;
