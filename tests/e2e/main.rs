@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod harness;
 mod lifecycle;
+mod listing;
 mod proxy;
 mod scale;
 mod secrets;

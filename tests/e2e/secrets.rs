@@ -21,7 +21,11 @@ async fn key_material_in_any_field_is_never_echoed_nor_logged() {
 
     for (method, path, body) in [
         ("POST", "/v1/apps", json!({"name": "web", "backends": []})),
-        ("POST", "/v1/domains", json!({"hostname": "www.example.com", "app": "web"})),
+        (
+            "POST",
+            "/v1/domains",
+            json!({"hostname": "www.example.com", "app": "web"}),
+        ),
         (
             "POST",
             "/v1/certs",
@@ -51,22 +55,50 @@ async fn key_material_in_any_field_is_never_echoed_nor_logged() {
     ] {
         calls.push(("POST", "/v1/certs".into(), with(&good_cert, field, k())));
         if field == "domains" {
-            calls.push(("POST", "/v1/certs".into(), with(&good_cert, field, json!([key]))));
+            calls.push((
+                "POST",
+                "/v1/certs".into(),
+                with(&good_cert, field, json!([key])),
+            ));
         }
         if field != "name" && field != "domains" {
-            calls.push(("PATCH", "/v1/certs/site".into(), with(&good_cert, field, k())));
+            calls.push((
+                "PATCH",
+                "/v1/certs/site".into(),
+                with(&good_cert, field, k()),
+            ));
         }
     }
-    calls.push(("PATCH", "/v1/certs/site".into(), with(&good_cert, "force", k())));
+    calls.push((
+        "PATCH",
+        "/v1/certs/site".into(),
+        with(&good_cert, "force", k()),
+    ));
     calls.push(("POST", "/v1/certs".into(), with(&good_cert, &key, json!(1))));
     for field in ["hostname", "app"] {
         let base = json!({"hostname": "new.example.com", "app": "web"});
         calls.push(("POST", "/v1/domains".into(), with(&base, field, k())));
     }
-    calls.push(("PATCH", "/v1/domains/www.example.com".into(), json!({"cert": key})));
-    calls.push(("POST", "/v1/apps".into(), json!({"name": key, "backends": []})));
-    calls.push(("POST", "/v1/apps".into(), json!({"name": "api", "backends": [key]})));
-    calls.push(("POST", "/v1/apps".into(), json!({"name": "api", "backends": key})));
+    calls.push((
+        "PATCH",
+        "/v1/domains/www.example.com".into(),
+        json!({"cert": key}),
+    ));
+    calls.push((
+        "POST",
+        "/v1/apps".into(),
+        json!({"name": key, "backends": []}),
+    ));
+    calls.push((
+        "POST",
+        "/v1/apps".into(),
+        json!({"name": "api", "backends": [key]}),
+    ));
+    calls.push((
+        "POST",
+        "/v1/apps".into(),
+        json!({"name": "api", "backends": key}),
+    ));
     calls.push(("PATCH", "/v1/apps/web".into(), json!({"backends": [key]})));
     let seg = terminus_api::encode(&key);
     for (method, path) in [
@@ -120,7 +152,10 @@ async fn key_material_in_any_field_is_never_echoed_nor_logged() {
         ])
         .await;
     assert_eq!(code, 1);
-    assert!(!out.contains(&body_line) && !err.contains(&body_line), "{out}{err}");
+    assert!(
+        !out.contains(&body_line) && !err.contains(&body_line),
+        "{out}{err}"
+    );
 
     let lines = logs::all();
     assert!(
