@@ -17,7 +17,9 @@ use anyhow::Context;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use terminus_route::HostPattern;
-use terminus_tls::{CertEntry, CertIndex, ClientCaps, KeySource, Prepared, DEFAULT_KEY_CACHE};
+use terminus_tls::{
+    CertEntry, CertIndex, ClientCaps, KeyError, KeySource, Prepared, DEFAULT_KEY_CACHE,
+};
 
 use common::{or_exit, prepared};
 
@@ -26,7 +28,7 @@ use common::{or_exit, prepared};
 struct StaticKey(&'static [u8]);
 
 impl KeySource for StaticKey {
-    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, KeyError> {
         Ok(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.0)))
     }
 }

@@ -284,22 +284,28 @@ pub(crate) fn selected_by(by: SelectedBy) -> ApiSelectedBy {
     }
 }
 
-/// Names of certificates and apps: what an operator types on a command line. A refusal names
-/// the field, not the value: that may be anything, a private key included.
+/// Names of certificates and apps, by the one rule the config file uses too
+/// ([`terminus_config::Name`]). A refusal names the field and the problem, not the value: that
+/// may be anything, a private key included.
 pub(crate) fn check_name<'a>(kind: &str, field: &str, name: &'a str) -> ApiResult<&'a str> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && !name.starts_with('-');
-    if ok {
-        Ok(name)
-    } else {
-        Err(ApiError::unprocessable(
-            "invalid_name",
-            format!("{field} is not a valid {kind} name: use 1-64 of a-z, 0-9, '-' and '_', not starting with '-'"),
-        ))
+    match terminus_config::Name::parse(name) {
+        Ok(_) => Ok(name),
+        Err(e) => {
+            let problem = match e.problem {
+                // One character of the value says what to fix without giving the value away.
+                terminus_config::NameProblem::Character(c) if c.is_ascii_graphic() || c == ' ' => {
+                    format!("{c:?} is not allowed")
+                }
+                terminus_config::NameProblem::Character(_) => {
+                    "it holds a character that is not allowed".into()
+                }
+                other => other.to_string(),
+            };
+            Err(ApiError::unprocessable(
+                "invalid_name",
+                format!("{field} is not a valid {kind} name ({problem}): use 1-64 of a-z, 0-9, '-' and '_', not starting with '-'"),
+            ))
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod duration;
 mod error;
+mod name;
 mod raw;
 mod validate;
 
@@ -14,10 +15,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use duration::{format_duration, parse_duration};
+pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, Result};
 pub use ipnet::IpNet;
-pub use terminus_route::HostPattern;
+pub use name::{Name, NameError, NameProblem, MAX_NAME_LEN};
+pub use terminus_route::{BackendAddr, HostPattern};
 
 /// The name the router gives itself in `Via` headers.
 pub const DEFAULT_ROUTER_NAME: &str = "terminus";
@@ -44,6 +46,15 @@ pub const DEFAULT_STORE_DIR: &str = "data";
 pub const DEFAULT_DNS_ZONE: &str = "terminusdns.test";
 /// Expired certificates no domain uses are deleted after this long (Heroku: a month).
 pub const DEFAULT_EXPIRED_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// A connection to the admin listener must send its request head within this.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An admin connection with no request in flight is closed after this.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Admin connections open at once. They share the process's file descriptors with the data
+/// plane (often 1024): a quarter keeps HTTPS and /healthz reachable whatever the admin side does.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
+/// How often backend host names are resolved again (compose and Kubernetes services move).
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Built signing keys kept in memory (see terminus-tls).
 pub const DEFAULT_KEY_CACHE: usize = 65_536;
 
@@ -71,7 +82,7 @@ pub struct RouterConfig {
     /// Runtime worker threads; 0 means one per CPU.
     pub threads: usize,
     /// Requests for hosts no domain covers go to this app instead of a 404.
-    pub default_app: Option<String>,
+    pub default_app: Option<Name>,
     /// Write one log line per request.
     pub access_log: bool,
 }
@@ -89,6 +100,9 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub expiry_metrics_limit: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl AdminConfig {
@@ -98,6 +112,9 @@ impl AdminConfig {
             token_file: None,
             max_body_bytes: DEFAULT_ADMIN_MAX_BODY,
             expiry_metrics_limit: DEFAULT_EXPIRY_METRICS_LIMIT,
+            header_timeout: DEFAULT_ADMIN_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         }
     }
 }
@@ -149,10 +166,13 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
     pub handshake_timeout: Duration,
     /// Served when SNI is missing or names no known certificate.
-    pub default_certificate: Option<String>,
+    pub default_certificate: Option<Name>,
     pub session_cache_size: usize,
     /// Offer the hybrid X25519MLKEM768 key exchange to clients that ask for it.
     pub post_quantum: bool,
+    /// A PEM file of extra roots (a private CA) that "trusted" is checked against, beside the
+    /// Mozilla set.
+    pub trusted_roots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,26 +191,29 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub max_headers: usize,
     pub connect_attempts: usize,
+    /// How often backend host names are resolved again.
+    pub resolve_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct CertificateFiles {
-    pub name: String,
+    pub name: Name,
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
-    pub name: String,
-    pub backends: Vec<SocketAddr>,
+    pub name: Name,
+    /// `IP:PORT`, or `HOST:PORT` resolved by the router (each address a backend).
+    pub backends: Vec<BackendAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DomainConfig {
     pub pattern: HostPattern,
-    pub app: String,
-    pub certificate: Option<String>,
+    pub app: Name,
+    pub certificate: Option<Name>,
 }
 
 impl Default for TlsConfig {
@@ -201,6 +224,7 @@ impl Default for TlsConfig {
             default_certificate: None,
             session_cache_size: DEFAULT_SESSION_CACHE_SIZE,
             post_quantum: true,
+            trusted_roots: None,
         }
     }
 }
@@ -224,6 +248,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             max_headers: DEFAULT_MAX_HEADERS,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
         }
     }
 }
@@ -251,14 +276,15 @@ impl Config {
     pub fn quick_start(
         listen: SocketAddr,
         certificate: Option<(PathBuf, PathBuf)>,
-        backends: Vec<SocketAddr>,
+        backends: Vec<BackendAddr>,
         admin: Option<SocketAddr>,
         data_dir: Option<PathBuf>,
     ) -> Self {
+        let default = Name::quick_start();
         let certificates: Vec<CertificateFiles> = certificate
             .into_iter()
             .map(|(cert, key)| CertificateFiles {
-                name: "default".into(),
+                name: default.clone(),
                 cert,
                 key,
             })
@@ -269,7 +295,7 @@ impl Config {
             router: RouterConfig {
                 name: DEFAULT_ROUTER_NAME.into(),
                 threads: 0,
-                default_app: Some("default".into()),
+                default_app: Some(default.clone()),
                 access_log: true,
             },
             listeners: vec![Listener {
@@ -286,7 +312,7 @@ impl Config {
             store: data_dir.map(StoreConfig::in_dir),
             certificates,
             apps: vec![AppConfig {
-                name: "default".into(),
+                name: default,
                 backends,
             }],
             domains: Vec::new(),

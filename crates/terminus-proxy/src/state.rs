@@ -55,7 +55,7 @@ impl Settings {
             trusted_proxies: config.proxy.trusted_proxies.clone(),
             max_headers: config.proxy.max_headers,
             connect_attempts: config.proxy.connect_attempts,
-            default_app: config.router.default_app.clone(),
+            default_app: config.router.default_app.clone().map(String::from),
             access_log: config.router.access_log,
         }
     }

@@ -44,16 +44,19 @@ impl Store {
     /// Opens (or creates) the store described by `config`.
     pub fn open(config: &StoreConfig) -> Result<Self> {
         let dir = config.dir.clone();
-        let open_err = |detail: String| StoreError::Open {
+        create_private_dir(&dir).map_err(|source| StoreError::CreateDir {
             dir: dir.clone(),
-            detail,
-        };
-        create_private_dir(&dir).map_err(|e| open_err(e.to_string()))?;
+            source,
+        })?;
         let (key, key_origin) = MasterKey::load(&config.key_file)?;
+        let file = dir.join("terminus.redb");
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(dir.join("terminus.redb"))
-            .map_err(|e| open_err(e.to_string()))?;
+            .create(&file)
+            .map_err(|e| StoreError::Open {
+                file: file.clone(),
+                source: e.into(),
+            })?;
         let store = Self {
             db,
             key: Arc::new(key),

@@ -1,27 +1,74 @@
 use std::path::PathBuf;
 
+use crate::seal::KeyFileError;
+
 /// Errors of the durable store. None carries key material.
+///
+/// The engine's and the encoding's errors are kept as sources, so a caller can tell a failing
+/// disk ([`StoreError::is_io`]) from a damaged file or record ([`StoreError::is_corruption`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store in {dir}: {detail}")]
-    Open { dir: PathBuf, detail: String },
-    #[error("store key: {detail}")]
-    MasterKey { detail: String },
+    #[error("cannot create the data directory {dir}: {source}")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store file {file}: {source}")]
+    Open {
+        file: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("store key: {0}")]
+    MasterKey(#[from] KeyFileError),
     #[error("the store key does not open this data directory ({dir}): it was created with another key; restore the right key file or set TERMINUS_STORE_KEY")]
     WrongMasterKey { dir: PathBuf },
     #[error("store I/O failed: {0}")]
-    Db(String),
+    Db(#[source] redb::Error),
     #[error("a stored record cannot be decoded: {0}")]
-    Decode(String),
+    Decode(#[source] postcard::Error),
+    #[error("a record cannot be encoded: {0}")]
+    Encode(#[source] postcard::Error),
+    #[error("a stored record has schema version {version}, which this terminus does not know (it knows {known}): upgrade terminus")]
+    UnknownSchema { version: u8, known: u8 },
+    #[error("a stored record is empty")]
+    Empty,
     #[error("encrypting a private key failed")]
     Seal,
 }
 
+impl StoreError {
+    /// The disk or the file system failed (full disk, I/O error, permissions): the file may be
+    /// fine once the cause is fixed.
+    pub fn is_io(&self) -> bool {
+        match self {
+            Self::CreateDir { .. } => true,
+            Self::Open { source, .. } | Self::Db(source) => {
+                matches!(source, redb::Error::Io(_) | redb::Error::PreviousIo)
+            }
+            _ => false,
+        }
+    }
+
+    /// What is stored is damaged: the file's structure or a record's bytes.
+    pub fn is_corruption(&self) -> bool {
+        match self {
+            Self::Open { source, .. } | Self::Db(source) => {
+                matches!(source, redb::Error::Corrupted(_))
+            }
+            Self::Decode(_) | Self::Empty => true,
+            _ => false,
+        }
+    }
+}
+
+/// Every redb error type converts into `redb::Error`; the store keeps that as the source.
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                Self::Db(e.to_string())
+                Self::Db(e.into())
             }
         }
     )*};

@@ -18,5 +18,7 @@ pub mod seal;
 pub use checksum::{parse as parse_checksum, sha256};
 pub use db::{Reader, Store, Undecodable, Writer};
 pub use error::{Result, StoreError};
-pub use load::{app_from, domain_from, Interner, LoadReport, Quarantine, SealedKey, R17};
+pub use load::{
+    app_from, domain_from, Interner, LoadReport, Quarantine, RecordError, SealedKey, R17,
+};
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};

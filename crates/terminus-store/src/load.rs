@@ -11,7 +11,7 @@ use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
 };
 use terminus_route::{App, Domain, HostPattern};
-use terminus_tls::{CertEntry, CertIndex, KeySource, Prepared};
+use terminus_tls::{CertEntry, CertIndex, KeyError, KeySource, Prepared};
 
 use crate::checksum;
 use crate::db::Store;
@@ -40,20 +40,19 @@ impl fmt::Debug for SealedKey {
 }
 
 impl KeySource for SealedKey {
-    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
-        let plain = self
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, KeyError> {
+        let mut plain = self
             .master
             .open(&self.sealed, &self.aad)
-            .ok_or_else(|| "the sealed private key does not open with the store key".to_owned())?;
+            .ok_or(KeyError::DoesNotOpen)?;
         let key = match plain.split_first() {
-            Some((&FORMAT_PKCS8, der)) => PrivatePkcs8KeyDer::from(der.to_vec()).into(),
-            Some((&FORMAT_PKCS1, der)) => PrivatePkcs1KeyDer::from(der.to_vec()).into(),
-            Some((&FORMAT_SEC1, der)) => PrivateSec1KeyDer::from(der.to_vec()).into(),
-            _ => return Err("the sealed private key has an unknown format".into()),
+            Some((&FORMAT_PKCS8, der)) => Some(PrivatePkcs8KeyDer::from(der.to_vec()).into()),
+            Some((&FORMAT_PKCS1, der)) => Some(PrivatePkcs1KeyDer::from(der.to_vec()).into()),
+            Some((&FORMAT_SEC1, der)) => Some(PrivateSec1KeyDer::from(der.to_vec()).into()),
+            _ => None,
         };
-        let mut plain = plain;
         plain.fill(0);
-        Ok(key)
+        key.ok_or(KeyError::UnknownFormat)
     }
 }
 
@@ -142,18 +141,38 @@ impl Store {
     }
 }
 
-pub fn app_from(app: &AppRecord) -> Result<App, String> {
+/// A stored app or domain that decodes but cannot be served as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("stored app '{app}': backend '{backend}' is not IP:PORT")]
+    Backend { app: String, backend: String },
+    #[error("stored domain '{host}': {source}")]
+    Host {
+        host: String,
+        #[source]
+        source: terminus_route::NameError,
+    },
+}
+
+pub fn app_from(app: &AppRecord) -> Result<App, RecordError> {
     let backends = app
         .backends
         .iter()
-        .map(|b| b.parse::<SocketAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("app '{}': a stored backend is not IP:PORT: {e}", app.name))?;
+        .map(|b| {
+            b.parse::<SocketAddr>().map_err(|_| RecordError::Backend {
+                app: app.name.clone(),
+                backend: b.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(App::new(&app.name, backends))
 }
 
-pub fn domain_from(d: &DomainRecord) -> Result<Domain, String> {
-    let pattern = HostPattern::parse(&d.host).map_err(|e| format!("domain '{}': {e}", d.host))?;
+pub fn domain_from(d: &DomainRecord) -> Result<Domain, RecordError> {
+    let pattern = HostPattern::parse(&d.host).map_err(|source| RecordError::Host {
+        host: d.host.clone(),
+        source,
+    })?;
     Ok(Domain {
         pattern,
         app: d.app.as_str().into(),

@@ -207,22 +207,20 @@ mod v1 {
 
 pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![SCHEMA];
-    out.extend(postcard::to_stdvec(value).map_err(|e| StoreError::Decode(e.to_string()))?);
+    out.extend(postcard::to_stdvec(value).map_err(StoreError::Encode)?);
     Ok(out)
 }
 
 pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
-    let decoded = match bytes.split_first() {
-        Some((&SCHEMA, body)) => postcard::from_bytes(body),
-        Some((1, body)) => T::from_v1(body),
-        Some((v, _)) => {
-            return Err(StoreError::Decode(format!(
-                "schema version {v} is not known to this terminus (it knows 1 to {SCHEMA}); upgrade terminus"
-            )))
-        }
-        None => return Err(StoreError::Decode("empty record".into())),
-    };
-    decoded.map_err(|e| StoreError::Decode(e.to_string()))
+    match bytes.split_first() {
+        Some((&SCHEMA, body)) => postcard::from_bytes(body).map_err(StoreError::Decode),
+        Some((1, body)) => T::from_v1(body).map_err(StoreError::Decode),
+        Some((&version, _)) => Err(StoreError::UnknownSchema {
+            version,
+            known: SCHEMA,
+        }),
+        None => Err(StoreError::Empty),
+    }
 }
 
 #[cfg(test)]
@@ -349,6 +347,11 @@ mod tests {
     fn unknown_schema_is_a_clear_error() {
         let err = decode::<AppRecord>(&[9, 0]).unwrap_err();
         assert!(err.to_string().contains("schema version 9"), "{err}");
+        assert!(!err.is_corruption());
+        assert!(decode::<AppRecord>(&[]).unwrap_err().is_corruption());
+        assert!(decode::<AppRecord>(&[SCHEMA, 200])
+            .unwrap_err()
+            .is_corruption());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -25,6 +25,29 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// Why the master key could not be had. Never holds key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("{KEY_ENV} must be 64 hex characters")]
+    BadEnvironment,
+    #[error("{path} must hold 64 hex characters")]
+    BadFile { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the system random generator failed")]
+    Random,
+}
+
 /// Where the master key came from, for log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyOrigin {
@@ -33,53 +56,56 @@ pub enum KeyOrigin {
 }
 
 impl MasterKey {
-    fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
-        let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| StoreError::MasterKey {
-            detail: "the key must be 32 bytes (64 hex characters)".into(),
-        })?;
-        Ok(Self {
+    /// `None` unless `bytes` is 32 bytes long.
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let unbound = UnboundKey::new(&AES_256_GCM, bytes).ok()?;
+        Some(Self {
             key: LessSafeKey::new(unbound),
         })
     }
 
     /// The key from `TERMINUS_STORE_KEY`, else from `path`, creating the file (mode 0600) with a
     /// new random key if it does not exist.
-    pub fn load(path: &Path) -> Result<(Self, KeyOrigin), StoreError> {
+    pub fn load(path: &Path) -> Result<(Self, KeyOrigin), KeyFileError> {
         if let Ok(hex) = std::env::var(KEY_ENV) {
-            let bytes = decode_hex(hex.trim()).ok_or_else(|| StoreError::MasterKey {
-                detail: format!("{KEY_ENV} must be 64 hex characters"),
-            })?;
-            return Ok((Self::from_bytes(&bytes)?, KeyOrigin::Environment));
+            let key = decode_hex(hex.trim())
+                .and_then(|bytes| Self::from_bytes(&bytes))
+                .ok_or(KeyFileError::BadEnvironment)?;
+            return Ok((key, KeyOrigin::Environment));
         }
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let bytes = decode_hex(text.trim()).ok_or_else(|| StoreError::MasterKey {
-                    detail: format!("{} must hold 64 hex characters", path.display()),
-                })?;
+                let key = decode_hex(text.trim())
+                    .and_then(|bytes| Self::from_bytes(&bytes))
+                    .ok_or_else(|| KeyFileError::BadFile { path: path.into() })?;
                 let origin = KeyOrigin::File {
                     path: path.display().to_string(),
                     created: false,
                 };
-                Ok((Self::from_bytes(&bytes)?, origin))
+                Ok((key, origin))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; 32];
                 SystemRandom::new()
                     .fill(&mut bytes)
-                    .map_err(|_| StoreError::MasterKey {
-                        detail: "the system random generator failed".into(),
-                    })?;
-                write_key_file(path, &encode_hex(&bytes)).map_err(|e| StoreError::MasterKey {
-                    detail: format!("cannot create {}: {e}", path.display()),
+                    .map_err(|_| KeyFileError::Random)?;
+                let key = Self::from_bytes(&bytes).ok_or(KeyFileError::Random)?;
+                write_key_file(path, &encode_hex(&bytes)).map_err(|source| {
+                    KeyFileError::Create {
+                        path: path.into(),
+                        source,
+                    }
                 })?;
+                bytes.fill(0);
                 let origin = KeyOrigin::File {
                     path: path.display().to_string(),
                     created: true,
                 };
-                Ok((Self::from_bytes(&bytes)?, origin))
+                Ok((key, origin))
             }
-            Err(e) => Err(StoreError::MasterKey {
-                detail: format!("cannot read {}: {e}", path.display()),
+            Err(source) => Err(KeyFileError::Read {
+                path: path.into(),
+                source,
             }),
         }
     }

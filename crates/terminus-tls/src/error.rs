@@ -54,15 +54,31 @@ impl CertError {
     }
 }
 
-/// Why the store refused a change or could not build a served key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why the index refused a change or could not build a served key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum IndexError {
     #[error("a certificate named '{0}' already exists: choose another name or use certs:update")]
     DuplicateName(String),
     #[error("no certificate named '{0}'")]
     NotFound(String),
-    #[error("certificate '{name}' cannot be loaded: {detail}")]
-    Load { name: String, detail: String },
+    #[error("certificate '{name}' cannot be loaded: {source}")]
+    Load {
+        name: String,
+        #[source]
+        source: KeyError,
+    },
+}
+
+/// Why a certificate's private key could not be made ready for signing. Never holds key
+/// material.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum KeyError {
+    #[error("the sealed private key does not open with the store key: it was sealed under another key or for another record, or it was altered")]
+    DoesNotOpen,
+    #[error("the sealed private key has an unknown format")]
+    UnknownFormat,
+    #[error("the private key cannot sign: {0}")]
+    Unusable(#[source] rustls::Error),
 }
 
 /// Why the TLS policy could not be built.
@@ -70,4 +86,6 @@ pub enum IndexError {
 pub enum PolicyError {
     #[error("the TLS configuration was refused: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("session-ticket keys: {0}")]
+    TicketKeys(#[from] crate::tickets::TicketKeyError),
 }

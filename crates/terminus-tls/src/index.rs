@@ -21,7 +21,7 @@ use rustls::sign::CertifiedKey;
 use terminus_route::{normalize, Domain, HostMap, HostPattern, RouteTable};
 
 use crate::caps::ClientCaps;
-use crate::error::IndexError;
+use crate::error::{IndexError, KeyError};
 use crate::info::KeyKind;
 use crate::prepare::Prepared;
 
@@ -30,8 +30,8 @@ pub const DEFAULT_KEY_CACHE: usize = 65_536;
 
 /// Where a certificate's private key comes from when its served form is built.
 pub trait KeySource: Send + Sync + fmt::Debug {
-    /// The key as DER. Errors must not contain key material.
-    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String>;
+    /// The key as DER.
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, KeyError>;
 }
 
 /// A private key kept in memory.
@@ -44,7 +44,7 @@ impl InMemoryKey {
 }
 
 impl KeySource for InMemoryKey {
-    fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, KeyError> {
         Ok(self.0.clone_key())
     }
 }
@@ -498,16 +498,16 @@ impl CertIndex {
         if let Some(key) = self.keys.get(&entry.id) {
             return Ok(key);
         }
-        let load = |detail: String| IndexError::Load {
+        let load = |source: KeyError| IndexError::Load {
             name: entry.name.to_string(),
-            detail,
+            source,
         };
         let der = entry.key.private_key().map_err(load)?;
         let signing = self
             .provider
             .key_provider
             .load_private_key(der)
-            .map_err(|e| load(e.to_string()))?;
+            .map_err(|e| load(KeyError::Unusable(e)))?;
         let mut chain = Vec::with_capacity(1 + entry.intermediates.len());
         chain.push(entry.leaf.clone());
         chain.extend(entry.intermediates.iter().cloned());
@@ -841,8 +841,8 @@ mod tests {
     #[derive(Debug)]
     struct BrokenKey;
     impl KeySource for BrokenKey {
-        fn private_key(&self) -> Result<PrivateKeyDer<'static>, String> {
-            Err("cannot decrypt".into())
+        fn private_key(&self) -> Result<PrivateKeyDer<'static>, KeyError> {
+            Err(KeyError::DoesNotOpen)
         }
     }
 
@@ -871,7 +871,10 @@ mod tests {
         assert!(s.get("bad").is_none());
         assert_eq!(
             quarantined.lock().unwrap().as_slice(),
-            ["bad: certificate 'bad' cannot be loaded: cannot decrypt"]
+            [format!(
+                "bad: certificate 'bad' cannot be loaded: {}",
+                KeyError::DoesNotOpen
+            )]
         );
     }
 

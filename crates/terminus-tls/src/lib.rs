@@ -15,18 +15,20 @@ mod prepare;
 mod resolver;
 #[cfg(test)]
 mod testpki;
+mod tickets;
 
 pub use caps::ClientCaps;
-pub use error::{CertError, IndexError, PolicyError};
+pub use error::{CertError, IndexError, KeyError, PolicyError};
 pub use index::{
     CertEntry, CertIndex, InMemoryKey, KeySource, Resolved, SelectedBy, Without, DEFAULT_KEY_CACHE,
 };
 pub use info::{format_time, format_time_short, CertInfo, KeyKind};
-pub use pem::{parse_pem, to_pem, PemBundle};
+pub use pem::{parse_pem, PemBundle};
 pub use policy::{provider, TlsPolicy, ALPN_H2, ALPN_HTTP11};
 pub use prepare::{
     is_trusted, prepare, DropReason, Dropped, PrepareOptions, Prepared, Roots, MIN_RSA_BITS,
 };
 pub use resolver::SniResolver;
+pub use tickets::{TicketKey, TicketKeyError, TicketKeys, Ticketer, TICKET_ROTATION_SECS};
 
 pub use rustls;

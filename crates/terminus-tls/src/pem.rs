@@ -105,39 +105,6 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Encodes DER as a PEM block (for showing and exporting certificates, never keys).
-pub fn to_pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64_encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn base64_encode(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,13 +197,5 @@ mod tests {
         let b = parse_pem(cert.der(), &key.serialize_der()).unwrap();
         assert_eq!(b.certs, [cert.der().clone()]);
         assert!(matches!(b.key, PrivateKeyDer::Pkcs8(_)));
-    }
-
-    #[test]
-    fn pem_round_trip() {
-        let (cert, key) = pki();
-        let b = parse_pem(cert.as_bytes(), key.as_bytes()).unwrap();
-        let again = to_pem("CERTIFICATE", b.certs[0].as_ref());
-        assert_eq!(again.trim(), cert.trim());
     }
 }

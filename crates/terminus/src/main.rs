@@ -144,30 +144,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_config(args: &ServeArgs) -> Result<Config, String> {
+/// Why `serve`'s arguments describe no router.
+#[derive(Debug, thiserror::Error)]
+enum ServeConfigError {
+    #[error(transparent)]
+    File(#[from] terminus_config::ConfigError),
+    #[error("serve needs --config FILE, or --listen ADDR --cert FILE --key FILE --backend ADDR")]
+    NoConfig,
+    #[error("<command line>: --listen needs --cert and --key, or --data-dir for certificates managed through the admin API")]
+    NoCertificate,
+    #[error("<command line>: --backend {0}")]
+    Backend(&'static str),
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
     if let Some(path) = &args.config {
-        return Config::load(path).map_err(|e| e.to_string());
+        return Ok(Config::load(path)?);
     }
     let Some(listen) = args.listen else {
-        return Err(
-            "serve needs --config FILE, or --listen ADDR --cert FILE --key FILE --backend ADDR"
-                .into(),
-        );
+        return Err(ServeConfigError::NoConfig);
     };
     let cert = args.cert.clone().zip(args.key.clone());
     if cert.is_none() && args.data_dir.is_none() {
-        return Err("<command line>: --listen needs --cert and --key, or --data-dir for certificates managed through the admin API".into());
+        return Err(ServeConfigError::NoCertificate);
     }
     let backends = args
         .backend
         .iter()
-        .map(|b| match terminus_route::BackendAddr::parse(b) {
-            Ok(terminus_route::BackendAddr::Ip(a)) => Ok(a),
-            Ok(_) => {
-                Err("<command line>: --backend: host names are not supported here yet".to_owned())
-            }
-            Err(why) => Err(format!("<command line>: --backend {why}")),
-        })
+        .map(|b| terminus_route::BackendAddr::parse(b).map_err(ServeConfigError::Backend))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Config::quick_start(
         listen,
@@ -279,8 +283,15 @@ fn check_config(path: PathBuf) -> ExitCode {
     };
     let provider = std::sync::Arc::new(terminus_tls::provider(config.tls.post_quantum));
     let store = terminus_tls::CertIndex::new(provider, 16);
-    let (errors, _) =
-        terminus::startup::load_certificates(&config, &store, &path.display().to_string());
+    let origin = path.display().to_string();
+    let roots = match terminus::startup::trusted_roots(&config, &origin) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let (errors, _) = terminus::startup::load_certificates(&config, &store, &roots, &origin);
     for e in &errors {
         eprintln!("error: {e}");
     }

@@ -13,7 +13,9 @@ use terminus_metrics::{
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
 use terminus_route::{BackendAddr, Domain, RouteTable};
 use terminus_store::Store;
-use terminus_tls::{prepare, CertEntry, CertIndex, PrepareOptions, TlsPolicy, DEFAULT_KEY_CACHE};
+use terminus_tls::{
+    prepare, CertEntry, CertIndex, PrepareOptions, Roots, TlsPolicy, DEFAULT_KEY_CACHE,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -43,7 +45,14 @@ pub enum StartError {
     Store {
         file: String,
         #[source]
-        source: terminus_store::StoreError,
+        source: Box<terminus_store::StoreError>,
+    },
+    #[error("{file}: tls.trusted_roots: {path}: {source}")]
+    TrustedRoots {
+        file: String,
+        path: String,
+        #[source]
+        source: RootsError,
     },
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
     TokenFile {
@@ -52,6 +61,29 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why `[tls] trusted_roots` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Invalid(#[source] terminus_tls::CertError),
+}
+
+/// The roots "trusted" is checked against: the Mozilla set, plus `[tls] trusted_roots`.
+pub fn trusted_roots(config: &Config, origin: &str) -> Result<Roots, StartError> {
+    let Some(path) = &config.tls.trusted_roots else {
+        return Ok(Roots::default());
+    };
+    let fail = |source| StartError::TrustedRoots {
+        file: origin.to_owned(),
+        path: path.display().to_string(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(RootsError::Read(e)))?;
+    Roots::with_extra_pem(&pem).map_err(|e| fail(RootsError::Invalid(e)))
 }
 
 /// A certificate from the config that could not be loaded. The router starts without it.
@@ -79,6 +111,7 @@ pub struct Router {
     pub control: Arc<Control>,
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
+    resolve: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     grace: Duration,
@@ -121,7 +154,8 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
             }),
     );
 
-    let (cert_errors, static_certs) = load_certificates(config, &certs, &origin);
+    let roots = trusted_roots(config, &origin)?;
+    let (cert_errors, static_certs) = load_certificates(config, &certs, &roots, &origin);
     for e in &cert_errors {
         tracing::error!("{e}; the router serves without it");
     }
@@ -133,7 +167,7 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
         Some(store_config) => {
             let store_error = |source| StartError::Store {
                 file: origin.clone(),
-                source,
+                source: Box::new(source),
             };
             let store = Store::open(store_config).map_err(store_error)?;
             log_key_origin(&store);
@@ -157,28 +191,26 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
     if token.is_none() {
         tracing::warn!("admin API disabled: set {TOKEN_ENV} or admin.token_file to manage certificates, domains and apps");
     }
-    let control = Arc::new(Control::new(
-        store,
-        certs.clone(),
-        routes.clone(),
-        statics,
-        control_metrics,
-        config
-            .store
-            .as_ref()
-            .map_or(terminus_config::DEFAULT_EXPIRED_RETENTION, |s| {
-                s.expired_retention
-            }),
-    ));
+    let control = Arc::new(
+        Control::new(
+            store,
+            certs.clone(),
+            routes.clone(),
+            statics,
+            control_metrics,
+            config
+                .store
+                .as_ref()
+                .map_or(terminus_config::DEFAULT_EXPIRED_RETENTION, |s| {
+                    s.expired_retention
+                }),
+        )
+        .with_roots(roots),
+    );
     let app_backends: Vec<(String, Vec<BackendAddr>)> = config
         .apps
         .iter()
-        .map(|a| {
-            (
-                a.name.clone(),
-                a.backends.iter().copied().map(BackendAddr::Ip).collect(),
-            )
-        })
+        .map(|a| (a.name.to_string(), a.backends.clone()))
         .chain(stored_apps)
         .collect();
     {
@@ -223,10 +255,15 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
     let admin_task = tokio::spawn(terminus_admin::serve(
         admin_listener,
         Admin::new(registry, Some(api)),
-        terminus_admin::Limits::default(),
+        terminus_admin::Limits {
+            header_timeout: config.admin.header_timeout,
+            idle_timeout: config.admin.idle_timeout,
+            max_connections: config.admin.max_connections,
+        },
         admin_rx,
     ));
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
+    let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
     Ok(Router {
         shared,
         listeners,
@@ -236,6 +273,7 @@ pub async fn start(config: &Config, mut registry: MetricsRegistry) -> Result<Rou
         control,
         proxy,
         cleanup,
+        resolve,
         admin_stop,
         admin_task,
         grace: config.timeouts.shutdown_grace,
@@ -330,7 +368,7 @@ fn load_store(
             Ok(domain) => {
                 routes.set_domain(domain);
             }
-            Err(e) => problems.push(e),
+            Err(e) => problems.push(e.to_string()),
         }
     }
     tracing::info!(
@@ -362,12 +400,12 @@ fn load_static_routes(
 ) -> Statics {
     let mut statics = Statics {
         certs: static_certs,
-        default_app: config.router.default_app.clone(),
+        default_app: config.router.default_app.as_ref().map(|a| a.to_string()),
         command_line: config.source.is_none(),
         ..Statics::default()
     };
     for app in &config.apps {
-        statics.apps.insert(app.name.clone());
+        statics.apps.insert(app.name.to_string());
     }
     for d in &config.domains {
         routes.set_domain(Domain {
@@ -385,7 +423,7 @@ fn load_static_routes(
         }
         statics
             .domains
-            .insert(d.pattern.clone(), d.certificate.clone());
+            .insert(d.pattern.clone(), d.certificate.clone().map(String::from));
     }
     statics
 }
@@ -422,6 +460,18 @@ async fn cleanup_loop(control: Arc<Control>) {
     }
 }
 
+/// Resolves backend host names again every `interval` (only apps that have names do work).
+async fn resolve_loop(control: Arc<Control>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = control.clone();
+        let _ = tokio::task::spawn_blocking(move || c.refresh_backends()).await;
+    }
+}
+
 /// Expiry of every served certificate, for the per-certificate gauge.
 struct CertsExpiry(Arc<CertIndex>);
 
@@ -442,6 +492,7 @@ impl ExpirySource for CertsExpiry {
 pub fn load_certificates(
     config: &Config,
     certs: &CertIndex,
+    roots: &Roots,
     origin: &str,
 ) -> (
     Vec<CertLoadError>,
@@ -454,7 +505,7 @@ pub fn load_certificates(
         let fail = |message: String| CertLoadError {
             file: origin.to_owned(),
             key: format!("certificate[{i}]"),
-            name: files.name.clone(),
+            name: files.name.to_string(),
             message,
         };
         let read = |path: &std::path::Path| {
@@ -470,7 +521,10 @@ pub fn load_certificates(
         let prepared = match prepare(
             &cert_pem,
             &key_pem,
-            &PrepareOptions::default(),
+            &PrepareOptions {
+                roots: roots.clone(),
+                ..PrepareOptions::default()
+            },
             certs.provider(),
             now,
         ) {
@@ -489,7 +543,7 @@ pub fn load_certificates(
         };
         match certs.insert(CertEntry::from_prepared(&files.name, prepared)) {
             Ok(_) => {
-                statics.insert(files.name.clone(), info);
+                statics.insert(files.name.to_string(), info);
             }
             Err(e) => errors.push(fail(e.to_string())),
         }
@@ -515,6 +569,7 @@ impl Router {
     /// the admin listener.
     pub async fn shutdown(self) -> Drained {
         self.cleanup.abort();
+        self.resolve.abort();
         let drained = self.proxy.shutdown(self.grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;

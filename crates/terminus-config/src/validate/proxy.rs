@@ -1,0 +1,43 @@
+use std::net::IpAddr;
+
+use super::Checker;
+use crate::raw::RawProxy;
+use crate::{IpNet, ProxyConfig, Result};
+
+pub(super) fn validate(c: &Checker<'_>, raw: &RawProxy) -> Result<ProxyConfig> {
+    let d = ProxyConfig::default();
+    let mut trusted_proxies = Vec::new();
+    for (i, text) in raw.trusted_proxies.iter().flatten().enumerate() {
+        let text = text.trim();
+        let net = text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                c.err(
+                    format!("proxy.trusted_proxies[{i}]"),
+                    format!("'{text}' is neither an IP address nor a CIDR block like 10.0.0.0/8"),
+                )
+            })?;
+        trusted_proxies.push(net);
+    }
+    let max_headers = raw.max_headers.unwrap_or(d.max_headers);
+    // hyper parses at most 100 header lines into a buffer on the stack; beyond that it would
+    // allocate per request, so 100 is the ceiling (HAProxy's default is 101).
+    if !(8..=100).contains(&max_headers) {
+        return Err(c.err("proxy.max_headers", "must be between 8 and 100"));
+    }
+    let connect_attempts = raw.connect_attempts.unwrap_or(d.connect_attempts);
+    if !(1..=100).contains(&connect_attempts) {
+        return Err(c.err("proxy.connect_attempts", "must be between 1 and 100"));
+    }
+    Ok(ProxyConfig {
+        trusted_proxies,
+        max_headers,
+        connect_attempts,
+        resolve_interval: c.duration(
+            "proxy.resolve_interval",
+            raw.resolve_interval.as_ref(),
+            d.resolve_interval,
+        )?,
+    })
+}

@@ -1,0 +1,168 @@
+//! The rules of stage two, each case named by the key it reports.
+
+use crate::{Config, ConfigError};
+use std::path::Path;
+
+const MINIMAL: &str = r#"
+[[listener]]
+address = "127.0.0.1:8443"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/terminus/terminus.toml"))
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let cfg = parse(MINIMAL).unwrap();
+    assert_eq!(cfg.router.name, "terminus");
+    assert!(cfg.listeners[0].tls);
+    assert_eq!(cfg.admin.address.to_string(), "127.0.0.1:9090");
+    assert_eq!(cfg.tls.handshake_timeout.as_secs(), 10);
+    assert_eq!(cfg.timeouts.pool_idle.as_secs(), 90);
+    assert_eq!(cfg.proxy.max_headers, 100);
+}
+
+#[test]
+fn relative_files_resolve_against_the_config_directory() {
+    let cfg = parse(&format!(
+        "{MINIMAL}\n[[certificate]]\nname = \"a\"\ncert = \"certs/a.crt\"\nkey = \"/k/a.key\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.certificates[0].cert,
+        Path::new("/etc/terminus/certs/a.crt")
+    );
+    assert_eq!(cfg.certificates[0].key, Path::new("/k/a.key"));
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let e = err(&format!("{MINIMAL}\n[tls]\nmin_versoin = \"1.2\"\n"));
+    assert!(
+        e.starts_with("/etc/terminus/terminus.toml:6: tls.min_versoin: "),
+        "{e}"
+    );
+    assert!(e.contains("unknown field `min_versoin`"), "{e}");
+}
+
+#[test]
+fn unknown_table_is_an_error() {
+    let e = err(&format!("{MINIMAL}\n[listners]\n"));
+    assert!(e.contains("unknown field `listners`"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let e = err("[router]\nthreads = \"four\"\n");
+    assert!(e.contains("router.threads"), "{e}");
+}
+
+#[test]
+fn toml_syntax_error_names_line() {
+    let e = err("[router\nname = 1");
+    assert!(e.starts_with("/etc/terminus/terminus.toml:1:"), "{e}");
+}
+
+#[test]
+fn meaning_errors_name_the_key_and_the_fix() {
+    let cases = [
+            ("", "listener: no listener"),
+            (
+                "[[listener]]\naddress = \"localhost:443\"\n",
+                "listener[0].address: 'localhost:443' is not an address",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\n[[listener]]\naddress = \"127.0.0.1:1\"\n",
+                "listener[1].address: 127.0.0.1:1 is listed twice",
+            ),
+            (
+                &format!("{MINIMAL}[tls]\nmin_version = \"1.1\"\n"),
+                "tls.min_version: '1.1' is not supported",
+            ),
+            (
+                &format!("{MINIMAL}[tls]\nhandshake_timeout = \"10\"\n"),
+                "tls.handshake_timeout: '10' has no unit",
+            ),
+            (
+                &format!("{MINIMAL}[tls]\ndefault_certificate = \"nope\"\n"),
+                "tls.default_certificate: certificate 'nope' is not defined",
+            ),
+            (
+                &format!("{MINIMAL}[[app]]\nname = \"Web App\"\n"),
+                "app[0].name: 'Web App' is not a valid name",
+            ),
+            (
+                &format!("{MINIMAL}[[app]]\nname = \"web\"\nbackends = [\"10.0.0.1\"]\n"),
+                "app[0].backends[0]: '10.0.0.1' is not a backend: it has no port",
+            ),
+            (
+                &format!("{MINIMAL}[[domain]]\nhost = \"www.example.com\"\napp = \"web\"\n"),
+                "domain[0].app: app 'web' is not defined",
+            ),
+            (
+                &format!("{MINIMAL}[[app]]\nname = \"web\"\n[[domain]]\nhost = \"*.com\"\napp = \"web\"\n"),
+                "domain[0].host: '*.com' is not a valid host name",
+            ),
+            (
+                &format!("{MINIMAL}[[app]]\nname = \"web\"\n[[domain]]\nhost = \"a.example.com\"\napp = \"web\"\ncertificate = \"x\"\n"),
+                "domain[0].certificate: certificate 'x' is not defined",
+            ),
+            (
+                &format!("{MINIMAL}[proxy]\ntrusted_proxies = [\"10.0.0.0/33\"]\n"),
+                "proxy.trusted_proxies[0]: '10.0.0.0/33' is neither",
+            ),
+            (
+                &format!("{MINIMAL}[router]\ndefault_app = \"web\"\n"),
+                "router.default_app: app 'web' is not defined",
+            ),
+            (
+                &format!("{MINIMAL}[admin]\naddress = \"127.0.0.1:8443\"\n"),
+                "admin.address: 127.0.0.1:8443 is also a listener address",
+            ),
+        ];
+    for (text, want) in cases {
+        let e = err(text);
+        assert!(
+            e.starts_with("/etc/terminus/terminus.toml: ") && e.contains(want),
+            "config:\n{text}\nwant: {want}\ngot:  {e}"
+        );
+    }
+}
+
+#[test]
+fn store_defaults_and_key_file_outside_the_data_dir() {
+    let cfg = parse(&format!("{MINIMAL}[store]\n")).unwrap();
+    let store = cfg.store.unwrap();
+    assert_eq!(store.dir, Path::new("/etc/terminus/data"));
+    assert_eq!(store.key_file, Path::new("/etc/terminus/data.key"));
+    assert_eq!(store.expired_retention.as_secs(), 30 * 86400);
+    let e = err(&format!(
+        "{MINIMAL}[store]\ndir = \"/var/lib/t\"\nkey_file = \"/var/lib/t/k\"\n"
+    ));
+    assert!(
+        e.contains("store.key_file: must be outside store.dir"),
+        "{e}"
+    );
+    let e = err(&format!("{MINIMAL}[store]\ndns_zone = \"bad zone\"\n"));
+    assert!(e.contains("store.dns_zone:"), "{e}");
+}
+
+#[test]
+fn trusted_proxies_take_addresses_and_blocks() {
+    let cfg = parse(&format!(
+        "{MINIMAL}[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"::1\"]\n"
+    ))
+    .unwrap();
+    let nets: Vec<String> = cfg
+        .proxy
+        .trusted_proxies
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.1/32", "::1/128"]);
+}
