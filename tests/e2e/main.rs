@@ -12,6 +12,7 @@ mod harness;
 mod lifecycle;
 mod listing;
 mod proxy;
+mod readme;
 mod scale;
 mod secrets;
 mod selection;

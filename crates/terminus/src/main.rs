@@ -98,9 +98,9 @@ struct ServeArgs {
     /// Do not write router log lines (metrics still count every request).
     #[arg(long)]
     no_access_log: bool,
-    /// Quick start: keep certificates, domains and apps in this directory (the embedded store),
-    /// managed through the admin API. The key that encrypts private keys goes next to it as
-    /// DIR.key unless TERMINUS_STORE_KEY is set.
+    /// Keep certificates, domains and apps in this directory (the embedded store), managed
+    /// through the admin API; with --config, instead of [store] dir. The key that encrypts
+    /// private keys goes next to it as DIR.key unless TERMINUS_STORE_KEY is set.
     #[arg(long)]
     data_dir: Option<PathBuf>,
 }
@@ -159,7 +159,19 @@ enum ServeConfigError {
 
 fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
     if let Some(path) = &args.config {
-        return Ok(Config::load(path)?);
+        let mut config = Config::load(path)?;
+        if let Some(dir) = &args.data_dir {
+            let mut store = terminus_config::StoreConfig::in_dir(dir.clone());
+            if let Some(from_file) = &config.store {
+                store = terminus_config::StoreConfig {
+                    dir: dir.clone(),
+                    key_file: store.key_file,
+                    ..from_file.clone()
+                };
+            }
+            config.store = Some(store);
+        }
+        return Ok(config);
     }
     let Some(listen) = args.listen else {
         return Err(ServeConfigError::NoConfig);
