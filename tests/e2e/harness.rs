@@ -106,6 +106,12 @@ impl Builder {
         self
     }
 
+    /// Appends TOML as written (after the generated sections).
+    pub fn raw(&mut self, toml: &str) -> &mut Self {
+        self.body.push_str(toml);
+        self
+    }
+
     pub fn domain(&mut self, host: &str, app: &str, cert: Option<&str>) -> &mut Self {
         self.body
             .push_str(&format!("[[domain]]\nhost = \"{host}\"\napp = \"{app}\"\n"));

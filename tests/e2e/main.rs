@@ -8,6 +8,7 @@
 
 mod durability;
 mod errors;
+mod guards;
 mod harness;
 mod lifecycle;
 mod listing;

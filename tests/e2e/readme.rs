@@ -42,7 +42,11 @@ async fn readme_cli_commands_run_against_the_example() {
         .arg(work.join("config/certs"))
         .output()
         .expect("openssl is required: apt-get install -y openssl");
-    assert!(gen.status.success(), "{}", String::from_utf8_lossy(&gen.stderr));
+    assert!(
+        gen.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gen.stderr)
+    );
     // The example config as shipped, on ports the OS chooses.
     let config = std::fs::read_to_string(repo().join("config/terminus.toml"))
         .unwrap()
@@ -53,7 +57,13 @@ async fn readme_cli_commands_run_against_the_example() {
 
     let token = "readme-test-token-0123456789";
     let mut router = Command::new(env!("CARGO_BIN_EXE_terminus"))
-        .args(["serve", "--config", "config/terminus.toml", "--data-dir", "data"])
+        .args([
+            "serve",
+            "--config",
+            "config/terminus.toml",
+            "--data-dir",
+            "data",
+        ])
         .current_dir(work)
         .env("TERMINUS_TOKEN", token)
         .env("RUST_LOG", "info")
