@@ -226,4 +226,15 @@ async fn the_command_line_catch_all_app() {
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("comes from the command line"), "{err}");
     assert!(!err.contains("config file"), "{err}");
+
+    // The container's health check, through the same client.
+    let health = |addr: String| {
+        Command::new(env!("CARGO_BIN_EXE_terminus"))
+            .args(["health", "--admin", &addr])
+            .output()
+    };
+    assert_eq!(health(admin.clone()).await.unwrap().status.code(), Some(0));
+    let out = health("127.0.0.1:1".into()).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("unhealthy: 127.0.0.1:1"));
 }

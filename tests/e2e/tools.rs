@@ -356,16 +356,28 @@ async fn completions_man_page_and_per_command_help() {
         .unwrap();
         assert!(out.status.success(), "{shell}");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("certs:add") && text.contains("--confirm"), "{shell}: {text}");
+        assert!(
+            text.contains("certs:add") && text.contains("--confirm"),
+            "{shell}: {text}"
+        );
     }
     let out = run(&["man"]).await.unwrap();
     assert!(out.status.success());
     let man = String::from_utf8_lossy(&out.stdout);
-    assert!(man.starts_with(".ie") || man.contains(".TH terminus"), "{man}");
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH terminus"),
+        "{man}"
+    );
     let out = run(&["serve", "--help"]).await.unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(help.contains("--data-dir") && help.contains("Exit codes:"), "{help}");
-    assert!(!help.contains("--url") && !help.contains("--token"), "{help}");
+    assert!(
+        help.contains("--data-dir") && help.contains("Exit codes:"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--url") && !help.contains("--token"),
+        "{help}"
+    );
     let out = run(&["certs:remove", "--help"]).await.unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -16,7 +16,7 @@ use crate::types::{
     CertView, DomainCreate, DomainUpdate, DomainView, ErrorBody, NEXT_CURSOR_HEADER,
 };
 
-/// How long one request may take, connect to last byte.
+/// How long one request may take by default, connect to last byte.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why a call failed.
@@ -30,8 +30,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the admin API at {url} did not answer within {}s", REQUEST_TIMEOUT.as_secs())]
-    Timeout { url: String },
+    #[error("the admin API at {url} did not answer within {}ms", .after.as_millis())]
+    Timeout { url: String, after: Duration },
     #[error("talking to the admin API at {url} failed: {source}")]
     Http {
         url: String,
@@ -95,6 +95,7 @@ pub struct Client {
     authority: String,
     prefix: String,
     token: Option<String>,
+    timeout: Duration,
 }
 
 impl Client {
@@ -119,7 +120,15 @@ impl Client {
             authority,
             prefix: if prefix == "/" { String::new() } else { prefix },
             token: token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()),
+            timeout: REQUEST_TIMEOUT,
         })
+    }
+
+    /// Gives up on a request after `timeout` (default 60 s): a health check wants an answer
+    /// sooner.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -188,10 +197,11 @@ impl Client {
                 .to_bytes();
             Ok((status, headers, body))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, call)
+        tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| ClientError::Timeout {
                 url: self.url.clone(),
+                after: self.timeout,
             })?
     }
 
@@ -444,6 +454,11 @@ impl Blocking {
 
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.client = self.client.with_timeout(timeout);
+        self
     }
 
     /// Runs one of [`Client`]'s calls to completion: `b.block_on(b.client().certs(100, None))`.

@@ -322,8 +322,10 @@ fn check_config(path: PathBuf) -> ExitCode {
 }
 
 fn health(admin: SocketAddr) -> ExitCode {
-    let probe = terminus_api::Blocking::new(&format!("http://{admin}"), None)
-        .and_then(|b| b.block_on(b.client().healthy()));
+    let probe = terminus_api::Blocking::new(&format!("http://{admin}"), None).and_then(|b| {
+        let b = b.with_timeout(std::time::Duration::from_secs(3));
+        b.block_on(b.client().healthy())
+    });
     match probe {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
