@@ -106,6 +106,12 @@ impl Builder {
         self
     }
 
+    /// Appends TOML as written (after the generated sections).
+    pub fn raw(&mut self, toml: &str) -> &mut Self {
+        self.body.push_str(toml);
+        self
+    }
+
     pub fn domain(&mut self, host: &str, app: &str, cert: Option<&str>) -> &mut Self {
         self.body
             .push_str(&format!("[[domain]]\nhost = \"{host}\"\napp = \"{app}\"\n"));
@@ -269,33 +275,22 @@ impl TestRouter {
         path: &str,
         body: Vec<u8>,
     ) -> (u16, Bytes) {
-        let tcp = tokio::net::TcpStream::connect(self.router.admin)
-            .await
-            .expect("admin");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("admin handshake");
-        tokio::spawn(conn);
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "admin")
-            .header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let resp = sender
-            .send_request(
-                req.body(http_body_util::Full::new(Bytes::from(body)))
-                    .unwrap(),
+        let (status, _, body) = self
+            .api_client()
+            .send(
+                method.parse().expect("method"),
+                path,
+                Bytes::from(body),
+                token,
             )
             .await
             .expect("api call");
-        let status = resp.status().as_u16();
-        (
-            status,
-            resp.into_body().collect().await.expect("body").to_bytes(),
-        )
+        (status.as_u16(), body)
+    }
+
+    /// The typed admin API client, with the test token.
+    pub fn api_client(&self) -> terminus_api::Client {
+        terminus_api::Client::new(&self.api_url(), Some(TOKEN.into())).expect("client")
     }
 
     /// Runs the `terminus` CLI against this router: (exit code, stdout, stderr).

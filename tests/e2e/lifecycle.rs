@@ -120,10 +120,39 @@ async fn every_command_end_to_end() {
     assert_eq!(json[0]["version"], 1);
     assert!(json[0]["checksum"].as_str().unwrap().starts_with("SHA256:"));
 
-    // certs:info --show-domains.
+    // certs:info --show-domains: every name, key, serial, version, status, the checksum of the
+    // files as uploaded (what `cat crt key | sha256sum` gives).
     let out = ok(&r, &["certs:info", "--name", "site", "--show-domains"]).await;
     assert!(
         out.contains("Domains:\n  shop.example.com\n  www.example.com\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\nNames:          shop.example.com, www.example.com\n"),
+        "{out}"
+    );
+    assert!(out.contains("\nKey Type:       ECDSA P-256\n"), "{out}");
+    assert!(out.contains("\nSerial:         "), "{out}");
+    assert!(out.contains("\nVersion:        1\n"), "{out}");
+    assert!(out.contains("\nStatus:         served\n"), "{out}");
+    let bundle = [std::fs::read(&crt1).unwrap(), std::fs::read(&key1).unwrap()].concat();
+    let sha = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&bundle)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let hex = String::from_utf8_lossy(&sha.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(
+        out.contains(&format!("\nChecksum:       SHA256:{hex}\n")),
         "{out}"
     );
 
@@ -131,19 +160,19 @@ async fn every_command_end_to_end() {
     let out = ok(&r, &["domains"]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert!(
-        lines[0].starts_with("Domain            App  Certificate  DNS Target"),
+        lines[0].starts_with("Domain            App  Certificate  Chosen By  DNS Target"),
         "{out}"
     );
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("www.example.com   web  site         ")),
+            .any(|l| l.starts_with("www.example.com   web  site         pinned     ")),
         "{out}"
     );
     assert!(
         lines
             .iter()
-            .any(|l| l.starts_with("shop.example.com  web  site         ")),
+            .any(|l| l.starts_with("shop.example.com  web  site         name       ")),
         "{out}"
     );
 
@@ -215,14 +244,48 @@ async fn every_command_end_to_end() {
     assert_eq!(code, 1);
     assert!(err.contains("no certificate named 'nope'"), "{err}");
 
-    // certs:remove: the domain falls back to SNI matching (the wildcard), then nothing.
-    let out = ok(&r, &["certs:remove", "--name", "site"]).await;
-    assert_eq!(out.trim(), "Removed certificate site");
+    // certs:remove: without --confirm, the impact and how to confirm, nothing changed; the
+    // domains fall back to SNI matching (the wildcard), then nothing.
+    let (code, out, err) = r.cli(&["certs:remove", "--name", "site"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("--confirm site") && err.contains("2 domains"),
+        "{err}"
+    );
+    let impact: Vec<&str> = out.lines().collect();
+    assert!(impact[0].starts_with("Domain  "), "{out}");
+    assert!(
+        impact
+            .iter()
+            .any(|l| l.starts_with("www.example.com   web  site ")
+                && l.ends_with(&format!("web       {generated}"))),
+        "{out}"
+    );
+    assert_eq!(r.served("www.example.com").await, Some(v1.cert_der.clone()));
+    let (code, out, _) = r.cli(&["certs:remove", "--name", "site", "--json"]).await;
+    assert_eq!(code, 1);
+    let body: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(body["id"], "confirmation_required");
+    assert_eq!(body["affected"][1]["hostname"], "www.example.com");
+    assert_eq!(body["affected"][1]["then_cert"], generated.as_str());
+    assert_eq!(body["affected"][1]["then_selected_by"], "wildcard");
+    let out = ok(&r, &["certs:remove", "--name", "site", "--confirm", "site"]).await;
+    assert!(out.trim().ends_with("Removed certificate site"), "{out}");
     assert_eq!(
         r.served("www.example.com").await,
         Some(other.cert_der.clone())
     );
-    ok(&r, &["certs:remove", "--name", &generated]).await;
+    ok(
+        &r,
+        &[
+            "certs:remove",
+            "--name",
+            &generated,
+            "--confirm",
+            &generated,
+        ],
+    )
+    .await;
     assert_eq!(r.served("www.example.com").await, None);
 
     // Apps: list, update, destroy (with its domains).
@@ -238,18 +301,28 @@ async fn every_command_end_to_end() {
     )
     .await;
     assert_eq!(out.trim(), format!("Updated web: backends {}", web2.addr));
-    let out = ok(&r, &["apps:destroy", "web"]).await;
-    assert_eq!(
-        out.trim(),
-        "Destroyed web and its domains shop.example.com, www.example.com"
+    let (code, _, err) = r.cli(&["apps:destroy", "web"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("--confirm web"), "{err}");
+    let out = ok(&r, &["apps:destroy", "web", "--confirm", "web"]).await;
+    assert!(
+        out.trim()
+            .ends_with("Destroyed web and its domains shop.example.com, www.example.com"),
+        "{out}"
     );
     let out = ok(&r, &["domains"]).await;
     assert_eq!(out.lines().count(), 2, "only the headers are left: {out}");
 
-    // Errors: the server's message, exit 1.
+    // Errors: the server's message, exit 1; with --json, the API's JSON and the same status.
     let (code, _, err) = r.cli(&["certs:info", "--name", "nope"]).await;
     assert_eq!(code, 1);
     assert_eq!(err.trim(), "error: no certificate named 'nope'");
+    let (code, out, _) = r.cli(&["certs:info", "--name", "nope", "--json"]).await;
+    assert_eq!(code, 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!({"id": "not_found", "message": "no certificate named 'nope'"})
+    );
     let (code, _, err) = r.cli(&["certs:rollback", "--name", "nope"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("no certificate named 'nope'"), "{err}");

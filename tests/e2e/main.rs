@@ -9,10 +9,14 @@
 mod damage;
 mod durability;
 mod errors;
+mod guards;
 mod harness;
 mod lifecycle;
+mod listing;
 mod proxy;
+mod readme;
 mod scale;
+mod secrets;
 mod selection;
 mod shutdown;
 mod sni;

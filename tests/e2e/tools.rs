@@ -332,3 +332,53 @@ async fn bad_config_exits_64_naming_file_and_key() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn completions_man_page_and_per_command_help() {
+    let run = |args: &'static [&'static str]| {
+        Command::new(env!("CARGO_BIN_EXE_terminus"))
+            .args(args)
+            .output()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(match shell {
+            "bash" => &["completions", "bash"],
+            "zsh" => &["completions", "zsh"],
+            _ => &["completions", "fish"],
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("certs:add") && text.contains("--confirm"),
+            "{shell}: {text}"
+        );
+    }
+    let out = run(&["man"]).await.unwrap();
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH terminus"),
+        "{man}"
+    );
+    let out = run(&["serve", "--help"]).await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--data-dir") && help.contains("Exit codes:"),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--url") && !help.contains("--token"),
+        "{help}"
+    );
+    let out = run(&["certs:remove", "--help"]).await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--confirm") && help.contains("Example:") && help.contains("--url"),
+        "{help}"
+    );
+    // serve takes no token on its command line: it would show in the process list.
+    let out = run(&["serve", "--token", "x"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

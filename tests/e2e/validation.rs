@@ -189,7 +189,7 @@ async fn every_refusal_names_the_problem_and_changes_nothing() {
             upload(&small_crt, &small_key),
             422,
             "unsupported_key",
-            "at least 2048 bits",
+            "RSA key of 1024 bits; at least 2048",
         ),
         (
             "expired",
@@ -242,10 +242,10 @@ async fn every_refusal_names_the_problem_and_changes_nothing() {
         ),
         (
             "missing field",
-            json!({"certificate_chain": other.cert_pem}),
+            json!({"private_key": other.key_pem}),
             400,
             "invalid_json",
-            "missing field `private_key`",
+            "missing field `certificate_chain`",
         ),
         (
             "unknown domain",
@@ -339,7 +339,7 @@ async fn routes_refuse_bad_input() {
         (
             "POST",
             "/v1/apps",
-            json!({"name": "web", "backends": ["localhost:80"]}),
+            json!({"name": "web", "backends": ["localhost"]}),
             422,
             "invalid_backend",
         ),

@@ -13,9 +13,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::certs::{CertReplace, CertUpload};
+use terminus_api::{
+    AppCreate, AppUpdate, CertReplace, CertUpload, DomainCreate, DomainUpdate, NEXT_CURSOR_HEADER,
+};
+
 use crate::control::{ApiError, ApiResult, Control};
-use crate::routing::{AppCreate, AppUpdate, DomainCreate, DomainUpdate};
 
 /// The API's bearer token, kept only as its SHA-256 so comparison time does not depend on
 /// where a guess first differs nor on its length.
@@ -68,8 +70,57 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Reply {
 fn error(e: &ApiError) -> Reply {
     json(
         StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        e,
+        &e.body(),
     )
+}
+
+/// A page of a listing: the items, and the next page's cursor in a header (the body stays the
+/// plain array it always was).
+fn page<T: Serialize>((items, next): (Vec<T>, Option<String>)) -> Reply {
+    let mut r = json(StatusCode::OK, &items);
+    if let Some(v) = next.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+        r.headers_mut().insert(NEXT_CURSOR_HEADER, v);
+    }
+    r
+}
+
+/// The query parameters the API reads: `limit`, `cursor`, `confirm`.
+#[derive(Debug, Default)]
+struct Query {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    confirm: Option<String>,
+}
+
+impl Query {
+    fn parse(query: Option<&str>) -> ApiResult<Self> {
+        let mut q = Self::default();
+        for pair in query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(&v.replace('+', " "));
+            match k {
+                "limit" => {
+                    q.limit = Some(v.parse().map_err(|_| {
+                        ApiError::new(400, "invalid_query", "limit is not a whole number")
+                    })?)
+                }
+                "cursor" => q.cursor = Some(v),
+                "confirm" => q.confirm = Some(v),
+                _ => {
+                    return Err(ApiError::new(
+                        400,
+                        "invalid_query",
+                        "unknown query parameter: this API reads limit, cursor and confirm",
+                    ))
+                }
+            }
+        }
+        Ok(q)
+    }
 }
 
 impl Api {
@@ -105,13 +156,16 @@ impl Api {
             .map(percent_decode)
             .collect();
         let segments: Vec<&str> = path.iter().map(String::as_str).collect();
+        let query = Query::parse(req.uri().query())?;
         let now = (self.now)();
         let c = self.control.clone();
         let ok = StatusCode::OK;
         let created = StatusCode::CREATED;
         match (segments.as_slice(), &method) {
             (["v1", "certs"], &Method::GET) => {
-                blocking(move || c.certs(now)).await.map(|v| json(ok, &v))
+                blocking(move || c.certs(now, query.limit, query.cursor.as_deref()))
+                    .await
+                    .map(page)
             }
             (["v1", "certs"], &Method::POST) => {
                 let up: CertUpload = self.body(req).await?;
@@ -134,7 +188,7 @@ impl Api {
             }
             (["v1", "certs", name], &Method::DELETE) => {
                 let name = name.to_string();
-                blocking(move || c.remove_cert(&name, now))
+                blocking(move || c.remove_cert(&name, query.confirm.as_deref(), now))
                     .await
                     .map(|v| json(ok, &v))
             }
@@ -145,7 +199,9 @@ impl Api {
                     .map(|v| json(ok, &v))
             }
             (["v1", "domains"], &Method::GET) => {
-                blocking(move || c.domains()).await.map(|v| json(ok, &v))
+                blocking(move || c.domains(query.limit, query.cursor.as_deref()))
+                    .await
+                    .map(page)
             }
             (["v1", "domains"], &Method::POST) => {
                 let req: DomainCreate = self.body(req).await?;
@@ -184,7 +240,7 @@ impl Api {
             }
             (["v1", "apps", name], &Method::DELETE) => {
                 let name = name.to_string();
-                blocking(move || c.destroy_app(&name))
+                blocking(move || c.destroy_app(&name, query.confirm.as_deref()))
                     .await
                     .map(|v| json(ok, &v))
             }
@@ -228,14 +284,73 @@ impl Api {
                 }
             })?
             .to_bytes();
-        serde_json::from_slice(&bytes).map_err(|e| {
-            // serde_json's messages name the field or position, never echo the values.
+        let mut de = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
             ApiError::new(
                 400,
                 "invalid_json",
-                format!("the request body is not valid: {e}"),
+                format!("the request body is not valid: {}", describe_json_error(&e)),
             )
         })
+    }
+}
+
+/// A JSON error without the values it was about: serde's "invalid type: string \"...\""
+/// would repeat what was sent, and what was sent in the wrong field may be a private key.
+/// Field names are echoed only when they look like field names.
+fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner();
+    let path = e.path().to_string();
+    let at = if path.is_empty() || path == "." {
+        String::new()
+    } else if path.len() <= 64
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.[]".contains(&b))
+    {
+        format!("{path}: ")
+    } else {
+        "a field: ".into()
+    };
+    if inner.classify() != serde_json::error::Category::Data {
+        // Syntax and end-of-input errors name a position, never a value.
+        return inner.to_string();
+    }
+    let text = inner.to_string();
+    let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+    let text = text.strip_suffix(&suffix).unwrap_or(&text);
+    let expected = text
+        .rfind(", expected ")
+        .map(|i| &text[i + 2..])
+        .filter(|x| !x.contains('"'));
+    let what = if let Some(rest) = text.strip_prefix("invalid type: ") {
+        let kind = rest.split([' ', ',']).next().unwrap_or("value");
+        format!("{at}a {kind} is not allowed here")
+    } else if text.starts_with("invalid value") || text.starts_with("invalid length") {
+        format!("{at}the value is not allowed here")
+    } else if let Some(field) = text
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split('`').next())
+    {
+        if field.len() <= 40
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            format!("unknown field `{field}`")
+        } else {
+            "an unknown field".into()
+        }
+    } else if text.starts_with("unknown variant") {
+        format!("{at}the value is not one of the allowed ones")
+    } else if text.starts_with("missing field") || text.starts_with("duplicate field") {
+        return format!("{at}{text}");
+    } else {
+        format!("{at}the value is not allowed here")
+    };
+    match expected {
+        Some(x) => format!("{what}: {x}"),
+        None => what,
     }
 }
 

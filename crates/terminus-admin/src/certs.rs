@@ -1,91 +1,17 @@
 //! certs, certs:add, certs:info, certs:update, certs:rollback, certs:remove, and the cleanup of
 //! expired certificates.
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+use base64::Engine;
+use terminus_api::{
+    CertChange, CertRemoved, CertReplace, CertUpload, CertView, DroppedView, Encoding,
+    PreviousView, Source,
+};
 use terminus_store::{sha256, CertRecord, DomainRecord, Interner, Writer};
-use terminus_tls::{format_time, is_trusted, prepare, PrepareOptions, Prepared};
+use terminus_tls::{format_time, prepare, PrepareOptions, Prepared, Without};
 
-use crate::control::{check_name, parse_host, ApiError, ApiResult, Control, Source};
-
-/// `POST /v1/certs`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertUpload {
-    pub certificate_chain: String,
-    pub private_key: String,
-    pub name: Option<String>,
-    #[serde(default)]
-    pub domains: Vec<String>,
-    #[serde(default)]
-    pub bypass: bool,
-    /// `SHA256:<hex>` of `certificate_chain` followed by `private_key`, as sent.
-    pub checksum: Option<String>,
-}
-
-/// `PATCH /v1/certs/{name}`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertReplace {
-    pub certificate_chain: String,
-    pub private_key: String,
-    #[serde(default)]
-    pub bypass: bool,
-    pub checksum: Option<String>,
-    /// Replace even when the new certificate does not cover domains pinned to this one.
-    #[serde(default)]
-    pub force: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PreviousView {
-    pub version: u32,
-    pub expires_at: String,
-    pub not_after: i64,
-}
-
-/// A certificate as the API shows it. Never includes a private key.
-#[derive(Debug, Clone, Serialize)]
-pub struct CertView {
-    pub name: String,
-    pub source: Source,
-    pub common_names: Vec<String>,
-    pub names: Vec<String>,
-    pub expires_at: String,
-    pub starts_at: String,
-    pub not_after: i64,
-    pub not_before: i64,
-    pub issuer: String,
-    pub subject: String,
-    pub serial: String,
-    pub key_type: String,
-    pub trusted: bool,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    /// Domains served with this certificate (pinned, or matched by name).
-    pub domains: Vec<String>,
-    pub checksum: Option<String>,
-    pub version: Option<u32>,
-    pub previous: Option<PreviousView>,
-    pub bypass: bool,
-    /// False for a stored certificate that is not served (quarantined: R17 checksum error).
-    pub served: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DroppedView {
-    pub subject: String,
-    pub reason: &'static str,
-}
-
-/// The answer to certs:add and certs:update.
-#[derive(Debug, Clone, Serialize)]
-pub struct CertChange {
-    pub certificate: CertView,
-    pub dropped: Vec<DroppedView>,
-    pub warnings: Vec<String>,
-    /// Domains pinned to this certificate by `--domains`.
-    pub pinned_domains: Vec<String>,
-}
+use crate::control::{check_name, parse_host, ApiError, ApiResult, Control};
 
 fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) -> CertView {
     let v = &rec.current;
@@ -94,6 +20,20 @@ fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) ->
         .iter()
         .map(|d| rustls::pki_types::CertificateDer::from(d.as_slice()))
         .collect();
+    let served = c.certs.get(&rec.name).is_some_and(|e| {
+        v.chain
+            .first()
+            .is_some_and(|leaf| e.leaf().as_ref() == leaf.as_slice())
+    });
+    let quarantine = (!served).then(|| {
+        if !v.checksum_ok() {
+            "checksum error (R17): the stored bundle does not match its checksum; upload the certificate again with certs:update".to_owned()
+        } else if c.statics.certs.contains_key(&rec.name) {
+            "a certificate in the config file has this name, and the config file wins".to_owned()
+        } else {
+            "its private key could not be loaded (the log says why): upload it again with certs:update".to_owned()
+        }
+    });
     CertView {
         name: rec.name.clone(),
         source: Source::Store,
@@ -110,28 +50,29 @@ fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) ->
             .kind()
             .map(|k| k.to_string())
             .unwrap_or_else(|| v.key_kind.clone()),
-        trusted: is_trusted(&chain, &c.provider, now),
-        kind: "SNI",
+        trusted: c.trust.is_trusted(&chain, &c.provider, now),
+        kind: "SNI".into(),
         domains,
-        checksum: Some(v.checksum.clone()),
+        checksum: v.upload_checksum.clone(),
         version: Some(v.version),
         previous: rec.previous.as_ref().map(|p| PreviousView {
             version: p.version,
             expires_at: format_time(p.not_after),
             not_after: p.not_after,
+            serial: p.serial.clone(),
+            checksum: p.upload_checksum.clone(),
         }),
         bypass: v.bypass,
-        served: c.certs.get(&rec.name).is_some_and(|e| {
-            v.chain
-                .first()
-                .is_some_and(|leaf| e.leaf().as_ref() == leaf.as_slice())
-        }),
+        served,
+        quarantine,
+        not_yet_valid: now < v.not_before,
     }
 }
 
 fn static_view(c: &Control, name: &str, now: i64, domains: Vec<String>) -> Option<CertView> {
     let s = c.statics.certs.get(name)?;
     let i = &s.info;
+    let served = c.certs.get(name).is_some();
     Some(CertView {
         name: name.to_owned(),
         source: Source::Config,
@@ -145,55 +86,98 @@ fn static_view(c: &Control, name: &str, now: i64, domains: Vec<String>) -> Optio
         subject: i.subject.clone(),
         serial: i.serial.clone(),
         key_type: i.key.map(|k| k.to_string()).unwrap_or_default(),
-        trusted: is_trusted(&s.chain, &c.provider, now),
-        kind: "SNI",
+        trusted: c.trust.is_trusted(&s.chain, &c.provider, now),
+        kind: "SNI".into(),
         domains,
         checksum: None,
         version: None,
         previous: None,
         bypass: false,
-        served: c.certs.get(name).is_some(),
+        served,
+        quarantine: (!served)
+            .then(|| "its private key could not be loaded (the log says why)".to_owned()),
+        not_yet_valid: now < i.not_before,
     })
 }
 
+/// One record of a listing page, before its view is built.
+enum Listed {
+    Config(String),
+    Stored(Box<CertRecord>),
+}
+
+impl Listed {
+    fn name(&self) -> &str {
+        match self {
+            Self::Config(n) => n,
+            Self::Stored(r) => &r.name,
+        }
+    }
+}
+
 impl Control {
-    /// Every certificate, config and store, by name.
-    pub fn certs(&self, now: i64) -> ApiResult<Vec<CertView>> {
-        let usage = self.domain_certs();
-        let domains_of = |name: &str| -> Vec<String> {
-            usage
-                .iter()
-                .filter(|(_, c)| c.as_ref().is_some_and(|(n, _)| n == name))
-                .map(|(d, _)| d.to_string())
-                .collect()
-        };
-        let mut out: Vec<CertView> = self
+    /// Certificates, config and store, in name order: up to `limit` after `cursor` (a name),
+    /// and the cursor of the next page. The domains each serves are computed once per call,
+    /// in one pass over the domains.
+    pub fn certs(
+        &self,
+        now: i64,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> ApiResult<(Vec<CertView>, Option<String>)> {
+        let limit = limit.map_or(usize::MAX, |l| l.clamp(1, terminus_api::MAX_PAGE));
+        if cursor.is_some_and(|c| check_name("certificate", "cursor", c).is_err()) {
+            return Err(crate::routing::bad_cursor());
+        }
+        let after = |name: &str| cursor.is_none_or(|c| name > c);
+        let mut listed: Vec<Listed> = self
             .statics
             .certs
             .keys()
-            .filter_map(|n| static_view(self, n, now, domains_of(n)))
+            .filter(|n| after(n))
+            .map(|n| Listed::Config(n.clone()))
             .collect();
         if let Some(store) = &self.store {
-            store.read()?.each_cert(|rec| match rec {
-                Ok(rec) if !self.statics.certs.contains_key(&rec.name) => {
-                    let domains = domains_of(&rec.name);
-                    out.push(stored_view(self, &rec, now, domains));
+            let mut taken = 0usize;
+            store.read()?.certs_after(cursor, |rec| {
+                match rec {
+                    Ok(rec) if !self.statics.certs.contains_key(&rec.name) => {
+                        listed.push(Listed::Stored(Box::new(rec)));
+                        taken += 1;
+                    }
+                    Ok(_) => {}
+                    Err(bad) => tracing::warn!(record = %bad.key, error = %bad.error, "undecodable certificate record skipped"),
                 }
-                Ok(_) => {}
-                Err(bad) => tracing::warn!(record = %bad.key, error = %bad.error, "undecodable certificate record skipped"),
+                taken <= limit
             })?;
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        listed.sort_by(|a, b| a.name().cmp(b.name()));
+        let next = (listed.len() > limit).then(|| {
+            listed.truncate(limit);
+            listed.last().map(|l| l.name().to_owned())
+        });
+        let mut usage = self.domains_by_cert();
+        let mut domains_of = |name: &str| usage.remove(name).unwrap_or_default();
+        let out = listed
+            .into_iter()
+            .filter_map(|l| match l {
+                Listed::Config(n) => {
+                    let domains = domains_of(&n);
+                    static_view(self, &n, now, domains)
+                }
+                Listed::Stored(rec) => {
+                    let domains = domains_of(&rec.name);
+                    Some(stored_view(self, &rec, now, domains))
+                }
+            })
+            .collect();
+        Ok((out, next.flatten()))
     }
 
     pub fn cert(&self, name: &str, now: i64) -> ApiResult<CertView> {
-        let domains: Vec<String> = self
-            .domain_certs()
-            .into_iter()
-            .filter(|(_, c)| c.as_ref().is_some_and(|(n, _)| n == name))
-            .map(|(d, _)| d.to_string())
-            .collect();
+        let name = check_name("certificate", "the certificate name", name)?;
+        let mut usage: HashMap<String, Vec<String>> = self.domains_by_cert();
+        let domains = usage.remove(name).unwrap_or_default();
         if let Some(v) = static_view(self, name, now, domains.clone()) {
             return Ok(v);
         }
@@ -223,41 +207,39 @@ impl Control {
     }
 
     pub fn add_cert(&self, up: CertUpload, now: i64) -> ApiResult<CertChange> {
-        let subject = up.name.clone().unwrap_or_default();
+        let named = up
+            .name
+            .as_deref()
+            .and_then(|n| check_name("certificate", "name", n).ok())
+            .map(str::to_owned);
         let result = self.add_cert_inner(up, now);
         let subject = result
             .as_ref()
+            .ok()
             .map(|c| c.certificate.name.clone())
-            .unwrap_or(subject);
-        self.audit("certs:add", &subject, &result);
+            .or(named);
+        self.audit("certs:add", subject.as_deref(), &result);
         result
     }
 
     fn add_cert_inner(&self, up: CertUpload, now: i64) -> ApiResult<CertChange> {
-        verify_upload_checksum(
-            up.checksum.as_deref(),
-            &up.certificate_chain,
-            &up.private_key,
-        )?;
+        if let Some(name) = &up.name {
+            check_name("certificate", "name", name)?;
+        }
         let domains = up
             .domains
             .iter()
-            .map(|d| parse_host(d))
+            .enumerate()
+            .map(|(i, d)| parse_host(&format!("domains[{i}]"), d))
             .collect::<ApiResult<Vec<_>>>()?;
+        let (chain, key) = upload_bytes(up.encoding, &up.certificate_chain, &up.private_key)?;
+        let upload_checksum = verify_upload_checksum(up.checksum.as_deref(), &chain, &key)?;
         let options = PrepareOptions {
             bypass: up.bypass,
             domains: domains.clone(),
+            roots: self.trust.clone(),
         };
-        let prepared = prepare(
-            up.certificate_chain.as_bytes(),
-            up.private_key.as_bytes(),
-            &options,
-            &self.provider,
-            now,
-        )?;
-        if let Some(name) = &up.name {
-            check_name("certificate", name)?;
-        }
+        let prepared = prepare(&chain, &key, &options, &self.provider, now)?;
         let (store, _lock) = self.writable()?;
         let name = match up.name {
             Some(name) => {
@@ -274,7 +256,8 @@ impl Control {
         };
         let mut warnings = prepared.warnings.clone();
         let pin = self.pinnable_domains(&domains, &prepared, &mut warnings)?;
-        let version = store.seal_version(&name, 1, &prepared, up.bypass, now)?;
+        let mut version = store.seal_version(&name, 1, &prepared, up.bypass, now)?;
+        version.upload_checksum = Some(upload_checksum);
         let record = CertRecord {
             name: name.clone(),
             current: version,
@@ -356,29 +339,23 @@ impl Control {
     }
 
     pub fn update_cert(&self, name: &str, up: CertReplace, now: i64) -> ApiResult<CertChange> {
+        let valid = check_name("certificate", "the certificate name", name).ok();
         let result = self.update_cert_inner(name, up, now);
-        self.audit("certs:update", name, &result);
+        self.audit("certs:update", valid, &result);
         result
     }
 
     fn update_cert_inner(&self, name: &str, up: CertReplace, now: i64) -> ApiResult<CertChange> {
+        let name = check_name("certificate", "the certificate name", name)?;
         self.refuse_static(name)?;
-        verify_upload_checksum(
-            up.checksum.as_deref(),
-            &up.certificate_chain,
-            &up.private_key,
-        )?;
+        let (chain, key) = upload_bytes(up.encoding, &up.certificate_chain, &up.private_key)?;
+        let upload_checksum = verify_upload_checksum(up.checksum.as_deref(), &chain, &key)?;
         let options = PrepareOptions {
             bypass: up.bypass,
             domains: Vec::new(),
+            roots: self.trust.clone(),
         };
-        let prepared = prepare(
-            up.certificate_chain.as_bytes(),
-            up.private_key.as_bytes(),
-            &options,
-            &self.provider,
-            now,
-        )?;
+        let prepared = prepare(&chain, &key, &options, &self.provider, now)?;
         let (store, _lock) = self.writable()?;
         let mut record = store
             .read()?
@@ -386,14 +363,18 @@ impl Control {
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
         let mut warnings = prepared.warnings.clone();
         let mut uncovered_pins = Vec::new();
-        for (domain, cert) in self.domain_certs() {
-            let Some((serving, pinned)) = cert else {
+        for d in self.routes.domains() {
+            let domain = &d.pattern;
+            let Some((serving, by)) = self.selection(domain) else {
                 continue;
             };
-            if serving != name || domain.covered_by(&prepared.leaf.names) {
+            if serving != name
+                || by == terminus_api::SelectedBy::Default
+                || domain.covered_by(&prepared.leaf.names)
+            {
                 continue;
             }
-            if pinned {
+            if by == terminus_api::SelectedBy::Pinned {
                 uncovered_pins.push(domain.to_string());
             } else {
                 warnings.push(format!(
@@ -420,8 +401,9 @@ impl Control {
                 "forced: the new certificate does not cover {list}, which {are} pinned to it: HTTPS requests for them will fail"
             ));
         }
-        let version =
+        let mut version =
             store.seal_version(name, record.current.version + 1, &prepared, up.bypass, now)?;
+        version.upload_checksum = Some(upload_checksum);
         record.previous = Some(std::mem::replace(&mut record.current, version));
         store.write(|w| w.put_cert(&record))?;
         self.publish(store, &record)?;
@@ -434,12 +416,14 @@ impl Control {
     }
 
     pub fn rollback_cert(&self, name: &str, now: i64) -> ApiResult<CertView> {
+        let valid = check_name("certificate", "the certificate name", name).ok();
         let result = self.rollback_inner(name, now);
-        self.audit("certs:rollback", name, &result);
+        self.audit("certs:rollback", valid, &result);
         result
     }
 
     fn rollback_inner(&self, name: &str, now: i64) -> ApiResult<CertView> {
+        let name = check_name("certificate", "the certificate name", name)?;
         self.refuse_static(name)?;
         let (store, _lock) = self.writable()?;
         let mut record = store
@@ -473,16 +457,40 @@ impl Control {
         self.cert(name, now)
     }
 
-    pub fn remove_cert(&self, name: &str, now: i64) -> ApiResult<CertView> {
-        let result = self.remove_inner(name, now);
-        self.audit("certs:remove", name, &result);
+    /// Removes a certificate once `confirm` repeats its name; otherwise refuses (409) with
+    /// what would change: the domains it serves and what each falls back to.
+    pub fn remove_cert(
+        &self,
+        name: &str,
+        confirm: Option<&str>,
+        now: i64,
+    ) -> ApiResult<CertRemoved> {
+        let valid = check_name("certificate", "the certificate name", name).ok();
+        let result = self.remove_inner(name, confirm, now);
+        self.audit("certs:remove", valid, &result);
         result
     }
 
-    fn remove_inner(&self, name: &str, now: i64) -> ApiResult<CertView> {
+    fn remove_inner(&self, name: &str, confirm: Option<&str>, now: i64) -> ApiResult<CertRemoved> {
+        let name = check_name("certificate", "the certificate name", name)?;
         self.refuse_static(name)?;
-        let view = self.cert(name, now)?;
+        let certificate = self.cert(name, now)?;
         let (store, _lock) = self.writable()?;
+        let affected = self.impact(&Without {
+            cert: Some(name),
+            app: None,
+        });
+        if confirm != Some(name) {
+            let mut e = ApiError::conflict(
+                "confirmation_required",
+                format!(
+                    "removing certificate '{name}' stops serving it to {}; confirm with `terminus certs:remove --name {name} --confirm {name}` (API: ?confirm={name}); nothing was changed",
+                    domain_count(affected.len())
+                ),
+            );
+            e.affected = Some(affected);
+            return Err(e);
+        }
         let unpinned = store.write(|w| {
             if !w.delete_cert(name)? {
                 return Ok(None);
@@ -505,7 +513,10 @@ impl Control {
                 self.routes.set_pin(&p, None);
             }
         }
-        Ok(view)
+        Ok(CertRemoved {
+            certificate,
+            affected,
+        })
     }
 
     /// Deletes expired certificates no domain uses and that are not the default, once they
@@ -517,9 +528,8 @@ impl Control {
         };
         let cutoff = now - i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
         let used: std::collections::HashSet<String> = self
-            .domain_certs()
-            .into_iter()
-            .filter_map(|(_, c)| c.map(|(n, _)| n))
+            .domains_by_cert()
+            .into_keys()
             .chain(self.certs.default_name())
             .collect();
         let mut delete = Vec::new();
@@ -552,7 +562,7 @@ impl Control {
         for name in &delete {
             self.certs.remove(name);
             let ok: ApiResult<()> = Ok(());
-            self.audit("certs:expire", name, &ok);
+            self.audit("certs:expire", Some(name), &ok);
         }
         Ok(delete)
     }
@@ -578,27 +588,62 @@ fn dropped(p: &Prepared) -> Vec<DroppedView> {
         .iter()
         .map(|d| DroppedView {
             subject: d.subject.clone(),
-            reason: d.reason.as_str(),
+            reason: d.reason.as_str().to_owned(),
         })
         .collect()
 }
 
-/// Checks a client-supplied checksum of the upload (`SHA256:` over the certificate text then
-/// the key text, as sent). A mismatch is error R17 and nothing changes.
-fn verify_upload_checksum(given: Option<&str>, cert: &str, key: &str) -> ApiResult<()> {
-    let Some(given) = given else { return Ok(()) };
+pub(crate) fn domain_count(n: usize) -> String {
+    match n {
+        0 => "no domain".into(),
+        1 => "1 domain".into(),
+        n => format!("{n} domains"),
+    }
+}
+
+/// The uploaded files' bytes, from their text or base64.
+fn upload_bytes(encoding: Encoding, chain: &str, key: &str) -> ApiResult<(Vec<u8>, Vec<u8>)> {
+    match encoding {
+        Encoding::Text => Ok((chain.as_bytes().to_vec(), key.as_bytes().to_vec())),
+        Encoding::Base64 => {
+            let decode = |field: &str, text: &str| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.trim())
+                    .map_err(|_| {
+                        ApiError::new(
+                            400,
+                            "invalid_base64",
+                            format!("{field} is not base64, as \"encoding\": \"base64\" says"),
+                        )
+                    })
+            };
+            Ok((
+                decode("certificate_chain", chain)?,
+                decode("private_key", key)?,
+            ))
+        }
+    }
+}
+
+/// The upload's checksum (`SHA256:` over the certificate file's bytes then the key file's, as
+/// sent), checked against the client's when it sent one: a mismatch is error R17 and nothing
+/// changes.
+fn verify_upload_checksum(given: Option<&str>, cert: &[u8], key: &[u8]) -> ApiResult<String> {
+    let actual = sha256(&[cert, key]);
+    let Some(given) = given else {
+        return Ok(actual);
+    };
     let given = terminus_store::parse_checksum(given).ok_or_else(|| {
         ApiError::unprocessable(
             "invalid_checksum",
-            "a checksum is SHA256: followed by 64 hex digits, e.g. from `cat server.crt server.key | shasum -a 256`",
+            "checksum is not SHA256: followed by 64 hex digits, e.g. from `cat server.crt server.key | sha256sum`",
         )
     })?;
-    let actual = sha256(&[cert.as_bytes(), key.as_bytes()]);
     if actual != given {
         return Err(ApiError::unprocessable(
             "R17",
             format!("checksum error (R17): the upload hashes to {actual}, the request says {given}; the files changed in transit or the checksum is of other files; nothing was changed"),
         ));
     }
-    Ok(())
+    Ok(actual)
 }

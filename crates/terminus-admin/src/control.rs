@@ -9,13 +9,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::backends::Backends;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::CertificateDer;
-use serde::Serialize;
+use terminus_api::{Affected, ErrorBody, SelectedBy as ApiSelectedBy};
 use terminus_metrics::ControlMetrics;
 use terminus_route::{HostPattern, RouteTable};
 use terminus_store::{Store, StoreError};
-use terminus_tls::{CertError, CertIndex, CertInfo, ClientCaps, SelectedBy};
+use terminus_tls::{CertError, CertIndex, CertInfo, ClientCaps, Roots, SelectedBy, Without};
 
 /// The audit log's tracing target: one line per change.
 pub const AUDIT_TARGET: &str = "terminus::audit";
@@ -27,21 +28,29 @@ pub struct StaticCert {
     pub chain: Vec<CertificateDer<'static>>,
 }
 
-/// What the config file defines (read-only for the API).
+/// What the config file (or the command line) defines: read-only for the API.
 #[derive(Debug, Default, Clone)]
 pub struct Statics {
     pub certs: HashMap<String, StaticCert>,
     pub apps: HashSet<String>,
     pub domains: HashMap<HostPattern, Option<String>>,
+    /// `[router] default_app`: where hosts no domain covers go.
+    pub default_app: Option<String>,
+    /// The config came from the command line (`serve --backend`), not a file: its app is the
+    /// implicit catch-all.
+    pub command_line: bool,
 }
 
-/// An API error: HTTP status, a stable id, and a message saying what to do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An API error: HTTP status, a stable id, and a message saying what to do. Messages never
+/// hold a value the client sent unless it validated as a name or host (a private key pasted
+/// into the wrong field must not come back, nor reach the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    #[serde(skip)]
     pub status: u16,
     pub id: &'static str,
     pub message: String,
+    /// For a refused destructive change: what it would affect.
+    pub affected: Option<Vec<Affected>>,
 }
 
 impl ApiError {
@@ -50,6 +59,7 @@ impl ApiError {
             status,
             id,
             message: message.into(),
+            affected: None,
         }
     }
 
@@ -61,8 +71,18 @@ impl ApiError {
         Self::new(409, id, message)
     }
 
+    /// `name` must have validated (a [`check_name`] name or a parsed host).
     pub fn not_found(what: &str, name: &str) -> Self {
         Self::new(404, "not_found", format!("no {what} named '{name}'"))
+    }
+
+    /// The JSON body clients see.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            id: self.id.to_owned(),
+            message: self.message.clone(),
+            affected: self.affected.clone(),
+        }
     }
 }
 
@@ -85,22 +105,17 @@ impl From<StoreError> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// Where an object comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    Store,
-    Config,
-}
-
 pub struct Control {
     pub(crate) store: Option<Arc<Store>>,
     pub(crate) certs: Arc<CertIndex>,
     pub(crate) routes: Arc<RouteTable>,
     pub(crate) provider: Arc<CryptoProvider>,
+    /// What "trusted" means: the Mozilla roots and `[tls] trusted_roots`.
+    pub(crate) trust: Roots,
     pub(crate) statics: Statics,
     pub(crate) metrics: ControlMetrics,
     pub(crate) retention: Duration,
+    pub(crate) backends: Backends,
     write: Mutex<()>,
 }
 
@@ -124,14 +139,22 @@ impl Control {
     ) -> Self {
         Self {
             provider: certs.provider().clone(),
+            trust: Roots::default(),
             store,
             certs,
             routes,
             statics,
             metrics,
             retention,
+            backends: Backends::default(),
             write: Mutex::new(()),
         }
+    }
+
+    /// Checks "trusted" against these roots (the Mozilla set plus an operator's private CA).
+    pub fn with_roots(mut self, roots: Roots) -> Self {
+        self.trust = roots;
+        self
     }
 
     pub fn store(&self) -> Option<&Arc<Store>> {
@@ -147,11 +170,22 @@ impl Control {
                 "this router has no certificate store: start it with [store] in the config or --data-dir, so changes survive restarts",
             )
         })?;
-        Ok((store, self.write.lock().unwrap_or_else(|p| p.into_inner())))
+        Ok((store, self.write_lock()))
     }
 
-    /// Records a change in the metrics and the audit log.
-    pub(crate) fn audit<T>(&self, kind: &'static str, subject: &str, result: &ApiResult<T>) {
+    pub(crate) fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a change in the metrics and the audit log. `subject` is a validated name or
+    /// host, or None when the request named nothing valid (nothing of it is written then).
+    pub(crate) fn audit<T>(
+        &self,
+        kind: &'static str,
+        subject: Option<&str>,
+        result: &ApiResult<T>,
+    ) {
+        let subject = subject.unwrap_or("-");
         match result {
             Ok(_) => {
                 self.metrics.change(kind, "ok");
@@ -164,44 +198,124 @@ impl Control {
         }
     }
 
-    /// The certificate a domain is served with and whether by its pin, by the selection rule
-    /// handshakes use (the default certificate does not count).
-    pub(crate) fn cert_of_domain(&self, pattern: &HostPattern) -> Option<(String, bool)> {
-        let (entry, by) = self.certs.select_for_domain(pattern, &ClientCaps::ALL)?;
-        (by != SelectedBy::Default).then(|| (entry.name().to_owned(), by == SelectedBy::Pinned))
+    /// The certificate a domain is served with now and how it was chosen, by the selection
+    /// rule handshakes use.
+    pub(crate) fn selection(&self, pattern: &HostPattern) -> Option<(String, ApiSelectedBy)> {
+        self.selection_without(pattern, &Without::default())
     }
 
-    /// Domain → certificate name for every domain, for listings.
-    pub(crate) fn domain_certs(&self) -> Vec<(HostPattern, Option<(String, bool)>)> {
-        self.routes
-            .domains()
-            .into_iter()
-            .map(|d| {
-                let cert = self.cert_of_domain(&d.pattern);
-                (d.pattern.clone(), cert)
-            })
-            .collect()
+    /// The same, as it will be once `without` is gone.
+    pub(crate) fn selection_without(
+        &self,
+        pattern: &HostPattern,
+        without: &Without<'_>,
+    ) -> Option<(String, ApiSelectedBy)> {
+        let (entry, by) =
+            self.certs
+                .select_for_domain_without(pattern, &ClientCaps::ALL, without)?;
+        Some((entry.name().to_owned(), selected_by(by)))
+    }
+
+    /// The certificate serving a domain (the default certificate does not count).
+    pub(crate) fn cert_of_domain(&self, pattern: &HostPattern) -> Option<String> {
+        self.selection(pattern)
+            .filter(|(_, by)| *by != ApiSelectedBy::Default)
+            .map(|(name, _)| name)
+    }
+
+    /// Certificate name → the domains it serves now, in one pass over the domains.
+    pub(crate) fn domains_by_cert(&self) -> HashMap<String, Vec<String>> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        for d in self.routes.domains() {
+            if let Some(name) = self.cert_of_domain(&d.pattern) {
+                out.entry(name).or_default().push(d.pattern.to_string());
+            }
+        }
+        out
+    }
+
+    /// What removing a certificate or an app's domains does to each domain it touches.
+    pub(crate) fn impact(&self, without: &Without<'_>) -> Vec<Affected> {
+        let mut out = Vec::new();
+        for d in self.routes.domains() {
+            let now = self.selection(&d.pattern);
+            let removed_domain = without.app.is_some_and(|a| &*d.app == a);
+            let loses_cert = without
+                .cert
+                .is_some_and(|c| now.as_ref().is_some_and(|(n, _)| n == c));
+            if !removed_domain && !loses_cert {
+                continue;
+            }
+            let then = self.selection_without(&d.pattern, without);
+            let then_app = if removed_domain {
+                match &d.pattern {
+                    HostPattern::Exact(host) => self
+                        .routes
+                        .domain_for_where(host.as_str(), |o| {
+                            without.app.is_none_or(|a| &*o.app != a)
+                        })
+                        .map(|o| o.app.to_string()),
+                    HostPattern::Wildcard(_) => None,
+                }
+                .or_else(|| self.statics.default_app.clone())
+            } else {
+                Some(d.app.to_string())
+            };
+            out.push(Affected {
+                hostname: d.pattern.to_string(),
+                app: d.app.to_string(),
+                cert: now.as_ref().map(|(n, _)| n.clone()),
+                selected_by: now.map(|(_, b)| b),
+                then_app,
+                then_cert: then.as_ref().map(|(n, _)| n.clone()),
+                then_selected_by: then.map(|(_, b)| b),
+            });
+        }
+        out
     }
 }
 
-/// Names of certificates and apps: what an operator types on a command line.
-pub(crate) fn check_name(kind: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && !name.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(
-            "invalid_name",
-            format!("'{name}' is not a valid {kind} name: use 1-64 of a-z, 0-9, '-' and '_', not starting with '-'"),
-        ))
+pub(crate) fn selected_by(by: SelectedBy) -> ApiSelectedBy {
+    match by {
+        SelectedBy::Pinned => ApiSelectedBy::Pinned,
+        SelectedBy::Exact => ApiSelectedBy::Exact,
+        SelectedBy::Wildcard => ApiSelectedBy::Wildcard,
+        SelectedBy::Default => ApiSelectedBy::Default,
     }
 }
 
-pub(crate) fn parse_host(host: &str) -> ApiResult<HostPattern> {
-    HostPattern::parse(host).map_err(|e| ApiError::unprocessable("invalid_domain", e.to_string()))
+/// Names of certificates and apps, by the one rule the config file uses too
+/// ([`terminus_config::Name`]). A refusal names the field and the problem, not the value: that
+/// may be anything, a private key included.
+pub(crate) fn check_name<'a>(kind: &str, field: &str, name: &'a str) -> ApiResult<&'a str> {
+    match terminus_config::Name::parse(name) {
+        Ok(_) => Ok(name),
+        Err(e) => {
+            let problem = match e.problem {
+                // One character of the value says what to fix without giving the value away.
+                terminus_config::NameProblem::Character(c) if c.is_ascii_graphic() || c == ' ' => {
+                    format!("{c:?} is not allowed")
+                }
+                terminus_config::NameProblem::Character(_) => {
+                    "it holds a character that is not allowed".into()
+                }
+                other => other.to_string(),
+            };
+            Err(ApiError::unprocessable(
+                "invalid_name",
+                format!("{field} is not a valid {kind} name ({problem}): use 1-64 of a-z, 0-9, '-' and '_', not starting with '-'"),
+            ))
+        }
+    }
+}
+
+/// A domain as typed; a refusal says why without repeating the value.
+pub(crate) fn parse_host(field: &str, host: &str) -> ApiResult<HostPattern> {
+    HostPattern::parse(host).map_err(|e| {
+        let terminus_route::NameError::Invalid { reason, .. } = e;
+        ApiError::unprocessable(
+            "invalid_domain",
+            format!("{field} is not a valid domain ({reason}): write a host name such as www.example.com or *.example.com"),
+        )
+    })
 }

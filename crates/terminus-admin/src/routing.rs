@@ -1,69 +1,37 @@
 //! domains, domains:add, domains:update, domains:remove, apps, apps:create, apps:update,
 //! apps:destroy.
 
-use std::net::SocketAddr;
-
-use serde::{Deserialize, Serialize};
-use terminus_route::{App, Domain, HostPattern};
+use terminus_api::{
+    AppCreate, AppDestroyed, AppUpdate, AppView, DomainCreate, DomainUpdate, DomainView, Source,
+};
+use terminus_route::{App, BackendAddr, Domain, HostPattern};
 use terminus_store::{AppRecord, DomainRecord};
+use terminus_tls::Without;
 
-use crate::control::{check_name, parse_host, ApiError, ApiResult, Control, Source};
+use crate::certs::domain_count;
+use crate::control::{check_name, parse_host, ApiError, ApiResult, Control};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DomainCreate {
-    pub hostname: String,
-    pub app: String,
+/// Said of the app `serve --backend` creates when there is no config file.
+const CATCH_ALL_NOTE: &str =
+    "catch-all from `serve --backend`: serves every host no domain covers; change it by restarting with other --backend flags";
+
+pub(crate) fn bad_cursor() -> ApiError {
+    ApiError::new(
+        400,
+        "invalid_cursor",
+        "cursor is not one this API handed out: pass the next-cursor header of the previous page",
+    )
 }
 
-/// `PATCH /v1/domains/{host}`: `{"cert": "name"}` pins, `{"cert": null}` unpins.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DomainUpdate {
-    pub cert: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppCreate {
-    pub name: String,
-    #[serde(default)]
-    pub backends: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AppUpdate {
-    pub backends: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DomainView {
-    pub hostname: String,
-    pub app: String,
-    /// The certificate serving this domain: its pin, or the one SNI matching picks.
-    pub cert: Option<String>,
-    pub pinned: bool,
-    pub dns_target: Option<String>,
-    pub source: Source,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AppView {
-    pub name: String,
-    pub backends: Vec<String>,
-    pub domains: Vec<String>,
-    pub source: Source,
-}
-
-fn parse_backends(backends: &[String]) -> ApiResult<Vec<SocketAddr>> {
+fn parse_backends(backends: &[String]) -> ApiResult<Vec<BackendAddr>> {
     backends
         .iter()
-        .map(|b| {
-            b.trim().parse::<SocketAddr>().map_err(|_| {
+        .enumerate()
+        .map(|(i, b)| {
+            BackendAddr::parse(b).map_err(|why| {
                 ApiError::unprocessable(
                     "invalid_backend",
-                    format!("'{b}' is not a backend address: write IP:PORT, e.g. 10.0.0.5:8080"),
+                    format!("backends[{i}] is not a backend address: {why}"),
                 )
             })
         })
@@ -71,36 +39,95 @@ fn parse_backends(backends: &[String]) -> ApiResult<Vec<SocketAddr>> {
 }
 
 impl Control {
-    pub fn domains(&self) -> ApiResult<Vec<DomainView>> {
-        let stored: Vec<DomainRecord> = match &self.store {
-            Some(s) => s.read()?.domains()?,
-            None => Vec::new(),
-        };
-        let mut out = Vec::new();
-        for d in self.routes.domains() {
-            let record = stored.iter().find(|r| r.host == d.pattern.to_string());
-            let cert = self.cert_of_domain(&d.pattern);
-            out.push(DomainView {
-                hostname: d.pattern.to_string(),
-                app: d.app.to_string(),
-                pinned: cert.as_ref().is_some_and(|(_, p)| *p),
-                cert: cert.map(|(n, _)| n),
-                dns_target: record.map(|r| r.dns_target.clone()),
-                source: if record.is_some() {
-                    Source::Store
-                } else {
-                    Source::Config
-                },
-            });
+    /// Domains in host order: up to `limit` after `cursor` (a host), and the next cursor.
+    /// Stored domains are read as one range of the store and config domains merged in, so a
+    /// page costs its own size plus the config's domains, never the store's.
+    pub fn domains(
+        &self,
+        limit: Option<usize>,
+        cursor: Option<&str>,
+    ) -> ApiResult<(Vec<DomainView>, Option<String>)> {
+        let limit = limit.map_or(usize::MAX, |l| l.clamp(1, terminus_api::MAX_PAGE));
+        if cursor.is_some_and(|c| HostPattern::parse(c).is_err()) {
+            return Err(bad_cursor());
         }
-        Ok(out)
+        let after = |host: &str| cursor.is_none_or(|c| host > c);
+        let mut hosts: Vec<(String, Option<DomainRecord>)> = self
+            .statics
+            .domains
+            .keys()
+            .map(|p| p.to_string())
+            .filter(|h| after(h))
+            .map(|h| (h, None))
+            .collect();
+        if let Some(store) = &self.store {
+            let reader = store.read()?;
+            let mut from = cursor.map(str::to_owned);
+            // Stored domains the config shadows are skipped: read on until the page is full.
+            loop {
+                let batch =
+                    reader.domains_after(from.as_deref(), limit.saturating_add(1).min(4096))?;
+                let done = batch.is_empty();
+                for r in batch {
+                    from = Some(r.host.clone());
+                    let shadowed = HostPattern::parse(&r.host)
+                        .is_ok_and(|p| self.statics.domains.contains_key(&p));
+                    if !shadowed {
+                        hosts.push((r.host.clone(), Some(r)));
+                    }
+                }
+                if done || hosts.len() > limit.saturating_add(self.statics.domains.len()) {
+                    break;
+                }
+            }
+        }
+        hosts.sort_by(|a, b| a.0.cmp(&b.0));
+        let next = (hosts.len() > limit).then(|| {
+            hosts.truncate(limit);
+            hosts.last().map(|(h, _)| h.clone())
+        });
+        let out = hosts
+            .into_iter()
+            .filter_map(|(host, record)| {
+                let pattern = HostPattern::parse(&host).ok()?;
+                let domain = self.routes.domain(&pattern)?;
+                Some(self.view_of(&domain, record.as_ref()))
+            })
+            .collect();
+        Ok((out, next.flatten()))
+    }
+
+    fn view_of(&self, d: &Domain, record: Option<&DomainRecord>) -> DomainView {
+        let selection = self.selection(&d.pattern);
+        let served = selection
+            .as_ref()
+            .filter(|(_, by)| *by != terminus_api::SelectedBy::Default);
+        DomainView {
+            hostname: d.pattern.to_string(),
+            app: d.app.to_string(),
+            cert: served.map(|(n, _)| n.clone()),
+            pinned: served.is_some_and(|(_, by)| *by == terminus_api::SelectedBy::Pinned),
+            pin: d.cert.as_deref().map(str::to_owned),
+            selected_by: selection.map(|(_, by)| by),
+            dns_target: record.map(|r| r.dns_target.clone()),
+            source: if record.is_some() {
+                Source::Store
+            } else {
+                Source::Config
+            },
+        }
     }
 
     fn domain_view(&self, pattern: &HostPattern) -> ApiResult<DomainView> {
-        self.domains()?
-            .into_iter()
-            .find(|d| d.hostname == pattern.to_string())
-            .ok_or_else(|| ApiError::not_found("domain", &pattern.to_string()))
+        let domain = self
+            .routes
+            .domain(pattern)
+            .ok_or_else(|| ApiError::not_found("domain", &pattern.to_string()))?;
+        let record = match &self.store {
+            Some(s) => s.read()?.domain(&pattern.to_string())?,
+            None => None,
+        };
+        Ok(self.view_of(&domain, record.as_ref()))
     }
 
     fn refuse_static_domain(&self, pattern: &HostPattern) -> ApiResult<()> {
@@ -114,17 +141,17 @@ impl Control {
     }
 
     pub fn add_domain(&self, req: DomainCreate, now: i64) -> ApiResult<DomainView> {
+        let subject = HostPattern::parse(&req.hostname)
+            .ok()
+            .map(|p| p.to_string());
         let result = self.add_domain_inner(req, now);
-        let subject = result
-            .as_ref()
-            .map(|d| d.hostname.clone())
-            .unwrap_or_default();
-        self.audit("domains:add", &subject, &result);
+        self.audit("domains:add", subject.as_deref(), &result);
         result
     }
 
     fn add_domain_inner(&self, req: DomainCreate, now: i64) -> ApiResult<DomainView> {
-        let pattern = parse_host(&req.hostname)?;
+        let pattern = parse_host("hostname", &req.hostname)?;
+        check_name("app", "app", &req.app)?;
         let (store, _lock) = self.writable()?;
         if self.routes.domain(&pattern).is_some() {
             return Err(ApiError::conflict(
@@ -155,22 +182,21 @@ impl Control {
     }
 
     pub fn update_domain(&self, host: &str, req: DomainUpdate) -> ApiResult<DomainView> {
+        let subject = HostPattern::parse(host).ok().map(|p| p.to_string());
         let result = self.update_domain_inner(host, req);
-        self.audit("domains:update", host, &result);
+        self.audit("domains:update", subject.as_deref(), &result);
         result
     }
 
     fn update_domain_inner(&self, host: &str, req: DomainUpdate) -> ApiResult<DomainView> {
-        let pattern = parse_host(host)?;
+        let pattern = parse_host("the domain", host)?;
+        if let Some(cert) = &req.cert {
+            check_name("certificate", "cert", cert)?;
+        }
         self.refuse_static_domain(&pattern)?;
         let (store, _lock) = self.writable()?;
-        let Some(record) = store
-            .read()?
-            .domains()?
-            .into_iter()
-            .find(|d| d.host == pattern.to_string())
-        else {
-            return Err(ApiError::not_found("domain", host));
+        let Some(record) = store.read()?.domain(&pattern.to_string())? else {
+            return Err(ApiError::not_found("domain", &pattern.to_string()));
         };
         if let Some(cert) = &req.cert {
             let entry = self.certs.get(cert).ok_or_else(|| {
@@ -197,72 +223,100 @@ impl Control {
     }
 
     pub fn remove_domain(&self, host: &str) -> ApiResult<DomainView> {
+        let subject = HostPattern::parse(host).ok().map(|p| p.to_string());
         let result = self.remove_domain_inner(host);
-        self.audit("domains:remove", host, &result);
+        self.audit("domains:remove", subject.as_deref(), &result);
         result
     }
 
     fn remove_domain_inner(&self, host: &str) -> ApiResult<DomainView> {
-        let pattern = parse_host(host)?;
+        let pattern = parse_host("the domain", host)?;
         self.refuse_static_domain(&pattern)?;
         let view = self.domain_view(&pattern)?;
         let (store, _lock) = self.writable()?;
         if !store.write(|w| w.delete_domain(&pattern.to_string()))? {
-            return Err(ApiError::not_found("domain", host));
+            return Err(ApiError::not_found("domain", &pattern.to_string()));
         }
         self.routes.remove_domain(&pattern);
         Ok(view)
     }
 
+    /// Every app, with its domains (one pass over the domains).
     pub fn apps(&self) -> ApiResult<Vec<AppView>> {
-        let domains = self.routes.domains();
+        let mut domains: std::collections::HashMap<String, Vec<String>> =
+            std::collections::HashMap::new();
+        for d in self.routes.domains() {
+            domains
+                .entry(d.app.to_string())
+                .or_default()
+                .push(d.pattern.to_string());
+        }
         Ok(self
             .routes
             .apps()
             .into_iter()
-            .map(|a| AppView {
-                name: a.name().to_owned(),
-                backends: a.backends().iter().map(|b| b.to_string()).collect(),
-                domains: domains
-                    .iter()
-                    .filter(|d| &*d.app == a.name())
-                    .map(|d| d.pattern.to_string())
-                    .collect(),
-                source: if self.statics.apps.contains(a.name()) {
-                    Source::Config
-                } else {
-                    Source::Store
-                },
-            })
+            .map(|a| self.app_view_of(&a, domains.remove(a.name()).unwrap_or_default()))
             .collect())
     }
 
+    fn app_view_of(&self, a: &App, domains: Vec<String>) -> AppView {
+        let statics = self.statics.apps.contains(a.name());
+        let addresses: Vec<String> = a.backends().iter().map(|b| b.to_string()).collect();
+        AppView {
+            name: a.name().to_owned(),
+            backends: self
+                .backend_specs(a.name())
+                .unwrap_or_else(|| addresses.clone()),
+            addresses,
+            domains,
+            source: match (statics, self.statics.command_line) {
+                (false, _) => Source::Store,
+                (true, false) => Source::Config,
+                (true, true) => Source::CommandLine,
+            },
+            note: (statics && self.statics.command_line).then(|| CATCH_ALL_NOTE.to_owned()),
+        }
+    }
+
     fn app_view(&self, name: &str) -> ApiResult<AppView> {
-        self.apps()?
+        let app = self
+            .routes
+            .app(name)
+            .ok_or_else(|| ApiError::not_found("app", name))?;
+        let domains = self
+            .routes
+            .domains()
             .into_iter()
-            .find(|a| a.name == name)
-            .ok_or_else(|| ApiError::not_found("app", name))
+            .filter(|d| &*d.app == name)
+            .map(|d| d.pattern.to_string())
+            .collect();
+        Ok(self.app_view_of(&app, domains))
     }
 
     fn refuse_static_app(&self, name: &str) -> ApiResult<()> {
         if self.statics.apps.contains(name) {
+            let there = if self.statics.command_line {
+                "the command line (serve --backend); restart with other --backend flags"
+            } else {
+                "the config file; change it there"
+            };
             return Err(ApiError::conflict(
                 "defined_in_config",
-                format!("app '{name}' comes from the config file; change it there"),
+                format!("app '{name}' comes from {there}"),
             ));
         }
         Ok(())
     }
 
     pub fn create_app(&self, req: AppCreate, now: i64) -> ApiResult<AppView> {
-        let subject = req.name.clone();
+        let subject = check_name("app", "name", &req.name).ok().map(str::to_owned);
         let result = self.create_app_inner(req, now);
-        self.audit("apps:create", &subject, &result);
+        self.audit("apps:create", subject.as_deref(), &result);
         result
     }
 
     fn create_app_inner(&self, req: AppCreate, now: i64) -> ApiResult<AppView> {
-        check_name("app", &req.name)?;
+        check_name("app", "name", &req.name)?;
         let backends = parse_backends(&req.backends)?;
         let (store, _lock) = self.writable()?;
         if self.routes.app(&req.name).is_some() {
@@ -280,17 +334,19 @@ impl Control {
             created_at: now,
         };
         store.write(|w| w.put_app(&record))?;
-        self.routes.set_app(App::new(&req.name, backends));
+        self.set_app_backends(&req.name, backends);
         self.app_view(&req.name)
     }
 
     pub fn update_app(&self, name: &str, req: AppUpdate) -> ApiResult<AppView> {
+        let subject = check_name("app", "the app name", name).ok();
         let result = self.update_app_inner(name, req);
-        self.audit("apps:update", name, &result);
+        self.audit("apps:update", subject, &result);
         result
     }
 
     fn update_app_inner(&self, name: &str, req: AppUpdate) -> ApiResult<AppView> {
+        let name = check_name("app", "the app name", name)?;
         self.refuse_static_app(name)?;
         let backends = parse_backends(&req.backends)?;
         let (store, _lock) = self.writable()?;
@@ -307,18 +363,22 @@ impl Control {
         if !updated {
             return Err(ApiError::not_found("app", name));
         }
-        self.routes.set_app(App::new(name, backends));
+        self.set_app_backends(name, backends);
         self.app_view(name)
     }
 
-    pub fn destroy_app(&self, name: &str) -> ApiResult<AppView> {
-        let result = self.destroy_app_inner(name);
-        self.audit("apps:destroy", name, &result);
+    /// Destroys an app and its domains once `confirm` repeats its name; otherwise refuses
+    /// (409) with what would change: its domains and where their requests would go.
+    pub fn destroy_app(&self, name: &str, confirm: Option<&str>) -> ApiResult<AppDestroyed> {
+        let subject = check_name("app", "the app name", name).ok();
+        let result = self.destroy_app_inner(name, confirm);
+        self.audit("apps:destroy", subject, &result);
         result
     }
 
     /// Removes an app and, as Heroku does, the domains attached to it.
-    fn destroy_app_inner(&self, name: &str) -> ApiResult<AppView> {
+    fn destroy_app_inner(&self, name: &str, confirm: Option<&str>) -> ApiResult<AppDestroyed> {
+        let name = check_name("app", "the app name", name)?;
         self.refuse_static_app(name)?;
         let view = self.app_view(name)?;
         if let Some(d) = self
@@ -335,6 +395,21 @@ impl Control {
             ));
         }
         let (store, _lock) = self.writable()?;
+        let affected = self.impact(&Without {
+            cert: None,
+            app: Some(name),
+        });
+        if confirm != Some(name) {
+            let mut e = ApiError::conflict(
+                "confirmation_required",
+                format!(
+                    "destroying app '{name}' removes {} and stops routing to its backends; confirm with `terminus apps:destroy {name} --confirm {name}` (API: ?confirm={name}); nothing was changed",
+                    domain_count(affected.len())
+                ),
+            );
+            e.affected = Some(affected);
+            return Err(e);
+        }
         let removed = store.write(|w| {
             if !w.delete_app(name)? {
                 return Ok(None);
@@ -357,6 +432,10 @@ impl Control {
             }
         }
         self.routes.remove_app(name);
-        Ok(view)
+        self.forget_backends(name);
+        Ok(AppDestroyed {
+            app: view,
+            affected,
+        })
     }
 }

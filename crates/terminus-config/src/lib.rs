@@ -19,7 +19,7 @@ pub use duration::{parse_duration, DurationError};
 pub use error::{ConfigError, Result};
 pub use ipnet::IpNet;
 pub use name::{Name, NameError, NameProblem, MAX_NAME_LEN};
-pub use terminus_route::HostPattern;
+pub use terminus_route::{BackendAddr, HostPattern};
 
 /// The name the router gives itself in `Via` headers.
 pub const DEFAULT_ROUTER_NAME: &str = "terminus";
@@ -46,6 +46,15 @@ pub const DEFAULT_STORE_DIR: &str = "data";
 pub const DEFAULT_DNS_ZONE: &str = "terminusdns.test";
 /// Expired certificates no domain uses are deleted after this long (Heroku: a month).
 pub const DEFAULT_EXPIRED_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// A connection to the admin listener must send its request head within this.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// An admin connection with no request in flight is closed after this.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Admin connections open at once. They share the process's file descriptors with the data
+/// plane (often 1024): a quarter keeps HTTPS and /healthz reachable whatever the admin side does.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
+/// How often backend host names are resolved again (compose and Kubernetes services move).
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Built signing keys kept in memory (see terminus-tls).
 pub const DEFAULT_KEY_CACHE: usize = 65_536;
 
@@ -91,6 +100,9 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub expiry_metrics_limit: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
 }
 
 impl AdminConfig {
@@ -100,6 +112,9 @@ impl AdminConfig {
             token_file: None,
             max_body_bytes: DEFAULT_ADMIN_MAX_BODY,
             expiry_metrics_limit: DEFAULT_EXPIRY_METRICS_LIMIT,
+            header_timeout: DEFAULT_ADMIN_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         }
     }
 }
@@ -155,6 +170,9 @@ pub struct TlsConfig {
     pub session_cache_size: usize,
     /// Offer the hybrid X25519MLKEM768 key exchange to clients that ask for it.
     pub post_quantum: bool,
+    /// A PEM file of extra roots (a private CA) that "trusted" is checked against, beside the
+    /// Mozilla set.
+    pub trusted_roots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +191,8 @@ pub struct ProxyConfig {
     pub trusted_proxies: Vec<IpNet>,
     pub max_headers: usize,
     pub connect_attempts: usize,
+    /// How often backend host names are resolved again.
+    pub resolve_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,7 +205,8 @@ pub struct CertificateFiles {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppConfig {
     pub name: Name,
-    pub backends: Vec<SocketAddr>,
+    /// `IP:PORT`, or `HOST:PORT` resolved by the router (each address a backend).
+    pub backends: Vec<BackendAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +224,7 @@ impl Default for TlsConfig {
             default_certificate: None,
             session_cache_size: DEFAULT_SESSION_CACHE_SIZE,
             post_quantum: true,
+            trusted_roots: None,
         }
     }
 }
@@ -226,6 +248,7 @@ impl Default for ProxyConfig {
             trusted_proxies: Vec::new(),
             max_headers: DEFAULT_MAX_HEADERS,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
         }
     }
 }
@@ -253,7 +276,7 @@ impl Config {
     pub fn quick_start(
         listen: SocketAddr,
         certificate: Option<(PathBuf, PathBuf)>,
-        backends: Vec<SocketAddr>,
+        backends: Vec<BackendAddr>,
         admin: Option<SocketAddr>,
         data_dir: Option<PathBuf>,
     ) -> Self {

@@ -51,6 +51,9 @@ pub(crate) struct RawAdmin {
     pub token_file: Option<String>,
     pub max_body_bytes: Option<usize>,
     pub expiry_metrics_limit: Option<usize>,
+    pub header_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,6 +64,7 @@ pub(crate) struct RawTls {
     pub default_certificate: Option<String>,
     pub session_cache_size: Option<usize>,
     pub post_quantum: Option<bool>,
+    pub trusted_roots: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +84,7 @@ pub(crate) struct RawProxy {
     pub trusted_proxies: Option<Vec<String>>,
     pub max_headers: Option<usize>,
     pub connect_attempts: Option<usize>,
+    pub resolve_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

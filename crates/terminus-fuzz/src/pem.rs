@@ -70,6 +70,7 @@ pub(crate) fn options(text: &str) -> PrepareOptions {
             .filter(|&w| w != "bypass")
             .filter_map(|w| HostPattern::parse(w).ok())
             .collect(),
+        ..PrepareOptions::default()
     }
 }
 

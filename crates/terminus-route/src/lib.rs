@@ -6,11 +6,13 @@
 //! (`a.example.com`, not `example.com`, not `a.b.example.com`); an exact name beats a wildcard.
 //! No I/O happens here.
 
+mod backend;
 mod error;
 mod map;
 mod name;
 mod table;
 
+pub use backend::BackendAddr;
 pub use error::NameError;
 pub use map::{HostMap, MatchKind};
 pub use name::{

@@ -131,6 +131,19 @@ impl RouteTable {
         self.domains.lookup(host).map(|(d, _)| d)
     }
 
+    /// [`RouteTable::domain_for`] as if only the domains `keep` accepts existed: what a host
+    /// would resolve to after a change removes the others (for showing a change's impact).
+    pub fn domain_for_where(
+        &self,
+        host: &str,
+        keep: impl Fn(&Domain) -> bool,
+    ) -> Option<Arc<Domain>> {
+        self.domains
+            .lookup_exact(host)
+            .filter(|d| keep(d))
+            .or_else(|| self.domains.lookup_wildcard(host).filter(|d| keep(d)))
+    }
+
     pub fn domains(&self) -> Vec<Arc<Domain>> {
         let mut domains: Vec<_> = self.domains.entries().into_iter().map(|(_, d)| d).collect();
         domains.sort_by(|a, b| a.pattern.cmp(&b.pattern));

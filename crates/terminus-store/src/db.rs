@@ -262,7 +262,7 @@ impl Reader {
 
     /// Streams a table. Records are not checked against their own checksum here: the walk
     /// reads what the integrity check at open has just verified page by page.
-    fn each<T: for<'a> serde::Deserialize<'a>>(
+    fn each<T: crate::records::Record>(
         &self,
         table: Table,
         mut f: impl FnMut(Result<T, Undecodable>),
@@ -288,12 +288,62 @@ impl Reader {
         })
     }
 
+    pub fn domain(&self, host: &str) -> Result<Option<DomainRecord>> {
+        let t = self.tx.open_table(DOMAINS)?;
+        t.get(host)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Up to `limit` domain records in host order, after `after` (a host; None: from the
+    /// start). One range read: a page costs its own size, whatever the store's.
+    pub fn domains_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<DomainRecord>> {
+        let t = self.tx.open_table(DOMAINS)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => {
+                t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
+            }
+            None => t.range::<&str>(..)?,
+        };
+        for item in range.take(limit) {
+            let (_, v) = item?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Certificate records in name order after `after`, streamed like [`Reader::each_cert`],
+    /// until `f` returns false.
+    pub fn certs_after(
+        &self,
+        after: Option<&str>,
+        mut f: impl FnMut(Result<CertRecord, Undecodable>) -> bool,
+    ) -> Result<()> {
+        let t = self.tx.open_table(CERTS)?;
+        let range = match after {
+            Some(a) => {
+                t.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))?
+            }
+            None => t.range::<&str>(..)?,
+        };
+        for item in range {
+            let (k, v) = item?;
+            let record = decode(v.value()).map_err(|error| Undecodable {
+                key: k.value().to_owned(),
+                error,
+            });
+            if !f(record) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         guard(&self.file, "reading", || all(&self.tx.open_table(APPS)?))
     }
 }
 
-fn all<T: for<'a> serde::Deserialize<'a>>(
+fn all<T: crate::records::Record>(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<Vec<T>> {
     let mut out = Vec::new();

@@ -29,7 +29,7 @@ pub use checksum::{parse as parse_checksum, sha256};
 pub use db::{Reader, Store, Undecodable, Writer, STORE_FILE};
 pub use error::{Result, StoreError};
 pub use load::{
-    app_from, domain_from, load_config, load_store, publish_app, publish_cert, publish_domain,
+    app_backends, domain_from, load_config, load_store, publish_app, publish_cert, publish_domain,
     CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport, Quarantine, RecordError, Reserved,
     Skipped, R17,
 };

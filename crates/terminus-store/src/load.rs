@@ -10,15 +10,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 use terminus_config::Config;
-use terminus_route::{App, Domain, HostPattern, RouteTable};
+use terminus_route::{App, BackendAddr, Domain, HostPattern, RouteTable};
 use terminus_tls::{
-    prepare, CertEntry, CertError, CertIndex, CertInfo, IndexError, PrepareOptions,
+    prepare, CertEntry, CertError, CertIndex, CertInfo, IndexError, PrepareOptions, Roots,
 };
 
 use crate::checksum;
@@ -86,6 +85,9 @@ pub struct ConfigLoad {
     /// The certificates that are not, and why.
     pub errors: Vec<CertFileError>,
     pub reserved: Reserved,
+    /// Every app's backends as written: names among them are resolved by whoever publishes
+    /// apps (the control plane), which also re-resolves them.
+    pub apps: Vec<(String, Vec<BackendAddr>)>,
 }
 
 /// Loads the config file's certificates into `certs` and its apps and domains into `routes`.
@@ -95,12 +97,13 @@ pub fn load_config(
     config: &Config,
     certs: &CertIndex,
     routes: &RouteTable,
+    roots: &Roots,
     now: i64,
 ) -> ConfigLoad {
     let mut out = ConfigLoad::default();
     let origin = config.origin();
     for (index, files) in config.certificates.iter().enumerate() {
-        match load_cert_files(&origin, index, files, certs, now) {
+        match load_cert_files(&origin, index, files, certs, roots, now) {
             Ok(cert) => {
                 out.reserved.certs.insert(files.name.to_string());
                 out.certs.insert(files.name.to_string(), cert);
@@ -109,8 +112,9 @@ pub fn load_config(
         }
     }
     for app in &config.apps {
-        routes.set_app(App::new(&app.name, app.backends.clone()));
+        routes.set_app(app_with_literal_addresses(&app.name, &app.backends));
         out.reserved.apps.insert(app.name.to_string());
+        out.apps.push((app.name.to_string(), app.backends.clone()));
     }
     for d in &config.domains {
         routes.set_domain(Domain {
@@ -136,6 +140,7 @@ fn load_cert_files(
     index: usize,
     files: &terminus_config::CertificateFiles,
     certs: &CertIndex,
+    roots: &Roots,
     now: i64,
 ) -> Result<ConfigCert, CertFileError> {
     let name = || files.name.to_string();
@@ -152,7 +157,10 @@ fn load_cert_files(
     let prepared = prepare(
         &cert_pem,
         &key_pem,
-        &PrepareOptions::default(),
+        &PrepareOptions {
+            roots: roots.clone(),
+            ..PrepareOptions::default()
+        },
         certs.provider(),
         now,
     )
@@ -241,6 +249,8 @@ pub struct LoadReport {
     /// The walk over the store stopped here: what was read before it is served, the rest is
     /// not.
     pub interrupted: Option<StoreError>,
+    /// Stored apps' backends as written (see [`ConfigLoad::apps`]).
+    pub app_backends: Vec<(String, Vec<BackendAddr>)>,
 }
 
 /// Loads every stored certificate, app and domain whose name the config file does not reserve.
@@ -294,7 +304,10 @@ fn walk(
             name: app.name,
         }),
         Ok(app) => match publish_app(routes, &app) {
-            Ok(()) => report.apps += 1,
+            Ok(specs) => {
+                report.apps += 1;
+                report.app_backends.push((app.name, specs));
+            }
             Err(e) => report.skipped.push(e.into()),
         },
         Err(bad) => report.skipped.push(undecodable("app", bad)),
@@ -338,10 +351,27 @@ pub fn publish_cert(
     Ok(())
 }
 
-/// Serves a stored app (replacing the one of that name).
-pub fn publish_app(routes: &RouteTable, record: &AppRecord) -> Result<(), RecordError> {
-    routes.set_app(app_from(record)?);
-    Ok(())
+/// Serves a stored app (replacing the one of that name) with the backends given as addresses,
+/// and returns all its backends as written: the caller resolves the names among them.
+pub fn publish_app(
+    routes: &RouteTable,
+    record: &AppRecord,
+) -> Result<Vec<BackendAddr>, RecordError> {
+    let specs = app_backends(record)?;
+    routes.set_app(app_with_literal_addresses(&record.name, &specs));
+    Ok(specs)
+}
+
+/// An app served by the backends that are addresses already; names join once resolved.
+fn app_with_literal_addresses(name: &str, specs: &[BackendAddr]) -> App {
+    let literal = specs
+        .iter()
+        .filter_map(|b| match b {
+            BackendAddr::Ip(a) => Some(*a),
+            BackendAddr::Name { .. } => None,
+        })
+        .collect();
+    App::new(name, literal)
 }
 
 /// Serves a stored domain (replacing the one with that pattern), with its pin.
@@ -350,18 +380,17 @@ pub fn publish_domain(routes: &RouteTable, record: &DomainRecord) -> Result<(), 
     Ok(())
 }
 
-pub fn app_from(app: &AppRecord) -> Result<App, RecordError> {
-    let backends = app
-        .backends
+/// A stored app's backends (`IP:PORT` or `HOST:PORT`).
+pub fn app_backends(app: &AppRecord) -> Result<Vec<BackendAddr>, RecordError> {
+    app.backends
         .iter()
         .map(|b| {
-            b.parse::<SocketAddr>().map_err(|_| RecordError::Backend {
+            BackendAddr::parse(b).map_err(|_| RecordError::Backend {
                 app: app.name.clone(),
                 backend: b.clone(),
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(App::new(&app.name, backends))
+        .collect()
 }
 
 pub fn domain_from(d: &DomainRecord) -> Result<Domain, RecordError> {

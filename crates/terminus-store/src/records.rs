@@ -3,8 +3,9 @@
 //!
 //! The checksum lets each record be trusted on its own: the store file is verified page by
 //! page when it opens, but a record salvaged from a damaged file (`--store-recover`) has only
-//! its own checksum to prove it is what was written. Schema 1 records (before the checksum)
-//! still decode, unverified, and are rewritten as schema 2 when they change.
+//! its own checksum to prove it is what was written. Schema 1 records (before the checksum and
+//! before certificate versions carried their upload checksum) still decode, unverified, and
+//! are rewritten in the current schema when they change.
 
 use aws_lc_rs::digest::{digest, SHA256};
 use serde::{Deserialize, Serialize};
@@ -13,9 +14,10 @@ use terminus_tls::KeyKind;
 use crate::checksum;
 use crate::error::StoreError;
 
-/// Records without a checksum of their own.
+/// Records without a checksum of their own, certificate versions without `upload_checksum`.
 const SCHEMA_V1: u8 = 1;
-/// Records followed by [`RECORD_SUM`] bytes of SHA-256 over the schema byte and the body.
+/// Records followed by [`RECORD_SUM`] bytes of SHA-256 over the schema byte and the body;
+/// certificate versions carry the checksum of the upload as sent (`upload_checksum`).
 const SCHEMA: u8 = 2;
 /// 128 bits of SHA-256: damage goes unnoticed with odds of 2^-128.
 const RECORD_SUM: usize = 16;
@@ -41,6 +43,10 @@ pub struct CertVersion {
     pub key_kind: String,
     pub bypass: bool,
     pub added_at: i64,
+    /// `SHA256:<hex>` of the files as uploaded (certificate file bytes, then key file bytes),
+    /// what an operator can recompute with `cat server.crt server.key | sha256sum`. Shown, not
+    /// used for integrity (that is `checksum`); None for versions stored before schema 2.
+    pub upload_checksum: Option<String>,
 }
 
 impl CertVersion {
@@ -130,7 +136,88 @@ pub struct AppRecord {
     pub created_at: i64,
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+/// A stored type, with how to read it from an older schema.
+pub(crate) trait Record: Serialize + for<'a> Deserialize<'a> {
+    /// Decodes a schema 1 body.
+    fn from_v1(body: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes(body)
+    }
+}
+
+impl Record for DomainRecord {}
+impl Record for AppRecord {}
+
+impl Record for CertRecord {
+    fn from_v1(body: &[u8]) -> Result<Self, postcard::Error> {
+        postcard::from_bytes::<v1::CertRecord>(body).map(Into::into)
+    }
+}
+
+/// Schema 1, kept to read records written by earlier versions.
+mod v1 {
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub(super) struct CertVersion {
+        version: u32,
+        chain: Vec<Vec<u8>>,
+        sealed_key: Vec<u8>,
+        checksum: String,
+        names: Vec<String>,
+        common_names: Vec<String>,
+        subject: String,
+        issuer: String,
+        serial: String,
+        not_before: i64,
+        not_after: i64,
+        key_kind: String,
+        bypass: bool,
+        added_at: i64,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct CertRecord {
+        name: String,
+        current: CertVersion,
+        previous: Option<CertVersion>,
+        created_at: i64,
+    }
+
+    impl From<CertVersion> for super::CertVersion {
+        fn from(v: CertVersion) -> Self {
+            Self {
+                version: v.version,
+                chain: v.chain,
+                sealed_key: v.sealed_key,
+                checksum: v.checksum,
+                names: v.names,
+                common_names: v.common_names,
+                subject: v.subject,
+                issuer: v.issuer,
+                serial: v.serial,
+                not_before: v.not_before,
+                not_after: v.not_after,
+                key_kind: v.key_kind,
+                bypass: v.bypass,
+                added_at: v.added_at,
+                upload_checksum: None,
+            }
+        }
+    }
+
+    impl From<CertRecord> for super::CertRecord {
+        fn from(r: CertRecord) -> Self {
+            Self {
+                name: r.name,
+                current: r.current.into(),
+                previous: r.previous.map(Into::into),
+                created_at: r.created_at,
+            }
+        }
+    }
+}
+
+pub(crate) fn encode<T: Record>(value: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![SCHEMA];
     out.extend(postcard::to_stdvec(value).map_err(StoreError::Encode)?);
     let sum = record_sum(&out);
@@ -145,20 +232,18 @@ fn record_sum(bytes: &[u8]) -> [u8; RECORD_SUM] {
 }
 
 /// Decodes a record, verifying its checksum (schema 2).
-pub(crate) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
     decode_with(bytes, true)
 }
 
 /// Decodes a record read from a file whose pages were all verified when it was opened (the
 /// walk over every record at start): its own checksum would repeat that check, at about 1.6 µs
 /// per certificate.
-pub(crate) fn decode_from_verified_file<'a, T: Deserialize<'a>>(
-    bytes: &'a [u8],
-) -> Result<T, StoreError> {
+pub(crate) fn decode_from_verified_file<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
     decode_with(bytes, false)
 }
 
-fn decode_with<'a, T: Deserialize<'a>>(bytes: &'a [u8], verify: bool) -> Result<T, StoreError> {
+fn decode_with<T: Record>(bytes: &[u8], verify: bool) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&SCHEMA, _)) => {
             let split = bytes
@@ -172,7 +257,7 @@ fn decode_with<'a, T: Deserialize<'a>>(bytes: &'a [u8], verify: bool) -> Result<
             }
             postcard::from_bytes(&signed[1..]).map_err(StoreError::Decode)
         }
-        Some((&SCHEMA_V1, body)) => postcard::from_bytes(body).map_err(StoreError::Decode),
+        Some((&SCHEMA_V1, body)) => T::from_v1(body).map_err(StoreError::Decode),
         Some((&version, _)) => Err(StoreError::UnknownSchema {
             version,
             known: SCHEMA,
@@ -206,6 +291,7 @@ mod tests {
             key_kind: "ecdsa-p256".into(),
             bypass: false,
             added_at: 3,
+            upload_checksum: Some(format!("SHA256:{}", "ab".repeat(32))),
         };
         v.checksum = v.compute_checksum();
         v
@@ -229,6 +315,80 @@ mod tests {
         let mut changed = back.current;
         changed.chain[0][0] ^= 1;
         assert!(!changed.checksum_ok(), "the chain is covered");
+    }
+
+    /// A record as terminus wrote it before schema 2 (postcard of the schema 1 fields, behind
+    /// the byte 1) still decodes, with no upload checksum, and its integrity checksum holds.
+    #[test]
+    fn schema_1_records_decode() {
+        #[derive(Serialize)]
+        struct V1Version<'a> {
+            version: u32,
+            chain: &'a [Vec<u8>],
+            sealed_key: &'a [u8],
+            checksum: &'a str,
+            names: &'a [String],
+            common_names: &'a [String],
+            subject: &'a str,
+            issuer: &'a str,
+            serial: &'a str,
+            not_before: i64,
+            not_after: i64,
+            key_kind: &'a str,
+            bypass: bool,
+            added_at: i64,
+        }
+        #[derive(Serialize)]
+        struct V1Record<'a> {
+            name: &'a str,
+            current: V1Version<'a>,
+            previous: Option<V1Version<'a>>,
+            created_at: i64,
+        }
+        let v = version();
+        fn old(v: &CertVersion) -> V1Version<'_> {
+            V1Version {
+                version: v.version,
+                chain: &v.chain,
+                sealed_key: &v.sealed_key,
+                checksum: &v.checksum,
+                names: &v.names,
+                common_names: &v.common_names,
+                subject: &v.subject,
+                issuer: &v.issuer,
+                serial: &v.serial,
+                not_before: v.not_before,
+                not_after: v.not_after,
+                key_kind: &v.key_kind,
+                bypass: v.bypass,
+                added_at: v.added_at,
+            }
+        }
+        let mut bytes = vec![1u8];
+        bytes.extend(
+            postcard::to_stdvec(&V1Record {
+                name: "old-cert",
+                current: old(&v),
+                previous: Some(old(&v)),
+                created_at: 7,
+            })
+            .unwrap(),
+        );
+        let back: CertRecord = decode(&bytes).unwrap();
+        let want = CertVersion {
+            upload_checksum: None,
+            ..v
+        };
+        assert_eq!(back.name, "old-cert");
+        assert_eq!(back.current, want);
+        assert_eq!(back.previous.as_ref(), Some(&want));
+        assert!(back.current.checksum_ok());
+        assert_eq!(back.created_at, 7);
+        // Domains and apps did not change shape.
+        let mut bytes = vec![1u8];
+        bytes.extend(postcard::to_stdvec(&("web", vec!["127.0.0.1:1".to_owned()], 9i64)).unwrap());
+        let app: AppRecord = decode(&bytes).unwrap();
+        assert_eq!(app.backends, ["127.0.0.1:1"]);
     }
 
     #[test]

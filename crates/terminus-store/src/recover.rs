@@ -15,7 +15,7 @@ use terminus_config::StoreConfig;
 use crate::db::{key_check_opens, Store, Table, APPS, CERTS, DOMAINS, KEY_CHECK, META};
 use crate::engine::{self, guard};
 use crate::error::{Result, StoreError};
-use crate::load::{app_from, domain_from, verify_version};
+use crate::load::{app_backends, domain_from, verify_version};
 use crate::records::{decode, encode, is_verifiable, AppRecord, CertRecord, DomainRecord};
 use crate::seal::MasterKey;
 
@@ -206,7 +206,7 @@ fn keep(kind: &str, key: &str, bytes: &[u8], master: &MasterKey) -> Result<Vec<u
             if rec.name != key {
                 return Err(wrong_key(&rec.name));
             }
-            app_from(&rec).map_err(|e| e.to_string())?;
+            app_backends(&rec).map_err(|e| e.to_string())?;
             encode(&rec).map_err(|e| e.to_string())
         }
         _ => {

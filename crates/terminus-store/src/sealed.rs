@@ -85,6 +85,7 @@ impl Store {
             key_kind: kind_name(prepared.key_kind),
             bypass,
             added_at: now,
+            upload_checksum: None,
         };
         v.checksum = v.compute_checksum();
         Ok(v)

@@ -1,5 +1,7 @@
 //! Captures router log lines (target `terminus::access`) from every thread of the test process,
-//! so a test can find the line of its own request by a unique request id or path.
+//! so a test can find the line of its own request by a unique request id or path; and every
+//! event of terminus' own targets, at every level, with all its fields, so a test can check what
+//! the logs never contain.
 
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -13,10 +15,23 @@ use tracing_subscriber::Layer;
 const ACCESS_TARGET: &str = "terminus::access";
 
 static LINES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+static ALL: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 struct Capture;
 
 struct Message(String);
+
+/// Every field of an event, `name=value`.
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={value:?}", field.name()));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push_str(&format!(" {}={value}", field.name()));
+    }
+}
 
 impl Visit for Message {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -33,7 +48,13 @@ impl Visit for Message {
 
 impl<S: Subscriber> Layer<S> for Capture {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() != ACCESS_TARGET {
+        let target = event.metadata().target();
+        if target.starts_with("terminus") {
+            let mut f = Fields(format!("{} {target}:", event.metadata().level()));
+            event.record(&mut f);
+            ALL.lock().unwrap_or_else(|p| p.into_inner()).push(f.0);
+        }
+        if target != ACCESS_TARGET {
             return;
         }
         let mut m = Message(String::new());
@@ -58,6 +79,12 @@ pub fn capture() {
             .with(fmt)
             .try_init();
     }
+}
+
+/// Every event of terminus' own targets logged so far in this process, at every level, each
+/// as `LEVEL target: field=value ...`.
+pub fn all() -> Vec<String> {
+    ALL.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// Waits up to `timeout` for a log line containing `needle`.

@@ -4,7 +4,7 @@
 pub enum CertError {
     #[error("the {what} is not valid PEM ({detail}): each block must start with a -----BEGIN ...----- line and end with the matching -----END ...----- line")]
     MalformedPem { what: &'static str, detail: String },
-    #[error("the {what} is DER (binary), not PEM: convert it first, e.g. `openssl x509 -inform der -in server.der -out server.crt`")]
+    #[error("the {what} is binary (DER) but neither a certificate nor a private key: convert it to PEM first, e.g. `openssl x509 -inform der -in server.der -out server.crt`")]
     NotPem { what: &'static str },
     #[error(
         "no certificate found: the certificate file must hold a -----BEGIN CERTIFICATE----- block"

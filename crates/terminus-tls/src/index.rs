@@ -164,6 +164,15 @@ pub enum SelectedBy {
     Default,
 }
 
+/// What to leave out when asking what a change would do to selection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Without<'a> {
+    /// This certificate is gone (certs:remove).
+    pub cert: Option<&'a str>,
+    /// The domains routed to this app are gone (apps:destroy).
+    pub app: Option<&'a str>,
+}
+
 /// A certificate chosen for a handshake, with its served form.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -361,18 +370,10 @@ impl CertIndex {
         caps: &ClientCaps,
     ) -> Option<(Arc<CertEntry>, SelectedBy)> {
         let Some(sni) = sni else {
-            return self.default_entry();
+            return self.default_entry(|_| true);
         };
         let host = normalize(sni);
-        let host = host.as_ref();
-        self.choose(
-            self.domains.domain_for(host).as_deref(),
-            [
-                (self.by_host.lookup_exact(host), SelectedBy::Exact),
-                (self.by_host.lookup_wildcard(host), SelectedBy::Wildcard),
-            ],
-            caps,
-        )
+        self.select_host(host.as_ref(), caps, |_| true, |_| true)
     }
 
     /// What a domain entry is served with, by the same rule as [`CertIndex::select`]: for an
@@ -383,27 +384,66 @@ impl CertIndex {
         pattern: &HostPattern,
         caps: &ClientCaps,
     ) -> Option<(Arc<CertEntry>, SelectedBy)> {
+        self.select_for_domain_without(pattern, caps, &Without::default())
+    }
+
+    /// [`CertIndex::select_for_domain`] as it would be once `without` is gone: the impact of
+    /// removing a certificate or an app's domains, by the one selection rule.
+    pub fn select_for_domain_without(
+        &self,
+        pattern: &HostPattern,
+        caps: &ClientCaps,
+        without: &Without<'_>,
+    ) -> Option<(Arc<CertEntry>, SelectedBy)> {
+        let keep_domain = |d: &Domain| without.app.is_none_or(|app| &*d.app != app);
+        let keep_cert = |e: &CertEntry| without.cert.is_none_or(|name| e.name() != name);
         match pattern {
-            HostPattern::Exact(name) => self.select(Some(name.as_str()), caps),
+            HostPattern::Exact(name) => {
+                self.select_host(name.as_str(), caps, keep_domain, keep_cert)
+            }
             HostPattern::Wildcard(_) => self.choose(
-                self.domains.domain(pattern).as_deref(),
+                self.domains
+                    .domain(pattern)
+                    .filter(|d| keep_domain(d))
+                    .as_deref(),
                 [(self.by_host.get(pattern), SelectedBy::Wildcard)],
                 caps,
+                keep_cert,
             ),
         }
     }
 
+    fn select_host(
+        &self,
+        host: &str,
+        caps: &ClientCaps,
+        keep_domain: impl Fn(&Domain) -> bool,
+        keep_cert: impl Fn(&CertEntry) -> bool,
+    ) -> Option<(Arc<CertEntry>, SelectedBy)> {
+        self.choose(
+            self.domains.domain_for_where(host, keep_domain).as_deref(),
+            [
+                (self.by_host.lookup_exact(host), SelectedBy::Exact),
+                (self.by_host.lookup_wildcard(host), SelectedBy::Wildcard),
+            ],
+            caps,
+            keep_cert,
+        )
+    }
+
     /// Steps 1 to 3 of the rule, given the deciding domain entry and the name-matched slots in
-    /// order of precedence.
+    /// order of precedence. `keep` leaves certificates out (all are kept on the handshake path).
     fn choose<const N: usize>(
         &self,
         domain: Option<&Domain>,
         slots: [(Option<Slot>, SelectedBy); N],
         caps: &ClientCaps,
+        keep: impl Fn(&CertEntry) -> bool,
     ) -> Option<(Arc<CertEntry>, SelectedBy)> {
         let pinned = domain
             .and_then(|d| d.cert.as_deref())
-            .and_then(|name| self.get(name));
+            .and_then(|name| self.get(name))
+            .filter(|e| keep(e));
         if let Some(pinned) = pinned {
             if pinned.usable() && caps.supports(pinned.kind) {
                 return Some((pinned, SelectedBy::Pinned));
@@ -412,21 +452,30 @@ impl CertIndex {
         let mut fallback = None;
         for (slot, by) in slots {
             let Some(slot) = slot else { continue };
-            if let Some(e) = slot.iter().find(|e| e.usable() && caps.supports(e.kind)) {
+            if let Some(e) = slot
+                .iter()
+                .find(|e| e.usable() && caps.supports(e.kind) && keep(e))
+            {
                 return Some((e.clone(), by));
             }
             if fallback.is_none() {
-                fallback = slot.iter().find(|e| e.usable()).map(|e| (e.clone(), by));
+                fallback = slot
+                    .iter()
+                    .find(|e| e.usable() && keep(e))
+                    .map(|e| (e.clone(), by));
             }
         }
-        fallback.or_else(|| self.default_entry())
+        fallback.or_else(|| self.default_entry(keep))
     }
 
-    fn default_entry(&self) -> Option<(Arc<CertEntry>, SelectedBy)> {
+    fn default_entry(
+        &self,
+        keep: impl Fn(&CertEntry) -> bool,
+    ) -> Option<(Arc<CertEntry>, SelectedBy)> {
         let default = self.default.load();
         let name = default.as_ref()?;
         self.get(name.as_str())
-            .filter(|d| d.usable())
+            .filter(|d| d.usable() && keep(d))
             .map(|d| (d, SelectedBy::Default))
     }
 

@@ -20,13 +20,13 @@ mod tickets;
 pub use caps::ClientCaps;
 pub use error::{CertError, IndexError, KeyError, PolicyError};
 pub use index::{
-    CertEntry, CertIndex, InMemoryKey, KeySource, Resolved, SelectedBy, DEFAULT_KEY_CACHE,
+    CertEntry, CertIndex, InMemoryKey, KeySource, Resolved, SelectedBy, Without, DEFAULT_KEY_CACHE,
 };
 pub use info::{format_time, format_time_short, CertInfo, KeyKind};
 pub use pem::{parse_pem, PemBundle};
 pub use policy::{provider, TlsPolicy, ALPN_H2, ALPN_HTTP11};
 pub use prepare::{
-    is_trusted, prepare, DropReason, Dropped, PrepareOptions, Prepared, MIN_RSA_BITS,
+    is_trusted, prepare, DropReason, Dropped, PrepareOptions, Prepared, Roots, MIN_RSA_BITS,
 };
 pub use resolver::SniResolver;
 pub use tickets::{TicketKey, TicketKeyError, TicketKeys, Ticketer, TICKET_ROTATION_SECS};

@@ -50,14 +50,24 @@ fn sections(
     }
     if !contains(data, b"-----BEGIN ") {
         // DER starts with a SEQUENCE tag; anything else is simply not PEM.
-        return Err(if data.first() == Some(&0x30) {
-            CertError::NotPem { what }
-        } else {
-            CertError::MalformedPem {
+        if data.first() != Some(&0x30) {
+            return Err(CertError::MalformedPem {
                 what,
                 detail: "no -----BEGIN line found".into(),
+            });
+        }
+        // A DER file holds one certificate or one private key.
+        if x509_parser::parse_x509_certificate(data).is_ok_and(|(rest, _)| rest.is_empty()) {
+            certs.push(CertificateDer::from(data.to_vec()));
+            return Ok(());
+        }
+        return match PrivateKeyDer::try_from(data) {
+            Ok(key) => {
+                keys.push(key.clone_key());
+                Ok(())
             }
-        });
+            Err(_) => Err(CertError::NotPem { what }),
+        };
     }
     for item in <(SectionKind, Vec<u8>) as PemObject>::pem_slice_iter(data) {
         let (kind, der) = item.map_err(|e| CertError::MalformedPem {
@@ -187,6 +197,18 @@ mod tests {
         let err = parse_pem(cert.as_bytes(), broken_key.as_bytes()).unwrap_err();
         let body: String = key.lines().nth(1).unwrap().chars().take(20).collect();
         assert!(!err.to_string().contains(&body), "{err}");
+    }
+
+    #[test]
+    fn der_files_are_read() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["a.example.com".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let b = parse_pem(cert.der(), &key.serialize_der()).unwrap();
+        assert_eq!(b.certs, [cert.der().clone()]);
+        assert!(matches!(b.key, PrivateKeyDer::Pkcs8(_)));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The intake pipeline shared by config files and the admin API: PEM → validated certificate
 //! chain and key, with the chain put in serving order and what was dropped reported.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, TrustAnchor, UnixTime};
 use terminus_route::HostPattern;
 use webpki::{EndEntityCert, KeyUsage};
 
@@ -21,6 +23,55 @@ pub struct PrepareOptions {
     pub bypass: bool,
     /// Domains the certificate is meant for; at least one must be covered when non-empty.
     pub domains: Vec<HostPattern>,
+    /// What "trusted" is checked against.
+    pub roots: Roots,
+}
+
+/// The roots a served chain is checked against for "Trusted": the Mozilla set (webpki-roots)
+/// and, for operators with a private CA, the roots named by `[tls] trusted_roots`.
+#[derive(Debug, Clone, Default)]
+pub struct Roots {
+    extra: Arc<[TrustAnchor<'static>]>,
+}
+
+impl Roots {
+    /// The Mozilla set plus every certificate in `pem` (a private CA's roots).
+    pub fn with_extra_pem(pem: &[u8]) -> Result<Self, CertError> {
+        let mut extra = Vec::new();
+        for item in CertificateDer::pem_slice_iter(pem) {
+            let der = item.map_err(|_| CertError::MalformedPem {
+                what: "trusted roots file",
+                detail: "a CERTIFICATE block cannot be read".into(),
+            })?;
+            let anchor =
+                webpki::anchor_from_trusted_cert(&der).map_err(|e| CertError::BadCertificate {
+                    detail: format!("a trusted root cannot be used as a trust anchor: {e}"),
+                })?;
+            extra.push(anchor.to_owned());
+        }
+        if extra.is_empty() {
+            return Err(CertError::NoCertificate);
+        }
+        Ok(Self {
+            extra: extra.into(),
+        })
+    }
+
+    /// How many roots were added to the Mozilla set.
+    pub fn extra_len(&self) -> usize {
+        self.extra.len()
+    }
+
+    /// Does the chain (leaf first) verify against these roots at `now`?
+    pub fn is_trusted(
+        &self,
+        chain: &[CertificateDer<'_>],
+        provider: &CryptoProvider,
+        now: i64,
+    ) -> bool {
+        verifies(chain, webpki_roots::TLS_SERVER_ROOTS, provider, now)
+            || (!self.extra.is_empty() && verifies(chain, &self.extra, provider, now))
+    }
 }
 
 /// A certificate dropped from an upload, and why.
@@ -78,11 +129,14 @@ pub fn prepare(
         .map(|c| CertInfo::parse(c.as_ref()))
         .collect::<Result<Vec<_>, _>>()?;
 
+    if let Some(bits) = rsa_key_bits(&bundle.key).filter(|b| *b < MIN_RSA_BITS) {
+        return Err(small_rsa(bits));
+    }
     let signing_key = provider
         .key_provider
         .load_private_key(bundle.key.clone_key())
-        .map_err(|e| CertError::UnsupportedKey {
-            detail: describe_key_error(&e),
+        .map_err(|_| CertError::UnsupportedKey {
+            detail: format!("it cannot be read (damaged, or of a type terminus does not serve); supported keys are ECDSA P-256/P-384, Ed25519 and RSA of at least {MIN_RSA_BITS} bits"),
         })?;
     let key_spki = signing_key
         .public_key()
@@ -120,11 +174,14 @@ pub fn prepare(
     };
     let chain: Vec<CertificateDer<'static>> =
         order.iter().map(|&i| bundle.certs[i].clone()).collect();
-    let trusted = is_trusted(&chain, provider, now);
+    let trusted = options.roots.is_trusted(&chain, provider, now);
     if let Some(&last) = order.last() {
         let last = &infos[last];
         let reached_root = dropped.iter().any(|d| d.reason == DropReason::Root);
-        if !trusted && !last.is_self_issued() && !reached_root {
+        // A chain that ends at an intermediate CA is complete: its root is left out on
+        // purpose, as clients hold it. Only a leaf alone may be missing its intermediates.
+        let ends_at_intermediate = order.len() > 1 && last.is_ca;
+        if !trusted && !last.is_self_issued() && !reached_root && !ends_at_intermediate {
             warnings.push(format!(
                 "the chain stops at a certificate issued by '{}', which was not uploaded: if that is an intermediate, add it, or clients may not trust this certificate",
                 last.issuer
@@ -142,18 +199,83 @@ pub fn prepare(
     })
 }
 
-fn describe_key_error(e: &rustls::Error) -> String {
-    // rustls' messages name the parse failure, never the key bytes.
-    format!("{e}; supported keys are ECDSA P-256/P-384, Ed25519 and RSA of at least {MIN_RSA_BITS} bits")
+fn small_rsa(bits: u32) -> CertError {
+    CertError::UnsupportedKey {
+        detail: format!(
+            "RSA key of {bits} bits; at least {MIN_RSA_BITS} are required: create a new key with `openssl genrsa -out server.key 2048` and have the certificate reissued"
+        ),
+    }
+}
+
+/// The modulus size of an RSA private key (PKCS#1, or PKCS#8 holding PKCS#1), read from its
+/// DER without building the key: a key too small to load still gets a precise refusal.
+fn rsa_key_bits(key: &PrivateKeyDer<'_>) -> Option<u32> {
+    // rsaEncryption, 1.2.840.113549.1.1.1.
+    const RSA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let pkcs1 = match key {
+        PrivateKeyDer::Pkcs1(k) => k.secret_pkcs1_der(),
+        PrivateKeyDer::Pkcs8(k) => {
+            let (0x30, info, _) = tlv(k.secret_pkcs8_der())? else {
+                return None;
+            };
+            let (0x02, _, rest) = tlv(info)? else {
+                return None;
+            };
+            let (0x30, alg, rest) = tlv(rest)? else {
+                return None;
+            };
+            let (0x06, oid, _) = tlv(alg)? else {
+                return None;
+            };
+            if oid != RSA_OID {
+                return None;
+            }
+            let (0x04, inner, _) = tlv(rest)? else {
+                return None;
+            };
+            inner
+        }
+        _ => return None,
+    };
+    let (0x30, seq, _) = tlv(pkcs1)? else {
+        return None;
+    };
+    let (0x02, _, rest) = tlv(seq)? else {
+        return None;
+    };
+    let (0x02, modulus, _) = tlv(rest)? else {
+        return None;
+    };
+    let start = modulus.iter().position(|&b| b != 0)?;
+    let digits = &modulus[start..];
+    let top = u32::from(digits[0]);
+    u32::try_from(digits.len() * 8)
+        .ok()
+        .map(|bits| bits - top.leading_zeros() + 24)
+}
+
+/// One DER tag-length-value: (tag, content, what follows).
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let (bytes, r) = rest.split_at_checked(n)?;
+        rest = r;
+        bytes.iter().fold(0usize, |a, &b| (a << 8) | usize::from(b))
+    };
+    let (content, rest) = rest.split_at_checked(len)?;
+    Some((tag, content, rest))
 }
 
 fn check_key_kind(leaf: &CertInfo) -> Result<KeyKind, CertError> {
     match leaf.key {
-        Some(KeyKind::Rsa { bits }) if bits < MIN_RSA_BITS => Err(CertError::UnsupportedKey {
-            detail: format!(
-                "RSA keys must have at least {MIN_RSA_BITS} bits, this one has {bits}: create a new key with `openssl genrsa -out server.key 2048` and have the certificate reissued"
-            ),
-        }),
+        Some(KeyKind::Rsa { bits }) if bits < MIN_RSA_BITS => Err(small_rsa(bits)),
         Some(KeyKind::EcdsaP521) => Err(CertError::UnsupportedKey {
             detail: "ECDSA P-521 is not offered by TLS clients in practice: use P-256 or P-384".into(),
         }),
@@ -256,7 +378,7 @@ fn build_path(
 
 /// Does the chain (leaf first) verify against the Mozilla root set at `now`?
 pub fn is_trusted(chain: &[CertificateDer<'_>], provider: &CryptoProvider, now: i64) -> bool {
-    verifies(chain, webpki_roots::TLS_SERVER_ROOTS, provider, now)
+    Roots::default().is_trusted(chain, provider, now)
 }
 
 /// Does the chain (leaf first) verify, for server authentication, up to one of `anchors`?
@@ -358,6 +480,31 @@ mod tests {
         );
     }
 
+    /// The seed's advice: upload the intermediates, leave the root out. That chain is complete
+    /// (no warning), and trusted once its root is among the configured roots.
+    #[test]
+    fn a_chain_ending_at_an_intermediate_is_complete() {
+        let ca = root("Test Root");
+        let inter = ca.intermediate("Test Intermediate");
+        let (leaf, key) = inter.leaf(&["www.example.com"], &PKCS_ECDSA_P256_SHA256);
+        let upload = format!("{leaf}{}", inter.pem);
+        let p = run(&upload, &key, &PrepareOptions::default()).unwrap();
+        assert_eq!(subjects(&p), ["CN=www.example.com", "CN=Test Intermediate"]);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert!(!p.trusted, "a private root is not in the Mozilla set");
+        let opts = PrepareOptions {
+            roots: Roots::with_extra_pem(ca.pem.as_bytes()).unwrap(),
+            ..Default::default()
+        };
+        let p = run(&upload, &key, &opts).unwrap();
+        assert!(p.trusted, "the configured root makes it trusted");
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        // Without the intermediate, the same root does not make the leaf trusted.
+        let p = run(&leaf, &key, &opts).unwrap();
+        assert!(!p.trusted);
+        assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+    }
+
     #[test]
     fn bypass_keeps_the_upload_as_is() {
         let ca = root("Test Root");
@@ -443,6 +590,10 @@ mod tests {
         let (cert, key) = self_signed(&["r.example.com"], &PKCS_RSA_SHA256);
         let p = run(&cert, &key, &PrepareOptions::default()).unwrap();
         assert_eq!(p.key_kind, KeyKind::Rsa { bits: 2048 });
+        let der = crate::pem::parse_pem(cert.as_bytes(), key.as_bytes())
+            .unwrap()
+            .key;
+        assert_eq!(rsa_key_bits(&der), Some(2048));
     }
 
     #[test]

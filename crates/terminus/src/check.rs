@@ -28,7 +28,17 @@ pub fn check_config(config: &Config) -> CheckReport {
     let provider = Arc::new(terminus_tls::provider(config.tls.post_quantum));
     let certs = CertIndex::new(provider.clone(), 16);
     let routes = RouteTable::default();
-    let loaded = terminus_store::load_config(config, &certs, &routes, crate::unix_now());
+    let origin = config.origin().display().to_string();
+    let roots = match crate::startup::trusted_roots(config, &origin) {
+        Ok(roots) => roots,
+        Err(e) => {
+            return CheckReport {
+                errors: vec![e.to_string()],
+                ..CheckReport::default()
+            }
+        }
+    };
+    let loaded = terminus_store::load_config(config, &certs, &routes, &roots, crate::unix_now());
     let mut report = CheckReport {
         errors: loaded.errors.iter().map(ToString::to_string).collect(),
         ..CheckReport::default()

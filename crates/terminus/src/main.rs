@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use terminus_config::Config;
 
 const EXIT_CONFIG: u8 = 64;
@@ -22,11 +22,10 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[command(
     name = "terminus",
     version,
-    about = "An edge router: TLS by SNI from certificates that change while it runs, HTTP to backends"
+    about = "An edge router: TLS by SNI from certificates that change while it runs, HTTP to backends",
+    after_help = "Run `terminus serve --config FILE` for the router; the other commands manage a running one through its admin API (TERMINUS_URL, TERMINUS_TOKEN).\n\nExit codes: 0 ok; 1 failure (the message says why); 2 bad command-line usage; 64 bad configuration."
 )]
 struct Cli {
-    #[command(flatten)]
-    api: terminus::cli::ApiArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,17 +33,41 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the router.
+    #[command(
+        after_help = "Examples:\n  terminus serve --config config/terminus.toml\n  terminus serve --listen 127.0.0.1:8443 --cert c.pem --key k.pem --backend 127.0.0.1:9000\n  TERMINUS_TOKEN=... terminus serve --listen 127.0.0.1:8443 --backend 127.0.0.1:9000 --data-dir ./data\n\nThe admin API's token comes from TERMINUS_TOKEN or admin.token_file, never from the command line.\n\nExit codes: 0 stopped by SIGTERM/SIGINT after draining; 1 could not start (e.g. a port in use); 2 bad command-line usage; 64 bad configuration."
+    )]
     Serve(ServeArgs),
     /// Validate a config file and load its certificates, then exit.
+    #[command(
+        after_help = "Example:\n  terminus check-config --config config/terminus.toml\n\nExit codes: 0 valid, every certificate loads; 2 bad command-line usage; 64 bad configuration or a certificate that does not load."
+    )]
     CheckConfig {
+        /// The config file to check.
         #[arg(long, short)]
         config: PathBuf,
     },
     /// Exit 0 if the router's admin listener answers /healthz (for container health checks).
+    #[command(
+        after_help = "Example:\n  terminus health --admin 127.0.0.1:9090\n\nExit codes: 0 healthy; 1 no answer, or not 200; 2 bad command-line usage."
+    )]
     Health {
+        /// The admin listener's address.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
     },
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    #[command(
+        after_help = "Example:\n  terminus completions bash > /etc/bash_completion.d/terminus\n\nExit codes: 0 printed; 2 bad command-line usage."
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(
+        after_help = "Example:\n  terminus man > /usr/local/share/man/man1/terminus.1\n\nExit codes: 0 printed; 2 bad command-line usage."
+    )]
+    Man,
     #[command(flatten)]
     Client(terminus::cli::Command),
 }
@@ -63,10 +86,10 @@ struct ServeArgs {
     /// Quick start: the certificate's private key (PEM).
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
-    /// Quick start: a backend address; repeat for several.
+    /// Quick start: a backend, IP:PORT or HOST:PORT; repeat for several. Every host goes to it.
     #[arg(long)]
-    backend: Vec<SocketAddr>,
-    /// The admin listener (metrics, health).
+    backend: Vec<String>,
+    /// The admin listener (metrics, health, API). Overrides the config.
     #[arg(long)]
     admin: Option<SocketAddr>,
     /// Runtime worker threads (0: one per CPU). Overrides the config.
@@ -75,9 +98,9 @@ struct ServeArgs {
     /// Do not write router log lines (metrics still count every request).
     #[arg(long)]
     no_access_log: bool,
-    /// Quick start: keep certificates, domains and apps in this directory (the embedded store),
-    /// managed through the admin API. The key that encrypts private keys goes next to it as
-    /// DIR.key unless TERMINUS_STORE_KEY is set.
+    /// Keep certificates, domains and apps in this directory (the embedded store), managed
+    /// through the admin API; with --config, instead of [store] dir. The key that encrypts
+    /// private keys goes next to it as DIR.key unless TERMINUS_STORE_KEY is set.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// If the store is damaged, copy every readable record into a new store file before
@@ -92,29 +115,41 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => {
             terminus::logging::init();
             check_config(config)
         }
         Command::Health { admin } => health(admin),
-        Command::Serve(args) => {
-            if matches.value_source("token") == Some(clap::parser::ValueSource::CommandLine) {
-                eprintln!("error: serve reads the admin token from TERMINUS_TOKEN or admin.token_file, never from its command line (it would show in the process list)");
-                return ExitCode::from(2);
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "terminus",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => {
+                    use std::io::Write;
+                    let _ = std::io::stdout().write_all(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
+        }
+        Command::Serve(args) => {
             terminus::logging::init();
             serve(args)
         }
-        Command::Client(command) => match terminus::cli::run(command, &cli.api) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Client(command) => terminus::cli::run(command),
     }
 }
 
@@ -127,11 +162,25 @@ enum ServeConfigError {
     NoConfig,
     #[error("<command line>: --listen needs --cert and --key, or --data-dir for certificates managed through the admin API")]
     NoCertificate,
+    #[error("<command line>: --backend {0}")]
+    Backend(&'static str),
 }
 
 fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
     if let Some(path) = &args.config {
-        return Ok(Config::load(path)?);
+        let mut config = Config::load(path)?;
+        if let Some(dir) = &args.data_dir {
+            let mut store = terminus_config::StoreConfig::in_dir(dir.clone());
+            if let Some(from_file) = &config.store {
+                store = terminus_config::StoreConfig {
+                    dir: dir.clone(),
+                    key_file: store.key_file,
+                    ..from_file.clone()
+                };
+            }
+            config.store = Some(store);
+        }
+        return Ok(config);
     }
     let Some(listen) = args.listen else {
         return Err(ServeConfigError::NoConfig);
@@ -140,10 +189,15 @@ fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
     if cert.is_none() && args.data_dir.is_none() {
         return Err(ServeConfigError::NoCertificate);
     }
+    let backends = args
+        .backend
+        .iter()
+        .map(|b| terminus_route::BackendAddr::parse(b).map_err(ServeConfigError::Backend))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Config::quick_start(
         listen,
         cert,
-        args.backend.clone(),
+        backends,
         args.admin,
         args.data_dir.clone(),
     ))
@@ -289,17 +343,11 @@ fn check_config(path: PathBuf) -> ExitCode {
 }
 
 fn health(admin: SocketAddr) -> ExitCode {
-    use std::io::{Read, Write};
-    let timeout = std::time::Duration::from_secs(3);
-    let probe = || -> std::io::Result<bool> {
-        let mut tcp = std::net::TcpStream::connect_timeout(&admin, timeout)?;
-        tcp.set_read_timeout(Some(timeout))?;
-        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: terminus\r\nConnection: close\r\n\r\n")?;
-        let mut head = [0u8; 12];
-        tcp.read_exact(&mut head)?;
-        Ok(&head[9..12] == b"200")
-    };
-    match probe() {
+    let probe = terminus_api::Blocking::new(&format!("http://{admin}"), None).and_then(|b| {
+        let b = b.with_timeout(std::time::Duration::from_secs(3));
+        b.block_on(b.client().healthy())
+    });
+    match probe {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!("unhealthy: {admin}/healthz did not answer 200");
@@ -309,5 +357,52 @@ fn health(admin: SocketAddr) -> ExitCode {
             eprintln!("unhealthy: {admin}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every command says what it is: adding a flag without a description
+    /// fails here.
+    #[test]
+    fn every_argument_and_command_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && !path.trim().eq("terminus") {
+                missing.push(format!("{path}: no description"));
+            }
+            if cmd.get_after_help().is_none() && !cmd.get_name().eq("help") {
+                missing.push(format!("{path}: no example and exit codes (after_help)"));
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {}: no description", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    /// `serve --help` lists what serve takes, not the client commands' --url/--token/--json.
+    #[test]
+    fn serve_takes_no_client_flags() {
+        let cmd = Cli::command();
+        let serve = cmd.find_subcommand("serve").unwrap();
+        let ids: Vec<&str> = serve.get_arguments().map(|a| a.get_id().as_str()).collect();
+        for leaked in ["url", "token", "json"] {
+            assert!(!ids.contains(&leaked), "{ids:?}");
+        }
+        let certs = cmd.find_subcommand("certs").unwrap();
+        assert!(certs.get_arguments().any(|a| a.get_id() == "url"));
     }
 }

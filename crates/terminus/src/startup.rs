@@ -11,9 +11,9 @@ use terminus_metrics::{
     ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
 };
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
-use terminus_route::RouteTable;
+use terminus_route::{BackendAddr, RouteTable};
 use terminus_store::{ConfigLoad, RecoverOutcome, Reserved, Store, StoreError};
-use terminus_tls::{CertIndex, TlsPolicy, DEFAULT_KEY_CACHE};
+use terminus_tls::{CertIndex, Roots, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -45,6 +45,13 @@ pub enum StartError {
         #[source]
         source: Box<terminus_store::StoreError>,
     },
+    #[error("{file}: tls.trusted_roots: {path}: {source}")]
+    TrustedRoots {
+        file: String,
+        path: String,
+        #[source]
+        source: RootsError,
+    },
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
     TokenFile {
         file: String,
@@ -52,6 +59,29 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why `[tls] trusted_roots` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RootsError {
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("{0}")]
+    Invalid(#[source] terminus_tls::CertError),
+}
+
+/// The roots "trusted" is checked against: the Mozilla set, plus `[tls] trusted_roots`.
+pub fn trusted_roots(config: &Config, origin: &str) -> Result<Roots, StartError> {
+    let Some(path) = &config.tls.trusted_roots else {
+        return Ok(Roots::default());
+    };
+    let fail = |source| StartError::TrustedRoots {
+        file: origin.to_owned(),
+        path: path.display().to_string(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(|e| fail(RootsError::Read(e)))?;
+    Roots::with_extra_pem(&pem).map_err(|e| fail(RootsError::Invalid(e)))
 }
 
 /// A certificate from the config that could not be loaded. The router starts without it.
@@ -91,6 +121,7 @@ pub struct Router {
     pub control: Arc<Control>,
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
+    resolve: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     grace: Duration,
@@ -142,14 +173,16 @@ pub async fn start_with(
             }),
     );
 
-    let mut from_config = terminus_store::load_config(config, &certs, &routes, unix_now());
+    let roots = trusted_roots(config, &origin)?;
+    let mut from_config = terminus_store::load_config(config, &certs, &routes, &roots, unix_now());
+    let mut app_backends = std::mem::take(&mut from_config.apps);
     let cert_errors = std::mem::take(&mut from_config.errors);
     for e in &cert_errors {
         tracing::error!("{e}; the router serves without it");
     }
     // The store comes second: a name defined in the config file wins over a stored one.
-    let (store, status, quarantined) = match &config.store {
-        None => (None, StoreStatus::None, Vec::new()),
+    let (store, status, quarantined, stored_apps) = match &config.store {
+        None => (None, StoreStatus::None, Vec::new(), Vec::new()),
         Some(store_config) => {
             let opened = open_store(
                 store_config,
@@ -165,6 +198,7 @@ pub async fn start_with(
             })?
         }
     };
+    app_backends.extend(stored_apps);
     let statics = statics_of(config, from_config);
     certs.set_default(config.tls.default_certificate.as_deref());
     ExpiryCollector::register(
@@ -178,19 +212,23 @@ pub async fn start_with(
     if token.is_none() {
         tracing::warn!("admin API disabled: set {TOKEN_ENV} or admin.token_file to manage certificates, domains and apps");
     }
-    let control = Arc::new(Control::new(
-        store,
-        certs.clone(),
-        routes.clone(),
-        statics,
-        control_metrics,
-        config
-            .store
-            .as_ref()
-            .map_or(terminus_config::DEFAULT_EXPIRED_RETENTION, |s| {
-                s.expired_retention
-            }),
-    ));
+    let control = Arc::new(
+        Control::new(
+            store,
+            certs.clone(),
+            routes.clone(),
+            statics,
+            control_metrics,
+            config
+                .store
+                .as_ref()
+                .map_or(terminus_config::DEFAULT_EXPIRED_RETENTION, |s| {
+                    s.expired_retention
+                }),
+        )
+        .with_roots(roots),
+    );
+    resolve_backends(&control, app_backends).await;
 
     let bound: Vec<BoundListener> = terminus_proxy::bind(&config.listeners).await?;
     let listeners = bound
@@ -223,9 +261,15 @@ pub async fn start_with(
     let admin_task = tokio::spawn(terminus_admin::serve(
         admin_listener,
         Admin::new(registry, Some(api)),
+        terminus_admin::Limits {
+            header_timeout: config.admin.header_timeout,
+            idle_timeout: config.admin.idle_timeout,
+            max_connections: config.admin.max_connections,
+        },
         admin_rx,
     ));
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
+    let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
     Ok(Router {
         shared,
         listeners,
@@ -236,6 +280,7 @@ pub async fn start_with(
         control,
         proxy,
         cleanup,
+        resolve,
         admin_stop,
         admin_task,
         grace: config.timeouts.shutdown_grace,
@@ -268,6 +313,7 @@ type Opened = (
     Option<Arc<Store>>,
     StoreStatus,
     Vec<terminus_store::Quarantine>,
+    Vec<(String, Vec<BackendAddr>)>,
 );
 
 /// Opens and loads the store. A damaged or unreadable store never stops the start: the router
@@ -294,7 +340,12 @@ fn open_store(
         ) => return Err(e),
         Err(e) => {
             store_unavailable(config, &e);
-            return Ok((None, StoreStatus::Unavailable(Box::new(e)), Vec::new()));
+            return Ok((
+                None,
+                StoreStatus::Unavailable(Box::new(e)),
+                Vec::new(),
+                Vec::new(),
+            ));
         }
     };
     log_key_origin(&store);
@@ -322,6 +373,7 @@ fn open_store(
                 None,
                 StoreStatus::Unavailable(Box::new(e)),
                 report.quarantined,
+                report.app_backends,
             ))
         }
         None => {
@@ -330,6 +382,7 @@ fn open_store(
                 Some(Arc::new(store)),
                 StoreStatus::Ready,
                 report.quarantined,
+                report.app_backends,
             ))
         }
     }
@@ -398,6 +451,8 @@ fn statics_of(config: &Config, loaded: ConfigLoad) -> Statics {
                 )
             })
             .collect(),
+        default_app: config.router.default_app.as_ref().map(|a| a.to_string()),
+        command_line: config.source.is_none(),
         ..Statics::default()
     };
     statics.apps = loaded.reserved.apps;
@@ -425,6 +480,29 @@ fn read_token(config: &Config, origin: &str) -> Result<Option<Token>, StartError
         source,
     })?;
     Ok((!text.trim().is_empty()).then(|| Token::new(&text)))
+}
+
+/// Publishes every app with its backends resolved (names through getaddrinfo, which blocks).
+async fn resolve_backends(control: &Arc<Control>, apps: Vec<(String, Vec<BackendAddr>)>) {
+    let control = control.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for (name, specs) in apps {
+            control.set_app_backends(&name, specs);
+        }
+    })
+    .await;
+}
+
+/// Resolves backend host names again every `interval` (only apps that have names do work).
+async fn resolve_loop(control: Arc<Control>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = control.clone();
+        let _ = tokio::task::spawn_blocking(move || c.refresh_backends()).await;
+    }
 }
 
 async fn cleanup_loop(control: Arc<Control>) {
@@ -521,6 +599,7 @@ impl Router {
     /// the admin listener.
     pub async fn shutdown(self) -> Drained {
         self.cleanup.abort();
+        self.resolve.abort();
         let drained = self.proxy.shutdown(self.grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;

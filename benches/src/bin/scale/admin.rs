@@ -1,60 +1,68 @@
-//! Just enough of an HTTP/1.1 client for the admin API: one request per connection.
+//! The admin API through the typed client the CLI uses.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 use anyhow::Context;
+use terminus_api::{Blocking, CertChange, ClientError};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Admin {
     pub(crate) addr: SocketAddr,
-    pub(crate) token: String,
+    client: Blocking,
 }
 
 impl Admin {
-    /// Sends one request and returns the status and body.
-    pub(crate) fn call(
+    pub(crate) fn new(addr: SocketAddr, token: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            addr,
+            client: Blocking::new(&format!("http://{addr}"), Some(token.into()))?,
+        })
+    }
+
+    /// certs:add (`name`, new) or certs:update (`name`, existing) of a PEM pair.
+    pub(crate) fn upload(
         &self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> anyhow::Result<(u16, String)> {
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
-            .with_context(|| format!("connect to the admin API at {}", self.addr))?;
-        tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
-        tcp.set_nodelay(true)?;
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.addr,
-            self.token,
-            body.len()
-        );
-        tcp.write_all(head.as_bytes())?;
-        tcp.write_all(body.as_bytes())?;
-        let mut raw = Vec::new();
-        tcp.read_to_end(&mut raw)
-            .context("read the admin API's answer")?;
-        let text = String::from_utf8_lossy(&raw);
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .context("no status line in the admin API's answer")?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        name: &str,
+        update: bool,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<CertChange, ClientError> {
+        let c = self.client.client();
+        if update {
+            let up = terminus_api::CertReplace {
+                certificate_chain: cert_pem.into(),
+                private_key: key_pem.into(),
+                ..Default::default()
+            };
+            self.client.block_on(c.update_cert(name, &up))
+        } else {
+            let up = terminus_api::CertUpload {
+                certificate_chain: cert_pem.into(),
+                private_key: key_pem.into(),
+                name: Some(name.into()),
+                ..Default::default()
+            };
+            self.client.block_on(c.add_cert(&up))
+        }
+    }
+
+    /// certs:remove, confirmed.
+    pub(crate) fn remove(&self, name: &str) -> Result<(), ClientError> {
+        let c = self.client.client();
+        self.client.block_on(c.remove_cert(name, Some(name)))?;
+        Ok(())
     }
 
     /// A counter or gauge from `/metrics`: the sum of the samples whose line starts with
     /// `prefix` (a metric name with some of its labels).
     pub(crate) fn metric(&self, prefix: &str) -> anyhow::Result<f64> {
-        let (status, body) = self.call("GET", "/metrics", None)?;
+        let c = self.client.client();
+        let (status, _, body) = self
+            .client
+            .block_on(c.send(http::Method::GET, "/metrics", bytes::Bytes::new(), None))
+            .context("GET /metrics")?;
         anyhow::ensure!(status == 200, "GET /metrics answered {status}");
-        Ok(body
+        Ok(String::from_utf8_lossy(&body)
             .lines()
             .filter(|l| l.starts_with(prefix))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

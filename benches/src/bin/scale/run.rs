@@ -45,10 +45,7 @@ pub(crate) fn run(dir: &Path, count: u64, s: &Settings) -> anyhow::Result<Value>
     let work = dir.join("run");
     fs::create_dir_all(&work)?;
     let listen = free_port()?;
-    let admin = Admin {
-        addr: free_port()?,
-        token: TOKEN.into(),
-    };
+    let admin = Admin::new(free_port()?, TOKEN)?;
     let log = work.join("terminus.log");
     let mut cmd = pinned(&s.taskset, PROXY_CPU, &s.terminus);
     cmd.arg("serve")
@@ -122,27 +119,14 @@ pub(crate) fn run(dir: &Path, count: u64, s: &Settings) -> anyhow::Result<Value>
     let add = changes(&probe, &admin, s.changes, |k| {
         let name = added(k);
         let host = format!("{name}.scale.test");
-        (
-            name.clone(),
-            host,
-            "POST",
-            "/v1/certs".to_owned(),
-            Some(name),
-        )
+        (name, host, false)
     })?;
     for k in 0..s.changes.max(1) {
-        admin.call("DELETE", &format!("/v1/certs/{}", added(k)), None)?;
+        admin.remove(&added(k))?;
     }
     let update = changes(&probe, &admin, s.changes, |k| {
         let i = (k as u64 * 7919) % count;
-        let name = format!("c{i}");
-        (
-            name.clone(),
-            host(i),
-            "PATCH",
-            format!("/v1/certs/{name}"),
-            None,
-        )
+        (format!("c{i}"), host(i), true)
     })?;
 
     let unknown_before = admin.metric(UNKNOWN_SNI)?;
@@ -221,26 +205,18 @@ fn changes(
     probe: &Probe,
     admin: &Admin,
     n: usize,
-    what: impl Fn(usize) -> (String, String, &'static str, String, Option<String>),
+    what: impl Fn(usize) -> (String, String, bool),
 ) -> anyhow::Result<Value> {
     let (mut api_ms, mut visible_ms) = (Vec::new(), Vec::new());
     for k in 0..n.max(1) {
-        let (name, host, method, path, new_name) = what(k);
+        let (name, host, update) = what(k);
         let leaf = self_signed(&[&host], KeyType::EcdsaP256);
-        let mut body = json!({
-            "certificate_chain": leaf.cert_pem,
-            "private_key": leaf.key_pem,
-        });
-        if let Some(new_name) = new_name {
-            body["name"] = json!(new_name);
-        }
         let sent = Instant::now();
-        let (status, answer) = admin.call(method, &path, Some(&body))?;
+        let answer = admin.upload(&name, update, &leaf.cert_pem, &leaf.key_pem);
         let answered = Instant::now();
-        anyhow::ensure!(
-            (200..300).contains(&status),
-            "{method} {path} for {name} answered {status}: {answer}"
-        );
+        answer.with_context(|| {
+            format!("certs:{} of {name}", if update { "update" } else { "add" })
+        })?;
         loop {
             if probe.served(&host).ok().as_deref() == Some(leaf.cert_der.as_ref()) {
                 break;

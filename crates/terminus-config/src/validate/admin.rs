@@ -29,6 +29,22 @@ pub(super) fn validate(
     if let Some(limit) = raw.expiry_metrics_limit {
         admin.expiry_metrics_limit = limit;
     }
+    admin.header_timeout = c.duration(
+        "admin.header_timeout",
+        raw.header_timeout.as_ref(),
+        admin.header_timeout,
+    )?;
+    admin.idle_timeout = c.duration(
+        "admin.idle_timeout",
+        raw.idle_timeout.as_ref(),
+        admin.idle_timeout,
+    )?;
+    if let Some(max) = raw.max_connections {
+        if !(1..=100_000).contains(&max) {
+            return Err(c.err("admin.max_connections", "must be between 1 and 100000"));
+        }
+        admin.max_connections = max;
+    }
     if admin.address.port() != 0 && listeners.iter().any(|l| l.address == admin.address) {
         return Err(c.err(
             "admin.address",

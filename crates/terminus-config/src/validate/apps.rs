@@ -14,7 +14,7 @@ pub(super) fn validate(c: &Checker<'_>, raw: &[RawApp]) -> Result<Vec<AppConfig>
             .backends
             .iter()
             .enumerate()
-            .map(|(j, b)| c.addr(&format!("app[{i}].backends[{j}]"), b))
+            .map(|(j, b)| c.backend(&format!("app[{i}].backends[{j}]"), b))
             .collect::<Result<Vec<_>>>()?;
         apps.push(AppConfig { name, backends });
     }

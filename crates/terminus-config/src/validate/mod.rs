@@ -106,6 +106,11 @@ impl Checker<'_> {
         })
     }
 
+    fn backend(&self, key: &str, text: &str) -> Result<crate::BackendAddr> {
+        crate::BackendAddr::parse(text)
+            .map_err(|why| self.err(key, format!("'{text}' is not a backend: {why}")))
+    }
+
     fn duration(&self, key: &str, text: Option<&String>, default: Duration) -> Result<Duration> {
         let Some(text) = text else {
             return Ok(default);

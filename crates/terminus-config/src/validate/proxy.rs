@@ -34,5 +34,10 @@ pub(super) fn validate(c: &Checker<'_>, raw: &RawProxy) -> Result<ProxyConfig> {
         trusted_proxies,
         max_headers,
         connect_attempts,
+        resolve_interval: c.duration(
+            "proxy.resolve_interval",
+            raw.resolve_interval.as_ref(),
+            d.resolve_interval,
+        )?,
     })
 }

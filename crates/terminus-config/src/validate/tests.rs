@@ -98,7 +98,7 @@ fn meaning_errors_name_the_key_and_the_fix() {
             ),
             (
                 &format!("{MINIMAL}[[app]]\nname = \"web\"\nbackends = [\"10.0.0.1\"]\n"),
-                "app[0].backends[0]: '10.0.0.1' is not an address",
+                "app[0].backends[0]: '10.0.0.1' is not a backend: it has no port",
             ),
             (
                 &format!("{MINIMAL}[[domain]]\nhost = \"www.example.com\"\napp = \"web\"\n"),

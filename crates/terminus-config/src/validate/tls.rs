@@ -53,5 +53,6 @@ pub(super) fn validate(
         default_certificate,
         session_cache_size,
         post_quantum: raw.post_quantum.unwrap_or(defaults.post_quantum),
+        trusted_roots: raw.trusted_roots.as_deref().map(|p| c.path(p)),
     })
 }
