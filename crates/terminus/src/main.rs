@@ -42,8 +42,12 @@ enum Command {
     },
     /// Exit 0 if the router's admin listener answers /healthz (for container health checks).
     Health {
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: SocketAddr,
+        /// The admin listener to probe; wins over --config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Probe the `[admin] address` of this config file (without either: 127.0.0.1:9090).
+        #[arg(long, short, env = "TERMINUS_CONFIG")]
+        config: Option<PathBuf>,
     },
     #[command(flatten)]
     Client(terminus::cli::Command),
@@ -90,7 +94,13 @@ fn main() -> ExitCode {
             terminus::logging::init();
             check_config(config)
         }
-        Command::Health { admin } => health(admin),
+        Command::Health { admin, config } => match health_address(admin, config) {
+            Ok(admin) => health(admin),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Serve(args) => {
             if matches.value_source("token") == Some(clap::parser::ValueSource::CommandLine) {
                 eprintln!("error: serve reads the admin token from TERMINUS_TOKEN or admin.token_file, never from its command line (it would show in the process list)");
@@ -250,6 +260,33 @@ fn check_config(path: PathBuf) -> ExitCode {
     } else {
         ExitCode::from(EXIT_CONFIG)
     }
+}
+
+/// What `health` probes: `--admin`, else the config's admin address, else the default. A
+/// wildcard address (`0.0.0.0:9090`, as in a container) is probed on loopback.
+fn health_address(
+    admin: Option<SocketAddr>,
+    config: Option<PathBuf>,
+) -> Result<SocketAddr, String> {
+    let mut addr = match (admin, config) {
+        (Some(admin), _) => return Ok(admin),
+        (None, Some(path)) => {
+            Config::load(&path)
+                .map_err(|e| e.to_string())?
+                .admin
+                .address
+        }
+        (None, None) => terminus_config::DEFAULT_ADMIN_ADDRESS
+            .parse()
+            .map_err(|e| format!("{}: {e}", terminus_config::DEFAULT_ADMIN_ADDRESS))?,
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr)
 }
 
 fn health(admin: SocketAddr) -> ExitCode {
