@@ -1,9 +1,10 @@
 #!/bin/sh
-# The image's entrypoint: runs `terminus ARGS`; `serve` alone means `serve --config
-# $TERMINUS_CONFIG`, the file `terminus health` reads too.
+# The image's entrypoint: runs `terminus ARGS`. `serve` without --config (or --listen) runs
+# `serve --config $TERMINUS_CONFIG`, the file `terminus health` reads too; set TERMINUS_CONFIG
+# rather than passing --config, so that both read the same file.
 #
-# Before `serve`, only for files that ask for it (the image writes nothing under / and needs
-# nothing but its volume, /var/lib/terminus):
+# Before that `serve`, only for files that ask for it (the image writes nothing under / and
+# needs nothing but its volume, /var/lib/terminus):
 # - a config naming certificates in /var/lib/terminus/example-certs/ gets them created there
 #   (a throwaway CA and leaves, as config/gen-certs.sh makes them) when they are missing;
 # - the image's demo config (its line "# terminus-image-demo") also gets an echo backend on
@@ -16,10 +17,17 @@ config=${TERMINUS_CONFIG:-/etc/terminus/terminus.toml}
 state=/var/lib/terminus
 say() { echo "terminus-entrypoint: $*" >&2; }
 
-[ "$*" = serve ] && set -- serve --config "$config"
 if [ "${1:-}" != serve ]; then
   exec /usr/local/bin/terminus "$@"
 fi
+# A config (or quick start) on the command line is run as given, with nothing prepared.
+for arg in "$@"; do
+  case $arg in
+    --config | --config=* | -c | -c?* | --listen | --listen=*) exec /usr/local/bin/terminus "$@" ;;
+  esac
+done
+shift
+set -- serve --config "$config" "$@"
 
 if grep -q "$state/example-certs/" "$config" 2>/dev/null && [ ! -f "$state/example-certs/platform.crt" ]; then
   say "creating the example certificates in $state/example-certs (trust ca.crt there to verify them)"

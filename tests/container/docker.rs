@@ -18,7 +18,12 @@ pub fn available(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED {test}: no Docker engine is reachable (`docker info` fails)");
+        // Written to stderr itself: the test harness keeps `eprintln!` of passing tests to itself.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: no Docker engine is reachable (`docker info` fails)"
+        );
     }
     ok
 }
@@ -40,6 +45,22 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A container's output: its stdout (terminus's router log lines) then its stderr (the rest).
+pub fn logs(container: &str) -> String {
+    // Also called while a failed test unwinds: it must not panic.
+    Command::new("docker")
+        .args(["logs", container])
+        .output()
+        .map(|out| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .unwrap_or_else(|e| format!("(docker logs {container}: {e})"))
+}
+
 /// Runs `docker ARGS` and ignores how it went (cleanup).
 fn docker_quiet(args: &[&str]) {
     let _ = Command::new("docker").args(args).output();
@@ -47,36 +68,49 @@ fn docker_quiet(args: &[&str]) {
 
 /// A compose project: the file, a project name of its own, and its environment.
 pub struct Compose {
-    pub file: PathBuf,
-    pub project: String,
-    pub env: Vec<(String, String)>,
+    /// `docker-compose`, or `docker compose` where only the plugin is installed.
+    program: &'static [&'static str],
+    file: PathBuf,
+    project: String,
+    env: Vec<(String, String)>,
 }
 
 impl Compose {
-    /// `docker-compose -p PROJECT -f FILE ARGS` (or the `docker compose` plugin where only it
-    /// is installed), with the project's environment.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let v1 = Command::new("docker-compose")
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        let mut cmd = if v1 {
-            Command::new("docker-compose")
-        } else {
-            let plugin = Command::new("docker")
-                .args(["compose", "version"])
+    fn new(file: PathBuf, project: String, env: Vec<(String, String)>) -> Self {
+        let works = |program: &[&str]| {
+            Command::new(program[0])
+                .args(&program[1..])
+                .arg("version")
                 .output()
-                .is_ok_and(|o| o.status.success());
+                .is_ok_and(|o| o.status.success())
+        };
+        let program: &'static [&'static str] = if works(&["docker-compose"]) {
+            &["docker-compose"]
+        } else {
             assert!(
-                plugin,
+                works(&["docker", "compose"]),
                 "docker-compose is required for the compose example: apt-get install -y docker-compose"
             );
-            let mut cmd = Command::new("docker");
-            cmd.arg("compose");
-            cmd
+            &["docker", "compose"]
         };
-        cmd.arg("-p").arg(&self.project).arg("-f").arg(&self.file);
-        cmd.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
+        Self {
+            program,
+            file,
+            project,
+            env,
+        }
+    }
+
+    /// `docker-compose -p PROJECT -f FILE ARGS`, with the project's environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.program[0]);
+        cmd.args(&self.program[1..])
+            .arg("-p")
+            .arg(&self.project)
+            .arg("-f")
+            .arg(&self.file)
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -179,11 +213,8 @@ impl Run {
 
     /// A compose project under this run's name, taken down (`down -v`) at the end.
     pub fn compose(&mut self, file: PathBuf, env: Vec<(String, String)>) -> &Compose {
-        self.compose.insert(Compose {
-            file,
-            project: self.prefix.clone(),
-            env,
-        })
+        self.compose
+            .insert(Compose::new(file, self.prefix.clone(), env))
     }
 }
 
@@ -191,14 +222,7 @@ impl Drop for Run {
     fn drop(&mut self) {
         if std::thread::panicking() {
             for c in &self.containers {
-                let logs = Command::new("docker").args(["logs", c]).output();
-                if let Ok(out) = logs {
-                    eprintln!(
-                        "--- docker logs {c}\n{}{}",
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+                eprintln!("--- docker logs {c}\n{}", logs(c));
             }
         }
         if !self.containers.is_empty() {
