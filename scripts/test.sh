@@ -1,12 +1,19 @@
 #!/bin/sh
-# The whole test suite: unit, end-to-end (real TLS clients, curl, openssl s_client, the binary)
-# and the benchmark harness in --quick mode. Installs the Debian packages it needs when they
-# are missing (apt-get install -y, as root) and says so.
+# The whole test suite: unit, end-to-end (real TLS clients, curl, openssl s_client, the binary),
+# the container image (where a Docker engine answers) and the benchmark harness in --quick
+# mode. Installs the Debian packages it needs when they are missing (apt-get install -y, as
+# root) and says so.
 set -eu
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required: install Rust with https://rustup.rs" >&2; exit 1; }
 ./scripts/ensure-packages.sh cc:gcc curl:curl openssl:openssl \
   haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client taskset:util-linux
+if docker info >/dev/null 2>&1; then
+  # The container test (tests/container) runs the compose example too.
+  ./scripts/ensure-packages.sh docker-compose:docker-compose
+fi
+echo "== release binaries (the container test builds its image from them)"
+cargo build --release --locked --bin terminus --bin terminus-echo
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 echo "== example config and its certificates"

@@ -382,3 +382,57 @@ async fn completions_man_page_and_per_command_help() {
     let out = run(&["serve", "--token", "x"]).await.unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn health_probes_the_admin_address_its_config_gives() {
+    let (r, _echo) = router().await;
+    let dir = terminus_test_support::TempDir::new("health");
+    let config = |name: &str, admin: String| {
+        let path = dir.path().join(name);
+        let text =
+            format!("[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"{admin}\"\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let port = r.router.admin.port();
+    let up = config("up.toml", r.router.admin.to_string());
+    // A container's config listens on every interface; the probe goes to loopback.
+    let wildcard = config("wildcard.toml", format!("0.0.0.0:{port}"));
+    let down = config("down.toml", format!("127.0.0.1:{}", free_port()));
+    let health = |args: Vec<String>, env: Option<&Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminus"));
+        cmd.arg("health").args(args).env_remove("TERMINUS_CONFIG");
+        if let Some(path) = env {
+            cmd.env("TERMINUS_CONFIG", path);
+        }
+        async move {
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let flag = |path: &Path| vec!["--config".to_owned(), path.display().to_string()];
+
+    assert_eq!(health(flag(&up), None).await.0, Some(0));
+    assert_eq!(health(flag(&wildcard), None).await.0, Some(0));
+    assert_eq!(health(vec![], Some(&up)).await.0, Some(0));
+    let (code, err) = health(flag(&down), None).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unhealthy: 127.0.0.1:"), "{err}");
+    // --admin wins over the config, from the environment or not.
+    let admin = vec!["--admin".to_owned(), r.router.admin.to_string()];
+    assert_eq!(health(admin, Some(&down)).await.0, Some(0));
+    let (code, err) = health(flag(&dir.path().join("missing.toml")), None).await;
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -48,12 +48,15 @@ enum Command {
     },
     /// Exit 0 if the router's admin listener answers /healthz (for container health checks).
     #[command(
-        after_help = "Example:\n  terminus health --admin 127.0.0.1:9090\n\nExit codes: 0 healthy; 1 no answer, or not 200; 2 bad command-line usage."
+        after_help = "Examples:\n  terminus health --admin 127.0.0.1:9090\n  terminus health --config /etc/terminus/terminus.toml\n\nExit codes: 0 healthy; 1 no answer, or not 200; 2 bad command-line usage; 64 the config file is invalid."
     )]
     Health {
-        /// The admin listener's address.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin: SocketAddr,
+        /// The admin listener to probe; wins over --config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Probe the `[admin] address` of this config file (without either: 127.0.0.1:9090).
+        #[arg(long, short, env = "TERMINUS_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(
@@ -121,7 +124,13 @@ fn main() -> ExitCode {
             terminus::logging::init();
             check_config(config)
         }
-        Command::Health { admin } => health(admin),
+        Command::Health { admin, config } => match health_address(admin, config) {
+            Ok(admin) => health(admin),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -340,6 +349,33 @@ fn check_config(path: PathBuf) -> ExitCode {
     } else {
         ExitCode::from(EXIT_CONFIG)
     }
+}
+
+/// What `health` probes: `--admin`, else the config's admin address, else the default. A
+/// wildcard address (`0.0.0.0:9090`, as in a container) is probed on loopback.
+fn health_address(
+    admin: Option<SocketAddr>,
+    config: Option<PathBuf>,
+) -> Result<SocketAddr, String> {
+    let mut addr = match (admin, config) {
+        (Some(admin), _) => return Ok(admin),
+        (None, Some(path)) => {
+            Config::load(&path)
+                .map_err(|e| e.to_string())?
+                .admin
+                .address
+        }
+        (None, None) => terminus_config::DEFAULT_ADMIN_ADDRESS
+            .parse()
+            .map_err(|e| format!("{}: {e}", terminus_config::DEFAULT_ADMIN_ADDRESS))?,
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr)
 }
 
 fn health(admin: SocketAddr) -> ExitCode {
