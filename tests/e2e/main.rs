@@ -8,6 +8,7 @@
 
 mod durability;
 mod errors;
+mod exhaustion;
 mod harness;
 mod lifecycle;
 mod proxy;

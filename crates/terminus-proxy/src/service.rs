@@ -37,7 +37,7 @@ pub(crate) async fn handle(
         metrics: shared.metrics.clone(),
         emitted: false,
         write: shared.settings.access_log,
-        method: parts.method.clone(),
+        method: Some(parts.method.clone()),
         path: parts
             .uri
             .path_and_query()
@@ -93,6 +93,7 @@ pub(crate) async fn handle(
             request_id: &request_id,
             via,
             upgrade,
+            real_ip: shared.settings.set_x_real_ip.then_some(log.fwd),
         },
     );
     // The backend sees the host that was routed and checked against the certificate: an
@@ -123,10 +124,17 @@ pub(crate) async fn handle(
     if switching {
         let backend_upgrade = hyper::upgrade::on(&mut response);
         if let Some(client_upgrade) = client_upgrade {
-            crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, &conn);
+            crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, conn.clone());
         }
         let (parts, body) = response.into_parts();
-        let body = ResponseBody::backend(body, log, None, shared.settings.idle_timeout, in_flight);
+        let body = ResponseBody::backend(
+            body,
+            log,
+            None,
+            client_state,
+            shared.settings.idle_timeout,
+            in_flight,
+        );
         return Ok(Response::from_parts(parts, body));
     }
     let (parts, body) = response.into_parts();
@@ -134,6 +142,7 @@ pub(crate) async fn handle(
         body,
         log,
         Some(backend),
+        client_state,
         shared.settings.idle_timeout,
         in_flight,
     );
@@ -417,6 +426,13 @@ fn error_response(
     h.insert(VIA, shared.settings.via_h1.clone());
     if matches!(fault, Fault::BadRequest(_) | Fault::HeadersTooLarge(_)) {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if status.canonical_reason().is_none() {
+        response
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                crate::fault::CLIENT_CLOSED_REASON.as_bytes(),
+            ));
     }
     response
 }
