@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod exhaustion;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod proxy;
 mod scale;

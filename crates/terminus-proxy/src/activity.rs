@@ -20,6 +20,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+/// Blocked writes count as unblocked once this much has been written since they blocked: a
+/// client reading less than this per idle window is stalled.
+const UNBLOCKED_AFTER: usize = 16 * 1024;
+
 /// The HTTP/2 connection preface starts like this; such a connection has no HTTP/1 heads.
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
@@ -59,6 +63,8 @@ pub(crate) struct Activity {
     born: Instant,
     moved: AtomicBool,
     blocked_since: AtomicU64,
+    /// Bytes written since writes first blocked.
+    progress: AtomicUsize,
     head_since: AtomicU64,
     /// Request heads are watched (HTTP/1); off for HTTP/2 and upgraded tunnels.
     heads: AtomicBool,
@@ -93,6 +99,7 @@ impl Activity {
             born: Instant::now(),
             moved: AtomicBool::new(false),
             blocked_since: AtomicU64::new(0),
+            progress: AtomicUsize::new(0),
             head_since: AtomicU64::new(0),
             heads: AtomicBool::new(heads),
             in_flight: AtomicUsize::new(0),
@@ -116,15 +123,21 @@ impl Activity {
         self.moved.store(true, Ordering::Relaxed);
     }
 
-    fn wrote(&self) {
+    fn wrote(&self, n: usize) {
         if self.blocked_since.load(Ordering::Relaxed) != 0 {
-            self.blocked_since.store(0, Ordering::Relaxed);
+            // A kernel whose receive queue is full takes a few more bytes now and then as it
+            // compacts that queue, though the client reads nothing: only a real read unblocks.
+            let progress = self.progress.fetch_add(n, Ordering::Relaxed) + n;
+            if progress >= UNBLOCKED_AFTER {
+                self.blocked_since.store(0, Ordering::Relaxed);
+            }
         }
         self.moved();
     }
 
     fn blocked(&self) {
         if self.blocked_since.load(Ordering::Relaxed) == 0 {
+            self.progress.store(0, Ordering::Relaxed);
             self.blocked_since.store(self.stamp(), Ordering::Relaxed);
         }
     }
@@ -333,7 +346,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
 impl<I> TrackedIo<I> {
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
-            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(*n),
             Poll::Pending => self.activity.blocked(),
             _ => {}
         }
@@ -408,8 +421,9 @@ mod tests {
         for _ in 0..20 {
             a.blocked();
             tokio::time::advance(Duration::from_secs(1)).await;
-            // A write got through before the next one blocked again.
-            a.wrote();
+            // A client reading slowly: a record's worth got through before the next write
+            // blocked again.
+            a.wrote(UNBLOCKED_AFTER);
             assert!(matches!(
                 a.look(&mut w, Instant::now(), &LIMITS),
                 Verdict::Wait(_)
