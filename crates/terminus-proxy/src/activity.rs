@@ -125,8 +125,8 @@ impl Activity {
 
     fn wrote(&self, n: usize) {
         if self.blocked_since.load(Ordering::Relaxed) != 0 {
-            // A kernel whose receive queue is full takes a few more bytes now and then as it
-            // compacts that queue, though the client reads nothing: only a real read unblocks.
+            // A client that reads a few bytes now and then to keep a large response open (a
+            // slow-read attack) is still stalled: only a real read unblocks.
             let progress = self.progress.fetch_add(n, Ordering::Relaxed) + n;
             if progress >= UNBLOCKED_AFTER {
                 self.blocked_since.store(0, Ordering::Relaxed);
