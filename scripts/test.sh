@@ -1,7 +1,8 @@
 #!/bin/sh
-# The whole test suite: unit, end-to-end (real TLS clients, curl, openssl s_client, the binary)
-# and the benchmark harness in --quick mode. Installs the Debian packages it needs when they
-# are missing (apt-get install -y, as root) and says so.
+# The whole test suite: unit, end-to-end (real TLS clients, curl, openssl s_client, the binary),
+# the supply-chain check (cargo deny) and the benchmark harness in --quick mode. Installs the
+# Debian packages it needs when they are missing (apt-get install -y, as root) and says so, and
+# cargo-deny with cargo install.
 set -eu
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required: install Rust with https://rustup.rs" >&2; exit 1; }
@@ -9,6 +10,8 @@ command -v cargo >/dev/null || { echo "cargo is required: install Rust with http
   haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client taskset:util-linux
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
+echo "== supply chain: cargo deny (RustSec advisories from the offline snapshot, licenses, bans, sources)"
+./scripts/supply-chain.sh
 echo "== example config and its certificates"
 ./config/gen-certs.sh config/certs >/dev/null
 cargo run --locked -q --bin terminus -- check-config --config config/terminus.toml
