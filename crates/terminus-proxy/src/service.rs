@@ -205,20 +205,28 @@ fn check(
         return Err(Fault::MethodNotAllowed);
     }
     let authority = authority.as_ref().map_err(|f| *f)?;
-    if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) + parts.method.as_str().len() + 10
-        > MAX_LINE
-    {
+    let request_line =
+        parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) + parts.method.as_str().len() + 10;
+    if request_line > MAX_LINE {
         return Err(Fault::BadRequest("request_line_too_long"));
     }
     if parts.headers.len() > shared.settings.max_headers {
         return Err(Fault::HeadersTooLarge("too_many_headers"));
     }
-    if parts
-        .headers
-        .iter()
-        .any(|(k, v)| k.as_str().len() + v.len() + 2 > MAX_LINE)
-    {
+    // One pass for both limits. hyper's own limit on the head (its read buffer) can be exceeded
+    // by what one read brings in past it; this one is exact.
+    let mut head = request_line + 2;
+    let mut longest = 0;
+    for (k, v) in &parts.headers {
+        let line = k.as_str().len() + v.len() + 4;
+        head += line;
+        longest = longest.max(line);
+    }
+    if longest > MAX_LINE + 2 {
         return Err(Fault::HeadersTooLarge("header_line_too_long"));
+    }
+    if head > shared.settings.max_request_head {
+        return Err(Fault::HeadersTooLarge("head_too_large"));
     }
     if let Some(expect) = parts.headers.get(EXPECT) {
         if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
