@@ -205,27 +205,17 @@ fn check(
         return Err(Fault::MethodNotAllowed);
     }
     let authority = authority.as_ref().map_err(|f| *f)?;
-    let request_line =
-        parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) + parts.method.as_str().len() + 10;
-    if request_line > MAX_LINE {
+    let size = HeadSize::of(parts);
+    if size.request_line > MAX_LINE {
         return Err(Fault::BadRequest("request_line_too_long"));
     }
     if parts.headers.len() > shared.settings.max_headers {
         return Err(Fault::HeadersTooLarge("too_many_headers"));
     }
-    // One pass for both limits. hyper's own limit on the head (its read buffer) can be exceeded
-    // by what one read brings in past it; this one is exact.
-    let mut head = request_line + 2;
-    let mut longest = 0;
-    for (k, v) in &parts.headers {
-        let line = k.as_str().len() + v.len() + 4;
-        head += line;
-        longest = longest.max(line);
-    }
-    if longest > MAX_LINE + 2 {
+    if size.longest_header > MAX_LINE {
         return Err(Fault::HeadersTooLarge("header_line_too_long"));
     }
-    if head > shared.settings.max_request_head {
+    if size.total > shared.settings.max_request_head {
         return Err(Fault::HeadersTooLarge("head_too_large"));
     }
     if let Some(expect) = parts.headers.get(EXPECT) {
@@ -257,6 +247,39 @@ fn check(
         return Err(Fault::NoBackends);
     }
     Ok(app)
+}
+
+/// The size of a request head as HTTP/1 sends it, measured in one pass over the headers.
+/// hyper's own limit on the head (its read buffer) can be overrun by what one read brings in
+/// past it; this one is exact, and applies to HTTP/2 requests as well.
+#[derive(Debug, PartialEq, Eq)]
+struct HeadSize {
+    /// `METHOD SP path SP HTTP/1.1`.
+    request_line: usize,
+    /// `name: value`, the longest one.
+    longest_header: usize,
+    /// Every line with its CRLF, and the blank line.
+    total: usize,
+}
+
+impl HeadSize {
+    fn of(parts: &http::request::Parts) -> Self {
+        let request_line = parts.method.as_str().len()
+            + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+            + 10;
+        let mut total = request_line + 2 + 2;
+        let mut longest_header = 0;
+        for (name, value) in &parts.headers {
+            let line = name.as_str().len() + 2 + value.len();
+            total += line + 2;
+            longest_header = longest_header.max(line);
+        }
+        Self {
+            request_line,
+            longest_header,
+            total,
+        }
+    }
 }
 
 fn is_upgrade(parts: &http::request::Parts) -> bool {
@@ -443,4 +466,28 @@ fn error_response(
             ));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_size_counts_what_http1_sends() {
+        let (parts, ()) = Request::get("/abc?x=1")
+            .header("host", "www.example.com")
+            .header("x-a", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let raw = "GET /abc?x=1 HTTP/1.1\r\nhost: www.example.com\r\nx-a: 1\r\n\r\n";
+        assert_eq!(
+            HeadSize::of(&parts),
+            HeadSize {
+                request_line: "GET /abc?x=1 HTTP/1.1".len(),
+                longest_header: "host: www.example.com".len(),
+                total: raw.len(),
+            }
+        );
+    }
 }
