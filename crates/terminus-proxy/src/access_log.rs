@@ -24,7 +24,8 @@ pub const ACCESS_TARGET: &str = "terminus::access";
 /// exactly once: by [`AccessLog::emit`], or, if the request is dropped before that (the client
 /// went away), as H27 when this is dropped.
 #[derive(Debug)]
-pub(crate) struct AccessLog {
+#[doc(hidden)] // public for the access_log fuzz target only
+pub struct AccessLog {
     pub metrics: ProxyMetrics,
     pub emitted: bool,
     /// Write the line (counting happens either way).
@@ -56,14 +57,15 @@ fn protocol(version: Version) -> &'static str {
     }
 }
 
-/// Escapes `"` and `\` (and control characters) for a quoted logfmt value.
+/// Escapes `"` and `\`, control characters and the Unicode line and paragraph separators (which
+/// some log viewers break lines at) for a quoted logfmt value.
 fn quoted(out: &mut String, value: &str) {
     out.push('"');
     for c in value.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
                 let _ = write!(out, "\\u{{{:x}}}", c as u32);
             }
             c => out.push(c),
@@ -85,7 +87,7 @@ fn bare(out: &mut String, value: &str) {
 }
 
 impl AccessLog {
-    pub(crate) fn line(&self, now: Instant) -> String {
+    pub fn line(&self, now: Instant) -> String {
         let mut out = String::with_capacity(320);
         let at = match self.fault {
             None => "info",
@@ -246,6 +248,18 @@ mod tests {
         assert!(line.contains(" service=30000ms status=503 "), "{line}");
         assert!(
             line.ends_with("protocol=http1.1 tls=false tls_version="),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn unicode_line_separators_are_escaped() {
+        let mut log = sample();
+        log.path = "/a\u{2028}at=info\u{2029}\u{85}".into();
+        log.host = "h\u{2028}".into();
+        let line = log.line(Instant::now());
+        assert!(
+            line.contains(r#"path="/a\u{2028}at=info\u{2029}\u{85}" host="h\u{2028}""#),
             "{line}"
         );
     }

@@ -73,9 +73,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // Bytes, not text: one non-UTF-8 byte must not hide the names beside it.
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
             .collect();
         for name in named {
             if !(keep_upgrade && name == UPGRADE) {
@@ -386,6 +386,18 @@ mod tests {
             assert!(h.get(gone).is_none(), "{gone} should be stripped");
         }
         assert_eq!(get(&h, "accept"), ["*/*"]);
+    }
+
+    #[test]
+    fn connection_with_a_non_utf8_byte_still_strips_what_it_names() {
+        let mut h = map(&[("x-secret", "s")]);
+        h.append(
+            CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, caf\xe9").unwrap(),
+        );
+        forward(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(CONNECTION).is_none());
     }
 
     #[test]

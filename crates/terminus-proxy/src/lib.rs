@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+#[doc(hidden)]
+pub use access_log::AccessLog;
 pub use access_log::ACCESS_TARGET;
 pub use fault::Fault;
 pub use state::{Settings, Shared};

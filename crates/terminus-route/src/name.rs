@@ -130,6 +130,13 @@ impl HostPattern {
     pub fn parse(pattern: &str) -> Result<Self, NameError> {
         let trimmed = pattern.trim();
         if let Some(suffix) = trimmed.strip_prefix("*.") {
+            // HostName::parse trims, which would accept "*. example.com" as *.example.com.
+            if suffix.starts_with(char::is_whitespace) {
+                return Err(NameError::Invalid {
+                    name: pattern.to_owned(),
+                    reason: "'*.' must be followed directly by the domain, as in *.example.com",
+                });
+            }
             let suffix = HostName::parse(suffix).map_err(|e| e.with_name(pattern))?;
             if !suffix.as_str().contains('.') {
                 return Err(NameError::Invalid {
@@ -282,6 +289,8 @@ mod tests {
             "-a.example.com",
             "a..example.com",
             "ünï.example.com",
+            "*. example.com",
+            "*.\texample.com",
         ] {
             let err = HostPattern::parse(bad).unwrap_err();
             assert!(err.to_string().contains('\''), "{bad}: {err}");

@@ -86,4 +86,6 @@ pub enum KeyError {
 pub enum PolicyError {
     #[error("the TLS configuration was refused: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("session-ticket keys: {0}")]
+    TicketKeys(#[from] crate::tickets::TicketKeyError),
 }

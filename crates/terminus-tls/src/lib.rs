@@ -15,6 +15,7 @@ mod prepare;
 mod resolver;
 #[cfg(test)]
 mod testpki;
+mod tickets;
 
 pub use caps::ClientCaps;
 pub use error::{CertError, IndexError, KeyError, PolicyError};
@@ -28,5 +29,6 @@ pub use prepare::{
     is_trusted, prepare, DropReason, Dropped, PrepareOptions, Prepared, MIN_RSA_BITS,
 };
 pub use resolver::SniResolver;
+pub use tickets::{TicketKey, TicketKeyError, TicketKeys, Ticketer, TICKET_ROTATION_SECS};
 
 pub use rustls;

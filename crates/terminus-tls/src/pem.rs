@@ -76,14 +76,26 @@ fn sections(
     Ok(())
 }
 
+const KNOWN_LABELS: [&str; 4] = [
+    "CERTIFICATE",
+    "PRIVATE KEY",
+    "RSA PRIVATE KEY",
+    "EC PRIVATE KEY",
+];
+
 /// The PEM error without echoing the input line: that line may be part of a private key.
 fn describe_pem_error(e: &rustls::pki_types::pem::Error) -> String {
     use rustls::pki_types::pem::Error;
     match e {
-        Error::MissingSectionEnd { end_marker } => format!(
-            "a -----BEGIN {}----- block has no END line",
-            String::from_utf8_lossy(end_marker)
-        ),
+        // The label is whatever follows BEGIN on its line: a key pasted without its line
+        // breaks puts the whole key there. Only labels we know are named.
+        Error::MissingSectionEnd { end_marker } => {
+            match KNOWN_LABELS.iter().find(|l| l.as_bytes() == end_marker) {
+                Some(label) => format!("a -----BEGIN {label}----- block has no END line"),
+                None => "a -----BEGIN line has no matching END line (are the line breaks missing?)"
+                    .into(),
+            }
+        }
         Error::IllegalSectionStart { .. } => "a -----BEGIN line is malformed".into(),
         Error::Base64Decode(_) => "a block's base64 body is corrupt".into(),
         Error::SectionTooLarge => "a block is too large".into(),
@@ -175,5 +187,25 @@ mod tests {
         let err = parse_pem(cert.as_bytes(), broken_key.as_bytes()).unwrap_err();
         let body: String = key.lines().nth(1).unwrap().chars().take(20).collect();
         assert!(!err.to_string().contains(&body), "{err}");
+    }
+
+    #[test]
+    fn a_key_without_its_line_breaks_is_not_echoed() {
+        // Pasted through a single-line field, the whole key ends up on the BEGIN line, and
+        // the unmatched "label" is the key itself.
+        let (cert, key) = pki();
+        let one_line: String = key.lines().collect();
+        let err = parse_pem(cert.as_bytes(), one_line.as_bytes()).unwrap_err();
+        let body: String = key.lines().nth(1).unwrap().chars().take(20).collect();
+        assert!(!err.to_string().contains(&body), "{err}");
+        assert!(matches!(err, CertError::MalformedPem { what: "key", .. }));
+        // A known label is still named.
+        let truncated = format!("{}\n", key.lines().take(2).collect::<Vec<_>>().join("\n"));
+        let err = parse_pem(cert.as_bytes(), truncated.as_bytes()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("-----BEGIN PRIVATE KEY----- block"),
+            "{err}"
+        );
     }
 }

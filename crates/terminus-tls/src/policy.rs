@@ -20,6 +20,7 @@ use terminus_config::{TlsConfig, TlsVersion};
 
 use crate::caps::ClientCaps;
 use crate::error::PolicyError;
+use crate::tickets::{TicketKeys, Ticketer};
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -49,11 +50,14 @@ pub fn provider(post_quantum: bool) -> CryptoProvider {
 }
 
 /// Builds one `ServerConfig` per connection around the certificate chosen for it. Every config
-/// shares one ticketer (rotating keys) and one stateful session cache, so a session resumes on
-/// any listener; rustls refuses to resume a session under a different SNI name.
+/// shares one ticketer and one stateful session cache, so a session resumes on any listener;
+/// rustls refuses to resume a session under a different SNI name. The ticketer starts with
+/// fresh keys; whoever keeps ticket keys durable (or shares them across routers) installs them
+/// with [`Ticketer::set_keys`].
 #[derive(Debug, Clone)]
 pub struct TlsPolicy {
     provider: Arc<CryptoProvider>,
+    tickets: Arc<Ticketer>,
     /// Server suite order.
     base: Arc<ServerConfig>,
     /// The same, following the client's suite order.
@@ -78,7 +82,11 @@ impl TlsPolicy {
         // for no security an edge router's clients can use. Clients that put ChaCha20 first
         // (no AES hardware) get the `chacha` config instead, which follows their order.
         base.ignore_client_order = true;
-        base.ticketer = aws_lc_rs::Ticketer::new()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let tickets = Ticketer::new(&TicketKeys::generate(now)?)?;
+        base.ticketer = tickets.clone();
         base.session_storage = if config.session_cache_size == 0 {
             Arc::new(rustls::server::NoServerSessionStorage {})
         } else {
@@ -93,6 +101,7 @@ impl TlsPolicy {
         chacha.ignore_client_order = false;
         Ok(Self {
             provider,
+            tickets,
             base: Arc::new(base),
             chacha: Arc::new(chacha),
         })
@@ -100,6 +109,11 @@ impl TlsPolicy {
 
     pub fn provider(&self) -> &Arc<CryptoProvider> {
         &self.provider
+    }
+
+    /// The session-ticket keys' holder, shared by every connection's config.
+    pub fn tickets(&self) -> &Arc<Ticketer> {
+        &self.tickets
     }
 
     /// The config for one connection, serving `key` to a client with `caps`.
