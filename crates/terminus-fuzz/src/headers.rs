@@ -1,8 +1,8 @@
 //! Request and response header rewriting (`terminus_proxy::headers`) over arbitrary header maps.
 //!
 //! Bug class: header spoofing and hop-by-hop abuse. A client-supplied `X-Forwarded-*`,
-//! `X-Request-*`, `X-Real-IP` or `Forwarded` value (or an underscore spelling of one) that reaches the backend
-//! unchecked, a second `X-Forwarded-For` line or one that does not end with the real client, a
+//! `X-Request-*`, `X-Real-IP` or `Forwarded` value (or an underscore spelling of one) that
+//! reaches the backend unchecked, a second `X-Forwarded-For` line or one that does not end with the real client, a
 //! hop-by-hop header (or one `Connection` names) that survives, and panics on odd bytes.
 //!
 //! Input: a first line of settings (`CLIENT-IP [trusted] [upgrade] [http] [h2] [real-ip]`),
