@@ -2,8 +2,9 @@
 //!
 //! Bug class: header spoofing and hop-by-hop abuse. A client-supplied `X-Forwarded-*`,
 //! `X-Request-*`, `X-Real-IP` or `Forwarded` value (or an underscore spelling of one) that
-//! reaches the backend unchecked, a second `X-Forwarded-For` line or one that does not end with the real client, a
-//! hop-by-hop header (or one `Connection` names) that survives, and panics on odd bytes.
+//! reaches the backend unchecked, a second `X-Forwarded-For` line or one that does not end with
+//! the real client, a hop-by-hop header (or one `Connection` names) that survives, and panics on
+//! odd bytes.
 //!
 //! Input: a first line of settings (`CLIENT-IP [trusted] [upgrade] [http] [h2] [real-ip]`),
 //! then header lines `name: value`; lines that are not a valid header are skipped.
