@@ -152,7 +152,9 @@ pub(crate) async fn handshake(
                 peer = %tcp.peer_addr().map(|p| p.to_string()).unwrap_or_default(),
                 "plain HTTP request sent to the TLS port: answered 400"
             );
-            answer_plain_http(tcp, deadline).await;
+            // Boxed: a rare path with a read buffer that would otherwise size every
+            // connection's task for its whole life.
+            Box::pin(answer_plain_http(tcp, deadline)).await;
             return None;
         }
         Ok(Hello::Accepted(accepted)) => accepted,
