@@ -14,17 +14,13 @@ const STALLED: usize = 150;
 const BODY: u64 = 8_000_000;
 const IDLE: Duration = Duration::from_secs(2);
 
-async fn router(
-    backend: &Backend,
-    tweak: impl FnOnce(&mut Builder),
-    nofile: Option<u32>,
-) -> Process {
+async fn router(backend: &Backend, tweak: impl FnOnce(&mut Builder), limits: &str) -> Process {
     let mut b = Builder::new();
     b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
     b.app("web", &[backend.addr])
         .domain("*.example.com", "web", None);
     tweak(&mut b);
-    b.spawn(nofile).await
+    b.spawn(limits).await
 }
 
 /// Waits until `ok` holds, polling every 50 ms, up to `limit`.
@@ -63,7 +59,7 @@ async fn stalled_readers(tls: bool) {
         |b| {
             b.timeout(&format!("idle = \"{}ms\"", IDLE.as_millis()));
         },
-        None,
+        "",
     )
     .await;
     // One complete large response first, so the baseline includes what every connection's
@@ -192,7 +188,7 @@ async fn plain_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u1
 async fn out_of_file_descriptors_the_router_pauses_accepting_and_recovers() {
     let echo = Backend::echo("web").await;
     // 64 descriptors for the whole process, soft and hard: far fewer than the connections.
-    let r = router(&echo, |_| {}, Some(64)).await;
+    let r = router(&echo, |_| {}, "ulimit -n 64").await;
     assert_eq!(plain_get(r.http, "/").await.unwrap(), 200);
 
     let mut held = Vec::new();
@@ -250,6 +246,21 @@ async fn out_of_file_descriptors_the_router_pauses_accepting_and_recovers() {
 }
 
 #[tokio::test]
+async fn the_soft_open_files_limit_is_raised_to_the_hard_limit() {
+    let echo = Backend::echo("web").await;
+    let r = router(&echo, |_| {}, "ulimit -S -n 64").await;
+    let (soft, hard) = r.nofile();
+    assert!(soft == hard && soft > 64, "soft {soft}, hard {hard}");
+    assert!(
+        wait_for(Duration::from_secs(3), async || !r
+            .stderr_lines("raised the open files limit")
+            .is_empty())
+        .await
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
 async fn a_full_listener_resets_new_connections_at_once_and_counts_them() {
     use tokio::io::AsyncReadExt;
     let echo = Backend::echo("web").await;
@@ -258,7 +269,7 @@ async fn a_full_listener_resets_new_connections_at_once_and_counts_them() {
         |b| {
             b.listener("max_connections = 4");
         },
-        None,
+        "",
     )
     .await;
     let held_series = format!("terminus_listener_connections{{address=\"{}\"}}", r.http);

@@ -343,16 +343,18 @@ pub struct Process {
 }
 
 impl Builder {
-    /// Starts the binary on this config; with `nofile`, under that file descriptor limit (soft
-    /// and hard, set by the shell before it execs the router).
-    pub async fn spawn(self, nofile: Option<u32>) -> Process {
+    /// Starts the binary on this config, under `limits` (e.g. `ulimit -n 64`, set by the shell
+    /// before it execs the router; empty for none).
+    pub async fn spawn(self, limits: &str) -> Process {
         use std::sync::{Arc, Mutex};
         use tokio::io::{AsyncBufReadExt, BufReader};
         let path = self.dir.path().join("terminus.toml");
         std::fs::write(&path, self.toml()).expect("write config");
-        let limit = nofile
-            .map(|n| format!("ulimit -n {n}; "))
-            .unwrap_or_default();
+        let limit = if limits.is_empty() {
+            String::new()
+        } else {
+            format!("{limits}; ")
+        };
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(format!("{limit}exec \"$0\" serve --config \"$1\""))
@@ -375,8 +377,10 @@ impl Builder {
         });
         let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
         let (mut https, mut http, mut admin) = (None, None, None);
+        let startup = stderr.clone();
         let started = tokio::time::timeout(std::time::Duration::from_secs(20), async {
             while let Ok(Some(line)) = err.next_line().await {
+                startup.lock().unwrap().push(line.clone());
                 let address = line
                     .split_whitespace()
                     .find_map(|w| w.strip_prefix("address="))
@@ -423,6 +427,20 @@ impl Process {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS")
+    }
+
+    /// The soft and hard limits on open files, from /proc/PID/limits.
+    pub fn nofile(&self) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid)).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("Max open files");
+        let numbers: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (numbers[0], numbers[1])
     }
 
     /// CPU time used so far (user + system), in clock ticks.
