@@ -1,8 +1,8 @@
 #!/bin/sh
 # The whole test suite: unit, end-to-end (real TLS clients, curl, openssl s_client, the binary),
-# the container image (where a Docker engine answers) and the benchmark harness in --quick
-# mode. Installs the Debian packages it needs when they are missing (apt-get install -y, as
-# root) and says so.
+# the container image (where a Docker engine answers), the supply-chain check (cargo deny) and
+# the benchmark harness in --quick mode. Installs the Debian packages it needs when they are
+# missing (apt-get install -y, as root) and says so, and cargo-deny with cargo install.
 set -eu
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required: install Rust with https://rustup.rs" >&2; exit 1; }
@@ -16,6 +16,8 @@ echo "== release binaries (the container test builds its image from them)"
 cargo build --release --locked --bin terminus --bin terminus-echo
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
+echo "== supply chain: cargo deny (RustSec advisories from the offline snapshot, licenses, bans, sources)"
+./scripts/supply-chain.sh
 echo "== example config and its certificates"
 ./config/gen-certs.sh config/certs >/dev/null
 cargo run --locked -q --bin terminus -- check-config --config config/terminus.toml

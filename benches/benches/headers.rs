@@ -85,6 +85,7 @@ fn bench_headers(c: &mut Criterion) {
         request_id: &id,
         via: &via,
         upgrade: false,
+        real_ip: None,
     };
     let mut group = c.benchmark_group("headers");
     for (label, request) in [

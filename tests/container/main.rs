@@ -30,8 +30,8 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(60);
 /// The host's `terminus` binary against the router's published admin port.
 fn cli(admin: SocketAddr, token: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_terminus"))
-        .args(["--url", &format!("http://{admin}")])
         .args(args)
+        .env("TERMINUS_URL", format!("http://{admin}"))
         .env("TERMINUS_TOKEN", token)
         .output()
         .unwrap();

@@ -359,6 +359,39 @@ async fn a_client_that_stops_reading_is_cut_with_h28() {
 }
 
 #[tokio::test]
+async fn a_client_that_stalls_first_is_h28_even_when_the_backend_gives_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The backend gives up 1 s after the router stopped reading it (because the client had
+    // stopped reading the router); the client comes back after 4.5 s, past the idle window.
+    let impatient = Backend::impatient(Duration::from_secs(1)).await;
+    let r = router_for(&[&impatient], |b| {
+        b.timeout("idle = \"4s\"");
+    })
+    .await;
+    let id = unique_request_id("impatient");
+    let mut conn = TlsClient::new(ClientOptions::sni("www.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let head = format!("GET / HTTP/1.1\r\nhost: www.example.com\r\nx-request-id: {id}\r\n\r\n");
+    conn.stream.write_all(head.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 1024];
+    conn.stream.read_exact(&mut first).await.unwrap();
+    // The stall itself is what is under test.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn.stream.read_to_end(&mut rest))
+        .await
+        .expect("the router closed the connection");
+    let line = logs::find(&id, Duration::from_secs(3))
+        .await
+        .expect("log line");
+    assert!(line.starts_with("at=error code=H28 "), "{line}");
+    assert!(rest.len() < 100_000_000, "the body was cut");
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_slow_upload_does_not_count_against_the_first_byte_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let echo = Backend::echo("web").await;

@@ -19,6 +19,7 @@ pub struct Builder {
     proxy: Vec<String>,
     router: Vec<String>,
     store: Vec<String>,
+    listener: Vec<String>,
     body: String,
 }
 
@@ -37,6 +38,7 @@ impl Builder {
             proxy: Vec::new(),
             router: Vec::new(),
             store: Vec::new(),
+            listener: Vec::new(),
             body: String::new(),
         }
     }
@@ -92,6 +94,12 @@ impl Builder {
         self
     }
 
+    /// A line added to both listeners' tables (e.g. `max_connections = 5`).
+    pub fn listener(&mut self, line: &str) -> &mut Self {
+        self.listener.push(line.into());
+        self
+    }
+
     pub fn router(&mut self, line: &str) -> &mut Self {
         self.router.push(line.into());
         self
@@ -132,8 +140,9 @@ impl Builder {
         };
         let token_file = self.dir.path().join("admin.token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+        let listener: String = self.listener.iter().map(|l| format!("{l}\n")).collect();
         format!(
-            "{}[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = false\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n{}{}{}{}{}",
+            "{}[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n{listener}\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = false\n{listener}\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n{}{}{}{}{}",
             section("router", &self.router),
             token_file.display(),
             section("tls", &self.tls),
@@ -325,4 +334,193 @@ pub fn served_names(conn: &terminus_test_support::Connected) -> Vec<String> {
         .as_ref()
         .map(|c| terminus_test_support::pki::san_names(c.as_ref()))
         .unwrap_or_default()
+}
+
+/// The `terminus` binary serving this builder's config in a process of its own, so that its
+/// memory (VmRSS) and file descriptors are the router's alone.
+pub struct Process {
+    child: tokio::process::Child,
+    pub pid: u32,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    /// Router log lines (stdout) and other logs (stderr), as they arrive.
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub ca: Ca,
+    pub dir: TempDir,
+}
+
+impl Builder {
+    /// Starts the binary on this config, under `limits` (e.g. `ulimit -n 64`, set by the shell
+    /// before it execs the router; empty for none).
+    pub async fn spawn(self, limits: &str) -> Process {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let path = self.dir.path().join("terminus.toml");
+        std::fs::write(&path, self.toml()).expect("write config");
+        let limit = if limits.is_empty() {
+            String::new()
+        } else {
+            format!("{limits}; ")
+        };
+        let mut child = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{limit}exec \"$0\" serve --config \"$1\""))
+            .arg(env!("CARGO_BIN_EXE_terminus"))
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn terminus");
+        let pid = child.id().expect("pid");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut out = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let lines = stdout.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut err = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let (mut https, mut http, mut admin) = (None, None, None);
+        let startup = stderr.clone();
+        let started = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while let Ok(Some(line)) = err.next_line().await {
+                startup.lock().unwrap().push(line.clone());
+                let address = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("address="))
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+                if line.contains("admin listening") {
+                    admin = address;
+                    break;
+                } else if line.contains("listening") && line.contains("tls=true") {
+                    https = https.or(address);
+                } else if line.contains("listening") {
+                    http = http.or(address);
+                }
+            }
+        })
+        .await;
+        assert!(started.is_ok(), "terminus did not start");
+        let lines = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = err.next_line().await {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        Process {
+            child,
+            pid,
+            https: https.expect("https listener"),
+            http: http.expect("http listener"),
+            admin: admin.expect("admin listener"),
+            stdout,
+            stderr,
+            ca: self.ca,
+            dir: self.dir,
+        }
+    }
+}
+
+impl Process {
+    /// Resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// The soft and hard limits on open files, from /proc/PID/limits.
+    pub fn nofile(&self) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid)).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("Max open files");
+        let numbers: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (numbers[0], numbers[1])
+    }
+
+    /// CPU time used so far (user + system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).expect("stat");
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("comm")
+            .1
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Router log lines containing `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        let lines = self.stdout.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Other log lines (stderr) containing `needle`.
+    pub fn stderr_lines(&self, needle: &str) -> Vec<String> {
+        let lines = self.stderr.lock().unwrap();
+        lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// `GET path` on the admin listener: status and body.
+    pub async fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        admin_get(self.admin, path).await
+    }
+
+    /// The value of one sample line of `/metrics`, 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await.expect("metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// One `GET` over plain HTTP/1.1 with `Connection: close`, read to the end.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not HTTP: {text}")))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
 }

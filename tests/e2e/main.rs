@@ -9,8 +9,10 @@
 mod damage;
 mod durability;
 mod errors;
+mod exhaustion;
 mod guards;
 mod harness;
+mod hostile;
 mod lifecycle;
 mod listing;
 mod proxy;

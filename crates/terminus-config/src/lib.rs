@@ -33,6 +33,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(5);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// An HTTP/1 request head must be complete this long after its first byte (HAProxy's usual
+/// `timeout http-request`); waiting for that first byte is judged by `idle`.
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers together); more is answered 431. nginx's
+/// default is 4 x 8 KiB buffers, HAProxy's 16 KiB (tune.bufsize less tune.maxrewrite).
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 32 * 1024;
+/// Client connections a listener holds at once; more are accepted and closed at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Request headers allowed per request; more is answered 431 (HAProxy's limit is 101).
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Backends tried for one request before giving up (Heroku's router tries up to 10).
@@ -91,6 +99,18 @@ pub struct RouterConfig {
 pub struct Listener {
     pub address: SocketAddr,
     pub tls: bool,
+    /// Connections held at once; over it, new ones are accepted and closed at once.
+    pub max_connections: usize,
+}
+
+impl Listener {
+    pub fn new(address: SocketAddr, tls: bool) -> Self {
+        Self {
+            address,
+            tls,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -180,6 +200,8 @@ pub struct Timeouts {
     pub connect: Duration,
     pub first_byte: Duration,
     pub idle: Duration,
+    /// An HTTP/1 request head must be complete this long after its first byte.
+    pub request_head: Duration,
     pub pool_idle: Duration,
     pub quarantine: Duration,
     pub shutdown_grace: Duration,
@@ -190,9 +212,13 @@ pub struct ProxyConfig {
     /// Peers whose incoming X-Forwarded-* values are kept.
     pub trusted_proxies: Vec<IpNet>,
     pub max_headers: usize,
+    /// Largest request head, request line and headers together (HTTP/1 and HTTP/2).
+    pub max_request_head: usize,
     pub connect_attempts: usize,
     /// How often backend host names are resolved again.
     pub resolve_interval: Duration,
+    /// Set `X-Real-IP` to the client address; otherwise a client's `X-Real-IP` is removed.
+    pub set_x_real_ip: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -235,6 +261,7 @@ impl Default for Timeouts {
             connect: DEFAULT_CONNECT_TIMEOUT,
             first_byte: DEFAULT_FIRST_BYTE_TIMEOUT,
             idle: DEFAULT_IDLE_TIMEOUT,
+            request_head: DEFAULT_REQUEST_HEAD_TIMEOUT,
             pool_idle: DEFAULT_POOL_IDLE_TIMEOUT,
             quarantine: DEFAULT_QUARANTINE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -247,8 +274,10 @@ impl Default for ProxyConfig {
         Self {
             trusted_proxies: Vec::new(),
             max_headers: DEFAULT_MAX_HEADERS,
+            max_request_head: DEFAULT_MAX_REQUEST_HEAD,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
+            set_x_real_ip: false,
         }
     }
 }
@@ -298,10 +327,7 @@ impl Config {
                 default_app: Some(default.clone()),
                 access_log: true,
             },
-            listeners: vec![Listener {
-                address: listen,
-                tls: true,
-            }],
+            listeners: vec![Listener::new(listen, true)],
             admin: AdminConfig::new(admin.unwrap_or_else(validate::default_admin_address)),
             tls: TlsConfig {
                 default_certificate,

@@ -42,6 +42,7 @@ pub(crate) struct RawRouter {
 pub(crate) struct RawListener {
     pub address: String,
     pub tls: Option<bool>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +74,7 @@ pub(crate) struct RawTimeouts {
     pub connect: Option<String>,
     pub first_byte: Option<String>,
     pub idle: Option<String>,
+    pub request_head: Option<String>,
     pub pool_idle: Option<String>,
     pub quarantine: Option<String>,
     pub shutdown_grace: Option<String>,
@@ -83,8 +85,10 @@ pub(crate) struct RawTimeouts {
 pub(crate) struct RawProxy {
     pub trusted_proxies: Option<Vec<String>>,
     pub max_headers: Option<usize>,
+    pub max_request_head: Option<usize>,
     pub connect_attempts: Option<usize>,
     pub resolve_interval: Option<String>,
+    pub set_x_real_ip: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -91,7 +91,7 @@ pub fn access_log(data: &[u8]) {
         // Already "written": dropping it must not log or count anything.
         emitted: true,
         write: false,
-        method: method.clone(),
+        method: Some(method.clone()),
         path: path.clone(),
         host: host.clone(),
         request_id: request_id.clone(),

@@ -1,12 +1,13 @@
 //! Request and response header rewriting (`terminus_proxy::headers`) over arbitrary header maps.
 //!
 //! Bug class: header spoofing and hop-by-hop abuse. A client-supplied `X-Forwarded-*`,
-//! `X-Request-*` or `Forwarded` value (or an underscore spelling of one) that reaches the backend
-//! unchecked, a second `X-Forwarded-For` line or one that does not end with the real client, a
-//! hop-by-hop header (or one `Connection` names) that survives, and panics on odd bytes.
+//! `X-Request-*`, `X-Real-IP` or `Forwarded` value (or an underscore spelling of one) that
+//! reaches the backend unchecked, a second `X-Forwarded-For` line or one that does not end with
+//! the real client, a hop-by-hop header (or one `Connection` names) that survives, and panics on
+//! odd bytes.
 //!
-//! Input: a first line of settings (`CLIENT-IP [trusted] [upgrade] [http] [h2]`), then header
-//! lines `name: value`; lines that are not a valid header are skipped.
+//! Input: a first line of settings (`CLIENT-IP [trusted] [upgrade] [http] [h2] [real-ip]`),
+//! then header lines `name: value`; lines that are not a valid header are skipped.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -26,6 +27,9 @@ pub(crate) const TOKENS: &[&[u8]] = &[
     b"x_request_id: ",
     b"x-request-id: 0123456789abcdefghij\n",
     b"forwarded: for=",
+    b"x-real-ip: ",
+    b"X_Real_IP: ",
+    b" real-ip",
     b"via: 1.0 fred\n",
     b"upgrade: websocket\n",
     b"keep-alive",
@@ -59,6 +63,8 @@ struct Settings {
     upgrade: bool,
     proto: &'static str,
     h2: bool,
+    /// The router sets X-Real-IP (`set_x_real_ip`).
+    real_ip: bool,
 }
 
 pub fn header_rewrite(data: &[u8]) {
@@ -86,15 +92,16 @@ pub fn header_rewrite(data: &[u8]) {
             request_id: &id,
             via: &via,
             upgrade: settings.upgrade,
+            real_ip: settings.real_ip.then_some(settings.client_ip),
         },
     );
-    check_hop_by_hop(&headers, &request, settings.upgrade);
+    check_hop_by_hop(&headers, &request, settings.upgrade, settings.real_ip);
     check_request(&headers, &request, &settings, &id);
     check_via(&request, via_value);
 
     let mut response = headers.clone();
     rewrite_response(&mut response, &via, settings.upgrade);
-    check_hop_by_hop(&headers, &response, settings.upgrade);
+    check_hop_by_hop(&headers, &response, settings.upgrade, false);
     check_via(&response, via_value);
 }
 
@@ -113,6 +120,7 @@ fn parse(data: &[u8]) -> (Settings, HeaderMap) {
         upgrade: has("upgrade"),
         proto: if has("http") { "http" } else { "https" },
         h2: has("h2"),
+        real_ip: has("real-ip"),
     };
     let mut headers = HeaderMap::new();
     for line in lines {
@@ -174,7 +182,8 @@ fn named_by_connection(incoming: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-fn check_hop_by_hop(incoming: &HeaderMap, out: &HeaderMap, upgrade: bool) {
+/// `real_ip`: the router set X-Real-IP itself, so a `Connection` naming it does not remove it.
+fn check_hop_by_hop(incoming: &HeaderMap, out: &HeaderMap, upgrade: bool, real_ip: bool) {
     for name in HOP_BY_HOP {
         assert!(!out.contains_key(name), "{name} survived");
     }
@@ -182,7 +191,9 @@ fn check_hop_by_hop(incoming: &HeaderMap, out: &HeaderMap, upgrade: bool) {
         assert!(!name.as_str().starts_with("proxy-"), "{name} survived");
     }
     for name in named_by_connection(incoming) {
-        let exempt = SET_BY_ROUTER.contains(&name.as_str()) || (upgrade && name == "upgrade");
+        let exempt = SET_BY_ROUTER.contains(&name.as_str())
+            || (upgrade && name == "upgrade")
+            || (real_ip && name == "x-real-ip");
         if !exempt {
             assert!(
                 !out.contains_key(&name),
@@ -214,7 +225,8 @@ fn check_request(incoming: &HeaderMap, out: &HeaderMap, s: &Settings, id: &Heade
             assert!(
                 !dashed.starts_with("x-forwarded-")
                     && dashed != "x-request-start"
-                    && dashed != "x-request-id",
+                    && dashed != "x-request-id"
+                    && dashed != "x-real-ip",
                 "{name} reached the backend"
             );
         }
@@ -236,11 +248,19 @@ fn check_request(incoming: &HeaderMap, out: &HeaderMap, s: &Settings, id: &Heade
         fold(incoming, "x-forwarded-for")
     };
     let expected = if prior.is_empty() {
-        client
+        client.clone()
     } else {
         format!("{prior}, {client}")
     };
     assert_eq!(xff, expected, "X-Forwarded-For");
+    if s.real_ip {
+        assert_eq!(one(out, "x-real-ip"), client.as_bytes(), "X-Real-IP");
+    } else {
+        assert!(
+            !out.contains_key("x-real-ip"),
+            "a client's X-Real-IP reached the backend"
+        );
+    }
 
     assert_eq!(one(out, "x-request-id"), id.as_bytes(), "X-Request-Id");
     let start = START_MS.to_string();

@@ -42,6 +42,32 @@ pub struct ConnectionLabels {
     pub listener: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener's address as configured, e.g. `0.0.0.0:443`.
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcceptErrorLabels {
+    pub address: String,
+    /// `fd_limit` (EMFILE/ENFILE: out of file descriptors) or `other`.
+    pub reason: &'static str,
+}
+
+/// One listener's series, looked up once when it starts so that accepting allocates nothing.
+#[derive(Clone, Debug)]
+pub struct ListenerMetrics {
+    /// Connections the listener holds now (its `max_connections` applies to this).
+    pub connections: Gauge,
+    /// Connections accepted and closed at once because the listener was full.
+    pub refused: Counter,
+    /// accept() failures for want of file descriptors.
+    pub fd_limit: Counter,
+    /// Other accept() failures that were backed off from.
+    pub accept_failed: Counter,
+}
+
 /// The data-plane metrics. Cheap to clone: every member is a handle.
 #[derive(Clone, Debug)]
 pub struct ProxyMetrics {
@@ -50,6 +76,9 @@ pub struct ProxyMetrics {
     pub backend_connect: Histogram,
     pub backend_response: Histogram,
     pub open_connections: Family<ConnectionLabels, Gauge>,
+    pub listener_connections: Family<ListenerLabels, Gauge>,
+    pub listener_refused: Family<ListenerLabels, Counter>,
+    pub accept_errors: Family<AcceptErrorLabels, Counter>,
     pub certificates_loaded: Gauge,
 }
 
@@ -61,6 +90,9 @@ impl ProxyMetrics {
             backend_connect: latency_histogram(),
             backend_response: latency_histogram(),
             open_connections: Family::default(),
+            listener_connections: Family::default(),
+            listener_refused: Family::default(),
+            accept_errors: Family::default(),
             certificates_loaded: Gauge::default(),
         };
         registry.register(
@@ -91,6 +123,21 @@ impl ProxyMetrics {
             m.open_connections.clone(),
         );
         registry.register(
+            names::LISTENER_CONNECTIONS,
+            "Client connections each listener holds now",
+            m.listener_connections.clone(),
+        );
+        registry.register(
+            names::LISTENER_REFUSED,
+            "Connections accepted and closed at once because the listener held max_connections",
+            m.listener_refused.clone(),
+        );
+        registry.register(
+            names::ACCEPT_ERRORS,
+            "Failed accepts, by reason (fd_limit: out of file descriptors)",
+            m.accept_errors.clone(),
+        );
+        registry.register(
             names::CERTIFICATES_LOADED,
             "Certificates the resolver can serve",
             m.certificates_loaded.clone(),
@@ -112,6 +159,25 @@ impl ProxyMetrics {
         self.requests
             .get_or_create(&RequestLabels { status, code })
             .inc();
+    }
+
+    /// The series of the listener on `address`.
+    pub fn listener(&self, address: &str) -> ListenerMetrics {
+        let labels = ListenerLabels {
+            address: address.to_owned(),
+        };
+        let errors = |reason| {
+            self.accept_errors.get_or_create_owned(&AcceptErrorLabels {
+                address: address.to_owned(),
+                reason,
+            })
+        };
+        ListenerMetrics {
+            connections: self.listener_connections.get_or_create_owned(&labels),
+            refused: self.listener_refused.get_or_create_owned(&labels),
+            fd_limit: errors("fd_limit"),
+            accept_failed: errors("other"),
+        }
     }
 
     /// Counts a connection as open until the guard drops.
@@ -175,5 +241,19 @@ mod tests {
             out.contains("terminus_backend_connect_seconds_count 1"),
             "{out}"
         );
+        let l = m.listener("127.0.0.1:443");
+        l.connections.inc();
+        l.refused.inc();
+        l.fd_limit.inc();
+        let mut out = String::new();
+        encode_text(&mut out, &registry).unwrap();
+        for line in [
+            r#"terminus_listener_connections{address="127.0.0.1:443"} 1"#,
+            r#"terminus_listener_refused_total{address="127.0.0.1:443"} 1"#,
+            r#"terminus_accept_errors_total{address="127.0.0.1:443",reason="fd_limit"} 1"#,
+            r#"terminus_accept_errors_total{address="127.0.0.1:443",reason="other"} 0"#,
+        ] {
+            assert!(out.contains(line), "{line}\n{out}");
+        }
     }
 }

@@ -14,6 +14,8 @@ use http::{HeaderValue, Method, Version};
 use terminus_metrics::ProxyMetrics;
 
 use crate::fault::Fault;
+use crate::info::ConnInfo;
+use crate::state::Shared;
 
 /// The tracing target of router log lines.
 pub const ACCESS_TARGET: &str = "terminus::access";
@@ -28,7 +30,8 @@ pub struct AccessLog {
     pub emitted: bool,
     /// Write the line (counting happens either way).
     pub write: bool,
-    pub method: Method,
+    /// `None` for a connection error before any request was parsed.
+    pub method: Option<Method>,
     pub path: String,
     pub host: String,
     pub request_id: HeaderValue,
@@ -102,7 +105,11 @@ impl AccessLog {
                 let _ = write!(out, " cause={cause}");
             }
         }
-        let _ = write!(out, " method={} path=", self.method);
+        out.push_str(" method=");
+        if let Some(method) = &self.method {
+            out.push_str(method.as_str());
+        }
+        out.push_str(" path=");
         quoted(&mut out, &self.path);
         out.push_str(" host=");
         bare(&mut out, &self.host);
@@ -135,6 +142,30 @@ impl AccessLog {
             self.tls_version.unwrap_or("")
         );
         out
+    }
+
+    /// The line for a connection that failed before a request was parsed (a request head that
+    /// never completed): no method, path, host or request id.
+    pub(crate) fn connection(shared: &Shared, conn: &ConnInfo, fault: Fault) -> Self {
+        AccessLog {
+            metrics: shared.metrics.clone(),
+            emitted: false,
+            write: shared.settings.access_log,
+            method: None,
+            path: String::new(),
+            host: String::new(),
+            request_id: HeaderValue::from_static(""),
+            fwd: conn.peer.ip(),
+            dyno: None,
+            backend: None,
+            connect: None,
+            forwarded_at: None,
+            status: fault.status().as_u16(),
+            bytes: 0,
+            version: Version::HTTP_11,
+            tls_version: conn.tls.as_ref().map(|t| t.version),
+            fault: Some(fault),
+        }
     }
 
     /// Writes the line and counts the request, once.
@@ -175,7 +206,7 @@ mod tests {
             metrics: ProxyMetrics::register(&mut Default::default()),
             emitted: true,
             write: true,
-            method: Method::GET,
+            method: Some(Method::GET),
             path: "/a?b=\"c\"".into(),
             host: "www.example.com".into(),
             request_id: HeaderValue::from_static("8601b555-6a83-4c12-8269-97c8e32cdb22"),

@@ -1,105 +1,221 @@
-//! What a client connection is doing, for its idle watchdog: whether bytes moved since the
-//! watchdog last looked, whether a write is blocked (the client stopped reading), and how many
-//! requests are in flight.
+//! What a client connection is doing, for its watchdog: whether bytes moved since the watchdog
+//! last looked, since when writes have been blocked (the client stopped reading), since when an
+//! HTTP/1 request head has been arriving, and how many requests are in flight.
 //!
-//! The I/O path only sets flags (no clock reads); the watchdog looks every quarter of the idle
-//! window, so a limit is acted on between one and one and a quarter windows after it was reached.
+//! The I/O path sets flags, and reads the clock only on a transition: when a write first blocks,
+//! and when the first bytes of a request head arrive with no request in flight. The watchdog
+//! looks at least every quarter of the idle window (half the request-head timeout when that is
+//! shorter) and, once it has seen a blocked write or a head in progress, wakes again exactly
+//! when its limit is reached: a client that stops reading is cut `idle` after its writes first
+//! blocked, whatever is or is not being polled, and a head still incomplete after
+//! `request_head` is answered 408.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
-/// Looks per idle window.
-pub(crate) const CHECKS_PER_WINDOW: u32 = 4;
+/// Blocked writes count as unblocked once this much has been written since they blocked: a
+/// client reading less than this per idle window is stalled.
+const UNBLOCKED_AFTER: usize = 16 * 1024;
 
-#[derive(Debug, Default)]
+/// The HTTP/2 connection preface starts like this; such a connection has no HTTP/1 heads.
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// The watchdog's limits for one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// No byte either way for this long with nothing in flight, or writes blocked this long.
+    pub idle: Duration,
+    /// An HTTP/1 request head must be complete this long after its first bytes arrived.
+    pub request_head: Duration,
+}
+
+impl Limits {
+    /// How long the watchdog sleeps between ordinary looks.
+    pub(crate) fn interval(&self) -> Duration {
+        (self.idle / 4)
+            .min(self.request_head / 2)
+            .max(Duration::from_millis(10))
+    }
+}
+
+/// Why the watchdog closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cut {
+    /// It has not (or the connection ended by itself).
+    None = 0,
+    /// Writes were blocked for the idle window: the client stopped reading (H28).
+    Stalled = 1,
+    /// A request head was not complete within the request-head timeout (408).
+    HeadTimeout = 2,
+}
+
+#[derive(Debug)]
 pub(crate) struct Activity {
+    /// The clock reference for the instants below, stored as milliseconds since `born` plus
+    /// one, so that 0 can mean "not now".
+    born: Instant,
     moved: AtomicBool,
-    /// A write made progress since the watchdog last looked.
-    wrote: AtomicBool,
-    blocked: AtomicBool,
+    blocked_since: AtomicU64,
+    /// Bytes written since writes first blocked.
+    progress: AtomicUsize,
+    head_since: AtomicU64,
+    /// Request heads are watched (HTTP/1); off for HTTP/2 and upgraded tunnels.
+    heads: AtomicBool,
     in_flight: AtomicUsize,
-    /// The watchdog closed the connection because the client stopped reading.
-    stalled: AtomicBool,
+    cut: AtomicU8,
 }
 
 /// What the watchdog should do after a look.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
-    Wait,
+    /// Look again at this instant.
+    Wait(Instant),
     /// Nothing in flight and nothing moved for the idle window: close politely.
     Idle,
     /// A write has been blocked for the idle window: the client is not reading.
     Stalled,
+    /// A request head has been arriving for longer than the request-head timeout.
+    HeadTimeout,
 }
 
 /// The watchdog's memory between looks.
 #[derive(Debug, Default)]
 pub(crate) struct Watch {
+    /// Consecutive looks that saw nothing move with nothing in flight.
     quiet: u32,
-    blocked: u32,
-}
-
-impl Watch {
-    /// How long to sleep between looks.
-    pub(crate) fn interval(idle: Duration) -> Duration {
-        (idle / CHECKS_PER_WINDOW).max(Duration::from_millis(10))
-    }
 }
 
 impl Activity {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+    /// `heads`: watch HTTP/1 request heads (an HTTP/2 preface turns it off by itself).
+    pub(crate) fn new(heads: bool) -> Arc<Self> {
+        Arc::new(Self {
+            born: Instant::now(),
+            moved: AtomicBool::new(false),
+            blocked_since: AtomicU64::new(0),
+            progress: AtomicUsize::new(0),
+            head_since: AtomicU64::new(0),
+            heads: AtomicBool::new(heads),
+            in_flight: AtomicUsize::new(0),
+            cut: AtomicU8::new(Cut::None as u8),
+        })
+    }
+
+    fn stamp(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+
+    /// How long ago a stamp was taken, if one was.
+    fn age(&self, stamp: u64, now: Instant) -> Option<Duration> {
+        (stamp != 0)
+            .then(|| now.saturating_duration_since(self.born + Duration::from_millis(stamp - 1)))
     }
 
     fn moved(&self) {
         self.moved.store(true, Ordering::Relaxed);
     }
 
-    pub(crate) fn stalled(&self) -> bool {
-        self.stalled.load(Ordering::Relaxed)
+    fn wrote(&self, n: usize) {
+        if self.blocked_since.load(Ordering::Relaxed) != 0 {
+            // A client that reads a few bytes now and then to keep a large response open (a
+            // slow-read attack) is still stalled: only a real read unblocks.
+            let progress = self.progress.fetch_add(n, Ordering::Relaxed) + n;
+            if progress >= UNBLOCKED_AFTER {
+                self.blocked_since.store(0, Ordering::Relaxed);
+            }
+        }
+        self.moved();
     }
 
-    pub(crate) fn mark_stalled(&self) {
-        self.stalled.store(true, Ordering::Relaxed);
+    fn blocked(&self) {
+        if self.blocked_since.load(Ordering::Relaxed) == 0 {
+            self.progress.store(0, Ordering::Relaxed);
+            self.blocked_since.store(self.stamp(), Ordering::Relaxed);
+        }
     }
 
-    /// Counts a request as in flight until the guard drops (with its response body).
+    fn read(&self, bytes: &[u8], first: bool) {
+        self.moved();
+        if !self.heads.load(Ordering::Relaxed) {
+            return;
+        }
+        if first && bytes.starts_with(&H2_PREFACE_START[..bytes.len().min(H2_PREFACE_START.len())])
+        {
+            self.heads.store(false, Ordering::Relaxed);
+            return;
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self.head_since.load(Ordering::Relaxed) == 0
+        {
+            self.head_since.store(self.stamp(), Ordering::Relaxed);
+        }
+    }
+
+    /// How long writes have been blocked, if they are.
+    pub(crate) fn blocked_for(&self, now: Instant) -> Option<Duration> {
+        self.age(self.blocked_since.load(Ordering::Relaxed), now)
+    }
+
+    pub(crate) fn cut(&self) -> Cut {
+        match self.cut.load(Ordering::Relaxed) {
+            1 => Cut::Stalled,
+            2 => Cut::HeadTimeout,
+            _ => Cut::None,
+        }
+    }
+
+    pub(crate) fn mark_cut(&self, why: Cut) {
+        self.cut.store(why as u8, Ordering::Relaxed);
+    }
+
+    /// Counts a request as in flight until the guard drops (with its response body); its head
+    /// is complete.
     pub(crate) fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if self.head_since.load(Ordering::Relaxed) != 0 {
+            self.head_since.store(0, Ordering::Relaxed);
+        }
         InFlight(self.clone())
     }
 
-    /// One look by the watchdog.
-    pub(crate) fn look(&self, watch: &mut Watch) -> Verdict {
-        let moved = self.moved.swap(false, Ordering::Relaxed);
-        let wrote = self.wrote.swap(false, Ordering::Relaxed);
-        // Blocked now and no write got through since the last look: a client reading slowly
-        // still makes progress and is not stalled.
-        if self.blocked.load(Ordering::Relaxed) && !wrote {
-            watch.blocked += 1;
-        } else {
-            watch.blocked = 0;
+    /// One look by the watchdog at `now`.
+    pub(crate) fn look(&self, watch: &mut Watch, now: Instant, limits: &Limits) -> Verdict {
+        let every = limits.interval();
+        let mut next = now + every;
+        if let Some(blocked) = self.blocked_for(now) {
+            if blocked >= limits.idle {
+                return Verdict::Stalled;
+            }
+            next = next.min(now + (limits.idle - blocked));
         }
-        if watch.blocked > CHECKS_PER_WINDOW {
-            return Verdict::Stalled;
+        let in_flight = self.in_flight.load(Ordering::Relaxed) > 0;
+        if !in_flight {
+            if let Some(head) = self.age(self.head_since.load(Ordering::Relaxed), now) {
+                if head >= limits.request_head {
+                    return Verdict::HeadTimeout;
+                }
+                next = next.min(now + (limits.request_head - head));
+            }
         }
         // A busy connection is judged by its requests' own timers (H12, H15, H28) unless a
         // write blocks.
-        if moved || self.in_flight.load(Ordering::Relaxed) > 0 {
+        if self.moved.swap(false, Ordering::Relaxed) || in_flight {
             watch.quiet = 0;
         } else {
             watch.quiet += 1;
         }
-        if watch.quiet > CHECKS_PER_WINDOW {
+        if every * watch.quiet >= limits.idle {
             Verdict::Idle
         } else {
-            Verdict::Wait
+            Verdict::Wait(next)
         }
     }
 }
@@ -121,16 +237,44 @@ impl Drop for InFlight {
     }
 }
 
+/// Writes a last few bytes without waiting, as a connection is dropped (the 408 for a request
+/// head that took too long).
+pub(crate) type LastWords<I> = fn(&mut I, &[u8]);
+
+/// The canned answer to a request head that did not arrive in time.
+pub(crate) const REQUEST_TIMEOUT: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 63\r\nconnection: close\r\n\r\n408 Request Timeout: request head not complete in time (H26)\n\n";
+
 /// A client stream that reports to its [`Activity`].
 pub(crate) struct TrackedIo<I> {
     inner: I,
     activity: Arc<Activity>,
+    first_read: bool,
+    last_words: Option<LastWords<I>>,
 }
 
 impl<I> TrackedIo<I> {
     pub(crate) fn new(inner: I, activity: Arc<Activity>) -> Self {
         activity.moved();
-        Self { inner, activity }
+        Self {
+            inner,
+            activity,
+            first_read: true,
+            last_words: None,
+        }
+    }
+
+    /// Writes [`REQUEST_TIMEOUT`] with `last_words` if the watchdog cut the connection for it.
+    pub(crate) fn with_last_words(mut self, last_words: LastWords<I>) -> Self {
+        self.last_words = Some(last_words);
+        self
+    }
+}
+
+impl<I> Drop for TrackedIo<I> {
+    fn drop(&mut self) {
+        if let (Some(say), Cut::HeadTimeout) = (self.last_words, self.activity.cut()) {
+            say(&mut self.inner, REQUEST_TIMEOUT);
+        }
     }
 }
 
@@ -144,7 +288,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.activity.moved();
+            this.activity.read(&buf.filled()[before..], this.first_read);
+            this.first_read = false;
         }
         r
     }
@@ -177,24 +322,32 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
         self.inner.is_write_vectored()
     }
 
+    // A flush that cannot finish is a blocked write too: over TLS, writes are taken into the
+    // session's buffer and only the flush meets the full socket.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        if r.is_pending() {
+            this.activity.blocked();
+        }
+        r
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        if r.is_pending() {
+            this.activity.blocked();
+        }
+        r
     }
 }
 
 impl<I> TrackedIo<I> {
     fn wrote(&self, r: &Poll<io::Result<usize>>) {
         match r {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.activity.blocked.store(false, Ordering::Relaxed);
-                self.activity.wrote.store(true, Ordering::Relaxed);
-                self.activity.moved();
-            }
-            Poll::Pending => self.activity.blocked.store(true, Ordering::Relaxed),
+            Poll::Ready(Ok(n)) if *n > 0 => self.activity.wrote(*n),
+            Poll::Pending => self.activity.blocked(),
             _ => {}
         }
     }
@@ -204,43 +357,117 @@ impl<I> TrackedIo<I> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn idle_only_without_requests_and_stalled_on_blocked_writes() {
-        let a = Activity::new();
-        let mut w = Watch::default();
-        a.moved();
-        for _ in 0..=CHECKS_PER_WINDOW {
-            assert_eq!(a.look(&mut w), Verdict::Wait);
-        }
-        assert_eq!(a.look(&mut w), Verdict::Idle);
+    const LIMITS: Limits = Limits {
+        idle: Duration::from_secs(8),
+        request_head: Duration::from_secs(4),
+    };
 
-        let busy = a.request();
+    #[tokio::test(start_paused = true)]
+    async fn idle_only_without_requests_and_after_the_whole_window() {
+        let a = Activity::new(true);
+        let mut w = Watch::default();
+        let every = LIMITS.interval();
+        assert_eq!(every, Duration::from_secs(2));
+        a.moved();
+        let mut looks = 0;
+        loop {
+            tokio::time::advance(every).await;
+            looks += 1;
+            match a.look(&mut w, Instant::now(), &LIMITS) {
+                Verdict::Wait(_) => {}
+                Verdict::Idle => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        // The first look clears the initial movement; four quiet looks make the 8 s window.
+        assert_eq!(looks, 5);
+
+        let _busy = a.request();
         let mut w = Watch::default();
         for _ in 0..10 {
-            assert_eq!(
-                a.look(&mut w),
-                Verdict::Wait,
+            tokio::time::advance(every).await;
+            assert!(
+                matches!(a.look(&mut w, Instant::now(), &LIMITS), Verdict::Wait(_)),
                 "a request in flight is not idle"
             );
         }
-        a.blocked.store(true, Ordering::Relaxed);
-        for _ in 0..CHECKS_PER_WINDOW {
-            assert_eq!(a.look(&mut w), Verdict::Wait);
-        }
-        assert_eq!(a.look(&mut w), Verdict::Stalled);
-        drop(busy);
     }
 
-    #[test]
-    fn a_slow_reader_whose_writes_progress_is_not_stalled() {
-        let a = Activity::new();
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_is_cut_exactly_idle_after_it_blocked() {
+        let a = Activity::new(true);
         let _busy = a.request();
         let mut w = Watch::default();
-        for _ in 0..3 * CHECKS_PER_WINDOW {
-            // Between two looks a write got through, then the next one blocked again.
-            a.wrote.store(true, Ordering::Relaxed);
-            a.blocked.store(true, Ordering::Relaxed);
-            assert_eq!(a.look(&mut w), Verdict::Wait);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let blocked_at = Instant::now();
+        a.blocked();
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        // Following the watchdog's own schedule, the cut comes exactly `idle` after the block.
+        loop {
+            match a.look(&mut w, Instant::now(), &LIMITS) {
+                Verdict::Wait(next) => tokio::time::advance(next - Instant::now()).await,
+                Verdict::Stalled => break,
+                other => panic!("{other:?}"),
+            }
         }
+        assert_eq!(Instant::now() - blocked_at, LIMITS.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_whose_writes_progress_is_not_stalled() {
+        let a = Activity::new(true);
+        let _busy = a.request();
+        let mut w = Watch::default();
+        for _ in 0..20 {
+            a.blocked();
+            tokio::time::advance(Duration::from_secs(1)).await;
+            // A client reading slowly: a record's worth got through before the next write
+            // blocked again.
+            a.wrote(UNBLOCKED_AFTER);
+            assert!(matches!(
+                a.look(&mut w, Instant::now(), &LIMITS),
+                Verdict::Wait(_)
+            ));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_must_complete_within_request_head_but_waiting_for_one_is_idle() {
+        let a = Activity::new(true);
+        let mut w = Watch::default();
+        // Waiting for the first byte: only idle applies.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(matches!(
+            a.look(&mut w, Instant::now(), &LIMITS),
+            Verdict::Wait(_)
+        ));
+        let started = Instant::now();
+        a.read(b"GET / HT", true);
+        loop {
+            match a.look(&mut w, Instant::now(), &LIMITS) {
+                Verdict::Wait(next) => tokio::time::advance(next - Instant::now()).await,
+                Verdict::HeadTimeout => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(Instant::now() - started, LIMITS.request_head);
+
+        // A complete head (the request starts) stops the clock; so does HTTP/2.
+        let b = Activity::new(true);
+        b.read(b"GET / HTTP/1.1\r\n\r\n", true);
+        let _req = b.request();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(
+            b.look(&mut Watch::default(), Instant::now(), &LIMITS),
+            Verdict::Wait(_)
+        ));
+        let c = Activity::new(true);
+        c.read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", true);
+        c.read(b"\x00\x00\x12\x04", false);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(matches!(
+            c.look(&mut Watch::default(), Instant::now(), &LIMITS),
+            Verdict::Wait(_)
+        ));
     }
 }

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::access_log::AccessLog;
-use crate::activity::InFlight;
+use crate::activity::{Cut, InFlight};
 use crate::fault::Fault;
 use crate::pool::Conn;
 
@@ -37,13 +37,21 @@ pub(crate) struct ClientBodyState {
 impl ClientBodyState {
     const GONE: u8 = 1;
     const IDLE: u8 = 2;
+    /// The body did not parse (a malformed chunk): a bad request, not a client gone.
+    const MALFORMED: u8 = 3;
 
     pub(crate) fn fault(&self) -> Option<Fault> {
         match self.failure.load(Ordering::Relaxed) {
             Self::GONE => Some(Fault::ClientGone),
             Self::IDLE => Some(Fault::ClientIdle),
+            Self::MALFORMED => Some(Fault::BadRequest("bad_chunk")),
             _ => None,
         }
+    }
+
+    /// Sent completely: the backend connection may carry another request.
+    fn complete(&self) -> bool {
+        self.finished() && self.failure.load(Ordering::Relaxed) == 0
     }
 
     pub(crate) fn finished(&self) -> bool {
@@ -148,7 +156,11 @@ impl Body for RequestBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.state.fail(ClientBodyState::GONE);
+                this.state.fail(if is_malformed(&e) {
+                    ClientBodyState::MALFORMED
+                } else {
+                    ClientBodyState::GONE
+                });
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Ready(None) => {
@@ -176,6 +188,22 @@ impl Body for RequestBody {
     }
 }
 
+/// hyper reports a body that does not parse (chunk sizes, extensions, trailers) as invalid
+/// data or input; a client that went away is an unexpected end or a reset.
+fn is_malformed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        source = inner.source();
+    }
+    false
+}
+
 impl std::fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RequestBody").finish_non_exhaustive()
@@ -194,6 +222,8 @@ pub(crate) struct ResponseBody {
     idle: IdleTimer,
     log: Option<Box<AccessLog>>,
     conn: Option<Conn<RequestBody>>,
+    /// The request body's fate: its backend connection is reused only if it was sent whole.
+    request: Option<Arc<ClientBodyState>>,
     in_flight: InFlight,
 }
 
@@ -209,6 +239,7 @@ impl ResponseBody {
             source: Source::Local(Some(text)),
             log: Some(log),
             conn: None,
+            request: None,
             in_flight,
         }
     }
@@ -217,6 +248,7 @@ impl ResponseBody {
         body: Incoming,
         log: Box<AccessLog>,
         conn: Option<Conn<RequestBody>>,
+        request: Arc<ClientBodyState>,
         idle: Duration,
         in_flight: InFlight,
     ) -> Self {
@@ -225,17 +257,30 @@ impl ResponseBody {
             source: Source::Backend(body),
             log: Some(log),
             conn,
+            request: Some(request),
             in_flight,
         }
     }
 
     fn finish(&mut self, fault: Option<Fault>) {
+        let request_fault = self.request.as_ref().and_then(|r| r.fault());
         if let Some(mut log) = self.log.take() {
-            // The connection's watchdog cut a client that stopped reading: H28, not H27.
+            let activity = self.in_flight.activity();
             let fault = match fault {
-                Some(Fault::ClientGone) if self.in_flight.activity().stalled() => {
+                // The connection's watchdog cut a client that stopped reading: H28, not H27.
+                Some(Fault::ClientGone) if activity.cut() == Cut::Stalled => {
                     Some(Fault::ClientIdle)
                 }
+                // The backend gave up while the client had long stopped reading (so the router
+                // had stopped reading the backend): the client stalled first.
+                Some(Fault::BackendInterrupted | Fault::BackendIdle)
+                    if activity
+                        .blocked_for(Instant::now())
+                        .is_some_and(|b| b >= self.idle.after / 4) =>
+                {
+                    Some(Fault::ClientIdle)
+                }
+                None => request_fault.filter(|f| matches!(f, Fault::BadRequest(_))),
                 other => other,
             };
             if fault.is_some() {
@@ -243,8 +288,9 @@ impl ResponseBody {
             }
             log.emit();
         }
+        let reusable = fault.is_none() && self.request.as_ref().is_none_or(|r| r.complete());
         match self.conn.take() {
-            Some(conn) if fault.is_none() => conn.release(),
+            Some(conn) if reusable => conn.release(),
             _ => {}
         }
     }

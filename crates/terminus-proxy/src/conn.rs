@@ -1,71 +1,28 @@
-//! Accepting connections: the TLS handshake with our own certificate choice, then HTTP/1.1 or
-//! HTTP/2 on the connection until it closes or the router shuts down.
+//! One client connection: the TLS handshake (see [`crate::handshake`]), then HTTP/1.1 or
+//! HTTP/2 until it closes, the router shuts down, or its watchdog cuts it.
 
-use std::io;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::server::Acceptor;
-use terminus_tls::ClientCaps;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::LazyConfigAcceptor;
 
-use crate::activity::{Activity, TrackedIo, Verdict, Watch};
-use crate::info::{ConnInfo, TlsInfo};
+use crate::accept::Slot;
+use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watch};
+use crate::fault::Fault;
+use crate::info::ConnInfo;
 use crate::shutdown::Tracker;
 use crate::state::Shared;
 
-/// A fatal `unrecognized_name` alert, sent in the clear before any ServerHello (as nginx's
-/// `ssl_reject_handshake` does) when no certificate covers the client's SNI.
-const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
-
-pub(crate) async fn accept_loop(
-    shared: Arc<Shared>,
-    listener: TcpListener,
-    tls: bool,
-    tracker: Tracker,
-    mut stop: watch::Receiver<bool>,
-) {
-    let port = listener
-        .local_addr()
-        .map(|a| HeaderValue::from(a.port()))
-        .unwrap_or_else(|_| HeaderValue::from_static("0"));
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(ok) => ok,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let guard = tracker.enter();
-        let shared = shared.clone();
-        let stop = stop.clone();
-        let port = port.clone();
-        let tracker = tracker.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            serve(shared, tcp, peer, port, tls, tracker, stop).await;
-        });
-    }
-}
-
-async fn serve(
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
@@ -73,6 +30,7 @@ async fn serve(
     tls: bool,
     tracker: Tracker,
     mut stop: watch::Receiver<bool>,
+    slot: Slot,
 ) {
     let _open = shared
         .metrics
@@ -88,25 +46,65 @@ async fn serve(
         port,
         proto: if tls { "https" } else { "http" },
         tls: None,
-        activity: Activity::new(),
+        activity: Activity::new(true),
         tracker,
+        _slot: slot,
     };
     if !tls {
-        serve_http(shared.clone(), tcp, info, stop).await;
+        serve_http(shared.clone(), tcp, info, stop, plain_last_words).await;
         return;
     }
     let handshake = tokio::select! {
         _ = stop.changed() => return,
-        result = handshake(&shared, tcp) => result,
+        result = crate::handshake::handshake(&shared, tcp) => result,
     };
     if let Some((stream, tls_info)) = handshake {
+        if tls_info.alpn.as_deref() == Some(terminus_tls::ALPN_H2) {
+            info.activity = Activity::new(false);
+        }
         info.tls = Some(tls_info);
-        serve_http(shared.clone(), stream, info, stop).await;
+        serve_http(shared.clone(), stream, info, stop, tls_last_words).await;
     }
 }
 
-async fn serve_http<I>(shared: Arc<Shared>, io: I, info: ConnInfo, mut stop: watch::Receiver<bool>)
-where
+/// Plaintext: whatever the socket takes now.
+fn plain_last_words(tcp: &mut TcpStream, bytes: &[u8]) {
+    let _ = tcp.try_write(bytes);
+}
+
+/// TLS: the bytes and a close_notify, encrypted and written as far as the socket takes them now.
+fn tls_last_words(stream: &mut TlsStream<TcpStream>, bytes: &[u8]) {
+    let (tcp, session) = stream.get_mut();
+    if session.writer().write_all(bytes).is_ok() {
+        session.send_close_notify();
+    }
+    while session.wants_write() {
+        match session.write_tls(&mut TryWrite(tcp)) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+struct TryWrite<'a>(&'a TcpStream);
+
+impl Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: I,
+    info: ConnInfo,
+    mut stop: watch::Receiver<bool>,
+    last_words: LastWords<I>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = info.activity.clone();
@@ -118,16 +116,18 @@ where
     };
     let info = Arc::new(info);
     let svc_shared = shared.clone();
+    let svc_info = info.clone();
     let service =
-        service_fn(move |req| crate::service::handle(svc_shared.clone(), info.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(
-        TokioIo::new(TrackedIo::new(io, activity.clone())),
-        service,
-    );
+        service_fn(move |req| crate::service::handle(svc_shared.clone(), svc_info.clone(), req));
+    let io = TrackedIo::new(io, activity.clone()).with_last_words(last_words);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let every = Watch::interval(shared.settings.idle_timeout);
+    let limits = Limits {
+        idle: shared.settings.idle_timeout,
+        request_head: shared.settings.request_head_timeout,
+    };
     let mut watch = Watch::default();
-    let watchdog = tokio::time::sleep(every);
+    let watchdog = tokio::time::sleep(limits.interval());
     tokio::pin!(watchdog);
     let mut closing = false;
     let result = loop {
@@ -138,19 +138,27 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = &mut watchdog => match activity.look(&mut watch) {
-                Verdict::Wait => watchdog.as_mut().reset(Instant::now() + every),
+            _ = &mut watchdog => match activity.look(&mut watch, Instant::now(), &limits) {
+                Verdict::Wait(next) => watchdog.as_mut().reset(next),
                 // Nothing in flight and nothing moved (including a client that never sent a
                 // byte): close politely, or, if asked once already, drop.
                 Verdict::Idle if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
-                    watchdog.as_mut().reset(Instant::now() + every);
+                    watchdog.as_mut().reset(Instant::now() + limits.interval());
                 }
                 Verdict::Idle => break Ok(()),
-                // The client stopped reading a response: drop the connection (logged H28).
+                // The client stopped reading a response: drop the connection (logged H28 by
+                // the response body as it is dropped).
                 Verdict::Stalled => {
-                    activity.mark_stalled();
+                    activity.mark_cut(Cut::Stalled);
+                    break Ok(());
+                }
+                // A request head started but did not finish: 408 as the stream is dropped.
+                Verdict::HeadTimeout => {
+                    activity.mark_cut(Cut::HeadTimeout);
+                    crate::access_log::AccessLog::connection(&shared, &info, Fault::RequestHeadTimeout)
+                        .emit();
                     break Ok(());
                 }
             },
@@ -158,107 +166,5 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
-/// Reads the ClientHello, chooses the certificate, and completes the handshake, all within the
-/// handshake timeout. Counts every outcome.
-async fn handshake(shared: &Shared, tcp: TcpStream) -> Option<(TlsStream<TcpStream>, TlsInfo)> {
-    let metrics = &shared.metrics;
-    let deadline = Instant::now() + shared.settings.handshake_timeout;
-    let start = match timeout_at(deadline, LazyConfigAcceptor::new(Acceptor::default(), tcp)).await
-    {
-        Err(_) => {
-            metrics.handshake(false, "", "timeout");
-            return None;
-        }
-        Ok(Err(e)) => {
-            let reason = failure_reason(&e);
-            tracing::debug!(reason, error = %e, "ClientHello refused");
-            metrics.handshake(false, "", reason);
-            return None;
-        }
-        Ok(Ok(start)) => start,
-    };
-    let hello = start.client_hello();
-    let caps = ClientCaps::from_hello(&hello);
-    let sni: Option<Box<str>> = hello.server_name().map(Into::into);
-    let Some(resolved) = shared.certs.resolve(sni.as_deref(), &caps) else {
-        metrics.handshake(false, "", "unknown_sni");
-        tracing::debug!(
-            sni = sni.as_deref().unwrap_or(""),
-            "no certificate for this name; handshake refused"
-        );
-        let mut io = start.io;
-        let _ = timeout_at(deadline, async {
-            io.write_all(&UNRECOGNIZED_NAME_ALERT).await?;
-            io.shutdown().await
-        })
-        .await;
-        return None;
-    };
-    let config = shared.policy.server_config(resolved.key, &caps);
-    match timeout_at(deadline, start.into_stream(config)).await {
-        Err(_) => {
-            metrics.handshake(false, "", "timeout");
-            None
-        }
-        Ok(Err(e)) => {
-            let reason = failure_reason(&e);
-            tracing::debug!(sni = sni.as_deref().unwrap_or(""), reason, error = %e, "handshake failed");
-            metrics.handshake(false, "", reason);
-            None
-        }
-        Ok(Ok(stream)) => {
-            let version = match stream.get_ref().1.protocol_version() {
-                Some(rustls::ProtocolVersion::TLSv1_3) => "tls1.3",
-                Some(rustls::ProtocolVersion::TLSv1_2) => "tls1.2",
-                _ => "",
-            };
-            metrics.handshake(true, version, "none");
-            let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-            Some((
-                stream,
-                TlsInfo {
-                    cert: resolved.entry,
-                    version,
-                    alpn,
-                },
-            ))
-        }
-    }
-}
-
-/// A short label for why a handshake failed, for the metric.
-fn failure_reason(e: &io::Error) -> &'static str {
-    use rustls::{Error, PeerIncompatible};
-    if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
-        return match tls {
-            Error::PeerIncompatible(p) => match p {
-                // TLS 1.0/1.1 ClientHellos cannot carry signature_algorithms, so rustls stops
-                // there before it looks at the version.
-                PeerIncompatible::Tls12NotOffered
-                | PeerIncompatible::Tls12NotOfferedOrEnabled
-                | PeerIncompatible::SupportedVersionsExtensionRequired
-                | PeerIncompatible::SignatureAlgorithmsExtensionRequired => "protocol_version",
-                PeerIncompatible::NoCipherSuitesInCommon => "no_shared_cipher",
-                PeerIncompatible::NoKxGroupsInCommon => "no_shared_group",
-                PeerIncompatible::NoSignatureSchemesInCommon => "no_shared_signature",
-                _ => "peer_incompatible",
-            },
-            Error::AlertReceived(_) => "client_alert",
-            Error::InvalidMessage(_)
-            | Error::PeerMisbehaved(_)
-            | Error::InappropriateMessage { .. }
-            | Error::InappropriateHandshakeMessage { .. } => "bad_message",
-            _ => "tls_error",
-        };
-    }
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::ConnectionReset
-        | io::ErrorKind::BrokenPipe => "client_closed",
-        io::ErrorKind::InvalidData => "bad_message",
-        _ => "io_error",
     }
 }

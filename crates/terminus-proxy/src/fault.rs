@@ -9,6 +9,8 @@ pub enum Fault {
     BadRequest(&'static str),
     /// A header line or the header count is over the limit.
     HeadersTooLarge(&'static str),
+    /// The request head did not arrive completely within the request-head timeout.
+    RequestHeadTimeout,
     /// `Expect` other than `100-continue`.
     ExpectationFailed,
     /// CONNECT is not proxied.
@@ -46,6 +48,7 @@ impl Fault {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::RequestHeadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
@@ -70,6 +73,7 @@ impl Fault {
         match self {
             Self::BadRequest(_)
             | Self::HeadersTooLarge(_)
+            | Self::RequestHeadTimeout
             | Self::ExpectationFailed
             | Self::MethodNotAllowed => "H26",
             Self::Misdirected => "H31",
@@ -91,9 +95,10 @@ impl Fault {
 
     pub fn desc(self) -> &'static str {
         match self {
-            Self::BadRequest(_) | Self::ExpectationFailed | Self::MethodNotAllowed => {
-                "Request error"
-            }
+            Self::BadRequest(_)
+            | Self::RequestHeadTimeout
+            | Self::ExpectationFailed
+            | Self::MethodNotAllowed => "Request error",
             Self::HeadersTooLarge(_) => "Request header fields too large",
             Self::Misdirected => "Misdirected request",
             Self::UnknownHost => "No such app",
@@ -116,6 +121,7 @@ impl Fault {
     pub fn cause(self) -> Option<&'static str> {
         match self {
             Self::BadRequest(c) | Self::HeadersTooLarge(c) => Some(c),
+            Self::RequestHeadTimeout => Some("request_head_timeout"),
             Self::ExpectationFailed => Some("unsupported_expect"),
             Self::MethodNotAllowed => Some("connect_not_allowed"),
             _ => None,
@@ -125,7 +131,7 @@ impl Fault {
     /// The small plain-text body of the error response.
     pub fn body(self) -> String {
         let status = self.status();
-        let reason = status.canonical_reason().unwrap_or("Client Closed Request");
+        let reason = status.canonical_reason().unwrap_or(CLIENT_CLOSED_REASON);
         match (self.code(), self.cause()) {
             ("", _) => format!("{} {}: {}\n", status.as_u16(), reason, self.desc()),
             (code, Some(cause)) => format!(
@@ -138,6 +144,9 @@ impl Fault {
         }
     }
 }
+
+/// The reason phrase of nginx's 499, which has none in the registry.
+pub(crate) const CLIENT_CLOSED_REASON: &str = "Client Closed Request";
 
 /// nginx's 499: the client closed the connection.
 fn client_closed() -> StatusCode {

@@ -4,7 +4,9 @@
 //! the client address appended; `X-Forwarded-Proto`, `X-Forwarded-Port` and `X-Request-Start`
 //! set by the router (a trusted proxy's values are kept); `X-Request-Id` kept when valid, else a
 //! new UUIDv4; `Via` appended; hop-by-hop headers stripped; `Forwarded` and underscore spellings of
-//! the headers we set (`X_Forwarded_For`, which some backends read as `X-Forwarded-For`) removed.
+//! the headers we set (`X_Forwarded_For`, which some backends read as `X-Forwarded-For`) removed;
+//! `X-Real-IP` (which nginx-style backends trust as the client address) removed, or set to the
+//! client address when configured.
 
 use std::net::IpAddr;
 
@@ -15,13 +17,14 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 pub const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Spellings with `_` for `-` of these are dropped: some servers (CGI, nginx with
 /// underscores_in_headers) read `X_Forwarded_For` as `X-Forwarded-For`.
 const SPOOFABLE_PREFIXES: [&str; 1] = ["x-forwarded-"];
-const SPOOFABLE_NAMES: [&str; 2] = ["x-request-start", "x-request-id"];
+const SPOOFABLE_NAMES: [&str; 3] = ["x-request-start", "x-request-id", "x-real-ip"];
 
 /// Is `id` acceptable as a client-supplied request id: 20–200 bytes of `[A-Za-z0-9+/=-]`?
 pub fn valid_request_id(id: &[u8]) -> bool {
@@ -58,6 +61,8 @@ pub struct Forwarding<'a> {
     pub via: &'a HeaderValue,
     /// The request asks for a protocol upgrade (WebSocket): keep `Upgrade` and `Connection`.
     pub upgrade: bool,
+    /// `X-Real-IP` to send, if the router sets it (the client address, as in the log line).
+    pub real_ip: Option<IpAddr>,
 }
 
 /// Strips hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
@@ -106,6 +111,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn rewrite_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     strip_hop_by_hop(headers, f.upgrade);
     remove_spoofable(headers);
+    if let Some(ip) = f.real_ip {
+        let mut text = String::new();
+        push_ip(&mut text, ip);
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            headers.insert(X_REAL_IP, v);
+        }
+    }
 
     let mut xff = fold(headers, &X_FORWARDED_FOR);
     if !xff.is_empty() {
@@ -167,10 +179,11 @@ fn set_unless_trusted(
     headers.insert(name, value);
 }
 
-/// `Forwarded` (whose contents we do not vouch for) and `_` spellings of X-Forwarded-* and of
-/// the request-id headers.
+/// `Forwarded` and `X-Real-IP` (whose contents we do not vouch for) and `_` spellings of
+/// X-Forwarded-*, X-Real-IP and the request-id headers.
 fn remove_spoofable(headers: &mut HeaderMap) {
     headers.remove(FORWARDED);
+    headers.remove(X_REAL_IP);
     let spoofs: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
@@ -229,6 +242,10 @@ mod tests {
     }
 
     fn forward(headers: &mut HeaderMap, trusted: bool) {
+        forward_with(headers, trusted, None);
+    }
+
+    fn forward_with(headers: &mut HeaderMap, trusted: bool, real_ip: Option<IpAddr>) {
         let port = HeaderValue::from_static("443");
         let id = HeaderValue::from_static("0123456789abcdefghij");
         let via = HeaderValue::from_static("1.1 terminus");
@@ -243,6 +260,7 @@ mod tests {
                 request_id: &id,
                 via: &via,
                 upgrade: false,
+                real_ip,
             },
         );
     }
@@ -295,6 +313,20 @@ mod tests {
         assert!(h.get("forwarded").is_none());
         assert_eq!(get(&h, "x_custom_header"), ["kept"]);
         assert_eq!(get(&h, "x-forwarded-for"), ["203.0.113.7"]);
+    }
+
+    #[test]
+    fn a_client_x_real_ip_never_reaches_the_backend() {
+        let spoofed = [("x-real-ip", "6.6.6.6"), ("x_real_ip", "6.6.6.6")];
+        let mut h = map(&spoofed);
+        forward(&mut h, false);
+        assert!(h.get("x-real-ip").is_none());
+        assert!(h.get("x_real_ip").is_none());
+
+        let mut h = map(&spoofed);
+        forward_with(&mut h, false, Some("::ffff:203.0.113.7".parse().unwrap()));
+        assert_eq!(get(&h, "x-real-ip"), ["203.0.113.7"]);
+        assert!(h.get("x_real_ip").is_none());
     }
 
     #[test]

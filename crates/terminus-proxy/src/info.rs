@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use terminus_tls::CertEntry;
 
+use crate::accept::Slot;
 use crate::activity::Activity;
 use crate::shutdown::Tracker;
 
@@ -23,6 +24,8 @@ pub(crate) struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Upgraded tunnels count as live connections for shutdown.
     pub tracker: Tracker,
+    /// The connection's place in its listener's count; an upgraded tunnel keeps it.
+    pub _slot: Slot,
 }
 
 #[derive(Debug)]

@@ -6,11 +6,13 @@
 //! lookup) and nothing else; the request path also reads the route table and takes the backend
 //! pool's per-backend lock for a push or pop. No I/O happens under any lock.
 
+mod accept;
 mod access_log;
 mod activity;
 mod body;
 mod conn;
 mod fault;
+mod handshake;
 pub mod headers;
 mod info;
 mod pool;
@@ -43,6 +45,7 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 pub struct BoundListener {
     listener: TcpListener,
     tls: bool,
+    max_connections: usize,
 }
 
 impl BoundListener {
@@ -70,6 +73,7 @@ pub async fn bind(
         bound.push(BoundListener {
             listener,
             tls: l.tls,
+            max_connections: l.max_connections,
         });
     }
     Ok(bound)
@@ -105,10 +109,13 @@ impl Proxy {
         let tracker = shutdown::Tracker::default();
         let mut accept = JoinSet::new();
         for l in listeners {
-            accept.spawn(conn::accept_loop(
+            accept.spawn(accept::accept_loop(
                 shared.clone(),
                 l.listener,
-                l.tls,
+                accept::ListenerOptions {
+                    tls: l.tls,
+                    max_connections: l.max_connections,
+                },
                 tracker.clone(),
                 stop_rx.clone(),
             ));

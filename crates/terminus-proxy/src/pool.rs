@@ -7,13 +7,16 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use http_body::Body;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -23,6 +26,11 @@ use crate::fault::Fault;
 const MAX_IDLE_PER_BACKEND: usize = 512;
 /// A response head larger than this is refused (H25).
 const MAX_RESPONSE_HEAD: usize = 1 << 20;
+/// The most read from a backend at once. hyper grows its read buffer towards
+/// `MAX_RESPONSE_HEAD` while a fast backend keeps it full, and every body chunk handed on keeps
+/// its part of that buffer alive until the client has taken it: for a client that stops
+/// reading, megabytes. Capped reads keep each chunk, and so what a stalled client holds, small.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// A connection to a backend, ready for one request. Once its response has ended cleanly it goes
 /// back to its pool with [`Conn::release`]; dropped instead, it is closed.
@@ -155,7 +163,7 @@ where
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD)
             .max_headers(1000)
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(BackendIo(stream)))
             .await
             .map_err(|_| Fault::ConnectRefused)?;
         tokio::spawn(async move {
@@ -205,5 +213,57 @@ where
     /// Idle connections currently pooled (for tests and metrics).
     pub(crate) fn idle_count(&self) -> usize {
         self.inner.idle.iter().map(|l| l.len()).sum()
+    }
+}
+
+/// A backend connection read at most [`READ_CHUNK`] bytes at a time.
+struct BackendIo(TcpStream);
+
+impl AsyncRead for BackendIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() <= READ_CHUNK {
+            return Pin::new(&mut self.0).poll_read(cx, buf);
+        }
+        // Only once hyper offers more than a chunk (a large body from a fast backend), and
+        // without unsafe code: the chunk is zeroed before it is read into.
+        let mut chunk = ReadBuf::new(buf.initialize_unfilled_to(READ_CHUNK));
+        ready!(Pin::new(&mut self.0).poll_read(cx, &mut chunk))?;
+        let n = chunk.filled().len();
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for BackendIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

@@ -37,7 +37,7 @@ pub(crate) async fn handle(
         metrics: shared.metrics.clone(),
         emitted: false,
         write: shared.settings.access_log,
-        method: parts.method.clone(),
+        method: Some(parts.method.clone()),
         path: parts
             .uri
             .path_and_query()
@@ -93,6 +93,7 @@ pub(crate) async fn handle(
             request_id: &request_id,
             via,
             upgrade,
+            real_ip: shared.settings.set_x_real_ip.then_some(log.fwd),
         },
     );
     // The backend sees the host that was routed and checked against the certificate: an
@@ -123,10 +124,17 @@ pub(crate) async fn handle(
     if switching {
         let backend_upgrade = hyper::upgrade::on(&mut response);
         if let Some(client_upgrade) = client_upgrade {
-            crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, &conn);
+            crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, conn.clone());
         }
         let (parts, body) = response.into_parts();
-        let body = ResponseBody::backend(body, log, None, shared.settings.idle_timeout, in_flight);
+        let body = ResponseBody::backend(
+            body,
+            log,
+            None,
+            client_state,
+            shared.settings.idle_timeout,
+            in_flight,
+        );
         return Ok(Response::from_parts(parts, body));
     }
     let (parts, body) = response.into_parts();
@@ -134,6 +142,7 @@ pub(crate) async fn handle(
         body,
         log,
         Some(backend),
+        client_state,
         shared.settings.idle_timeout,
         in_flight,
     );
@@ -196,20 +205,18 @@ fn check(
         return Err(Fault::MethodNotAllowed);
     }
     let authority = authority.as_ref().map_err(|f| *f)?;
-    if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) + parts.method.as_str().len() + 10
-        > MAX_LINE
-    {
+    let size = HeadSize::of(parts);
+    if size.request_line > MAX_LINE {
         return Err(Fault::BadRequest("request_line_too_long"));
     }
     if parts.headers.len() > shared.settings.max_headers {
         return Err(Fault::HeadersTooLarge("too_many_headers"));
     }
-    if parts
-        .headers
-        .iter()
-        .any(|(k, v)| k.as_str().len() + v.len() + 2 > MAX_LINE)
-    {
+    if size.longest_header > MAX_LINE {
         return Err(Fault::HeadersTooLarge("header_line_too_long"));
+    }
+    if size.total > shared.settings.max_request_head {
+        return Err(Fault::HeadersTooLarge("head_too_large"));
     }
     if let Some(expect) = parts.headers.get(EXPECT) {
         if !expect.as_bytes().eq_ignore_ascii_case(b"100-continue") {
@@ -240,6 +247,39 @@ fn check(
         return Err(Fault::NoBackends);
     }
     Ok(app)
+}
+
+/// The size of a request head as HTTP/1 sends it, measured in one pass over the headers.
+/// hyper's own limit on the head (its read buffer) can be overrun by what one read brings in
+/// past it; this one is exact, and applies to HTTP/2 requests as well.
+#[derive(Debug, PartialEq, Eq)]
+struct HeadSize {
+    /// `METHOD SP path SP HTTP/1.1`.
+    request_line: usize,
+    /// `name: value`, the longest one.
+    longest_header: usize,
+    /// Every line with its CRLF, and the blank line.
+    total: usize,
+}
+
+impl HeadSize {
+    fn of(parts: &http::request::Parts) -> Self {
+        let request_line = parts.method.as_str().len()
+            + parts.uri.path_and_query().map_or(1, |p| p.as_str().len())
+            + 10;
+        let mut total = request_line + 2 + 2;
+        let mut longest_header = 0;
+        for (name, value) in &parts.headers {
+            let line = name.as_str().len() + 2 + value.len();
+            total += line + 2;
+            longest_header = longest_header.max(line);
+        }
+        Self {
+            request_line,
+            longest_header,
+            total,
+        }
+    }
 }
 
 fn is_upgrade(parts: &http::request::Parts) -> bool {
@@ -418,5 +458,36 @@ fn error_response(
     if matches!(fault, Fault::BadRequest(_) | Fault::HeadersTooLarge(_)) {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    if status.canonical_reason().is_none() {
+        response
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(
+                crate::fault::CLIENT_CLOSED_REASON.as_bytes(),
+            ));
+    }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_size_counts_what_http1_sends() {
+        let (parts, ()) = Request::get("/abc?x=1")
+            .header("host", "www.example.com")
+            .header("x-a", "1")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let raw = "GET /abc?x=1 HTTP/1.1\r\nhost: www.example.com\r\nx-a: 1\r\n\r\n";
+        assert_eq!(
+            HeadSize::of(&parts),
+            HeadSize {
+                request_line: "GET /abc?x=1 HTTP/1.1".len(),
+                longest_header: "host: www.example.com".len(),
+                total: raw.len(),
+            }
+        );
+    }
 }

@@ -16,8 +16,9 @@ use terminus_tls::{CertIndex, TlsPolicy};
 use crate::body::RequestBody;
 use crate::pool;
 
-/// Largest request head (all header lines together) accepted before hyper answers 431.
-const MAX_REQUEST_HEAD: usize = 128 * 1024;
+/// The most an HTTP/2 stream queues for a client beyond what the socket takes (hyper's default
+/// is 400 KiB per stream, 100 MiB over 256 streams of a client that never reads).
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// The data plane's settings, from the config.
 #[derive(Debug, Clone)]
@@ -28,11 +29,15 @@ pub struct Settings {
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// An HTTP/1 request head must be complete this long after its first byte.
+    pub request_head_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub quarantine: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub max_headers: usize,
+    pub max_request_head: usize,
     pub connect_attempts: usize,
+    pub set_x_real_ip: bool,
     pub default_app: Option<String>,
     pub access_log: bool,
 }
@@ -50,11 +55,14 @@ impl Settings {
             connect_timeout: config.timeouts.connect,
             first_byte_timeout: config.timeouts.first_byte,
             idle_timeout: config.timeouts.idle,
+            request_head_timeout: config.timeouts.request_head,
             pool_idle_timeout: config.timeouts.pool_idle,
             quarantine: config.timeouts.quarantine,
             trusted_proxies: config.proxy.trusted_proxies.clone(),
             max_headers: config.proxy.max_headers,
+            max_request_head: config.proxy.max_request_head,
             connect_attempts: config.proxy.connect_attempts,
+            set_x_real_ip: config.proxy.set_x_real_ip,
             default_app: config.router.default_app.clone().map(String::from),
             access_log: config.router.access_log,
         }
@@ -97,13 +105,21 @@ impl Shared {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
-            // Also the keep-alive idle limit: hyper starts it whenever it waits for a head.
-            .header_read_timeout(settings.idle_timeout)
-            .max_buf_size(MAX_REQUEST_HEAD)
+            // The connection's watchdog times heads (request_head, from the first byte) and the
+            // wait for them (idle); hyper's own timer would start before the first byte and
+            // close without a 408. This is a backstop for a watchdog that never fires.
+            .header_read_timeout(settings.idle_timeout + settings.request_head_timeout)
+            // The largest head (hyper answers 431 beyond it), and also the most hyper buffers
+            // for writing: a response is pulled from the backend only as fast as the client
+            // drains this, so a client that stops reading holds at most this much here (plus
+            // one chunk).
+            .max_buf_size(settings.max_request_head)
             .max_headers(settings.max_headers);
         http.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(MAX_REQUEST_HEAD).unwrap_or(u32::MAX))
+            // h2 answers a larger header block with 431 and resets the stream.
+            .max_header_list_size(u32::try_from(settings.max_request_head).unwrap_or(u32::MAX))
+            .max_send_buf_size(H2_SEND_BUFFER)
             .max_concurrent_streams(256);
         let pool = pool::Pool::new(
             settings.connect_timeout,

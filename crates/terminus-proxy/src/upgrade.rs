@@ -1,10 +1,14 @@
 //! Upgraded connections (WebSocket and any other `Upgrade`): bytes copied both ways until either
 //! side closes, nothing moves for the idle window, or one side stops reading for it.
 
+use std::sync::Arc;
+
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::activity::{Activity, TrackedIo, Verdict, Watch};
+use tokio::time::Instant;
+
+use crate::activity::{Activity, Limits, TrackedIo, Verdict, Watch};
 use crate::info::ConnInfo;
 use crate::state::Shared;
 
@@ -15,7 +19,7 @@ pub(crate) fn spawn_tunnel(
     client: OnUpgrade,
     backend: OnUpgrade,
     shared: &Shared,
-    conn: &ConnInfo,
+    conn: Arc<ConnInfo>,
 ) {
     let idle = shared.settings.idle_timeout;
     let live = conn.tracker.enter();
@@ -23,6 +27,8 @@ pub(crate) fn spawn_tunnel(
     tokio::spawn(async move {
         let _live = live;
         let _open = open;
+        // Keeps the connection's place in its listener's count.
+        let _conn = conn;
         let (client, backend) = match tokio::join!(client, backend) {
             (Ok(c), Ok(b)) => (c, b),
             (c, b) => {
@@ -34,13 +40,18 @@ pub(crate) fn spawn_tunnel(
                 return;
             }
         };
-        let activity = Activity::new();
+        let activity = Activity::new(false);
         let mut client = TrackedIo::new(TokioIo::new(client), activity.clone());
         let mut backend = TrackedIo::new(TokioIo::new(backend), activity.clone());
         let copy = tokio::io::copy_bidirectional(&mut client, &mut backend);
         tokio::pin!(copy);
-        let every = Watch::interval(idle);
+        let limits = Limits {
+            idle,
+            request_head: idle,
+        };
         let mut watch = Watch::default();
+        let watchdog = tokio::time::sleep(limits.interval());
+        tokio::pin!(watchdog);
         loop {
             tokio::select! {
                 result = &mut copy => {
@@ -49,10 +60,10 @@ pub(crate) fn spawn_tunnel(
                     }
                     return;
                 }
-                _ = tokio::time::sleep(every) => match activity.look(&mut watch) {
-                    Verdict::Wait => {}
+                _ = &mut watchdog => match activity.look(&mut watch, Instant::now(), &limits) {
+                    Verdict::Wait(next) => watchdog.as_mut().reset(next),
                     // No byte either way for the idle window, or one side stopped reading.
-                    Verdict::Idle | Verdict::Stalled => {
+                    Verdict::Idle | Verdict::Stalled | Verdict::HeadTimeout => {
                         tracing::debug!("upgraded connection idle, closing");
                         return;
                     }

@@ -206,6 +206,29 @@ impl Backend {
         .await
     }
 
+    /// Answers with a head promising 100 MB and sends until a write has waited `patience` for
+    /// the router to read (as a backend with a send timeout does), then closes.
+    pub async fn impatient(patience: Duration) -> Self {
+        Self::raw("impatient", move |mut tcp, n| async move {
+            let mut buf = [0u8; 4096];
+            if !matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {
+                return;
+            }
+            n.arrived();
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 100000000\r\n\r\n";
+            if tcp.write_all(head).await.is_err() {
+                return;
+            }
+            loop {
+                match tokio::time::timeout(patience, tcp.write_all(&XS)).await {
+                    Ok(Ok(())) => {}
+                    _ => return,
+                }
+            }
+        })
+        .await
+    }
+
     async fn raw<F, Fut>(name: &str, each: F) -> Self
     where
         F: Fn(TcpStream, Arrivals) -> Fut + Send + Sync + 'static,
@@ -269,8 +292,8 @@ async fn echo(name: String, mut req: Request<Incoming>) -> Result<Response<BoxBo
         return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
     }
     if path == "/bytes" {
-        let n = query(&req, "n").unwrap_or(0) as usize;
-        return Ok(Response::new(full(vec![b'x'; n])));
+        let n = query(&req, "n").unwrap_or(0);
+        return Ok(Response::new(BodyExt::boxed(Repeat { left: n })));
     }
     let method = req.method().to_string();
     let version = format!("{:?}", req.version());
@@ -309,6 +332,40 @@ async fn echo(name: String, mut req: Request<Incoming>) -> Result<Response<BoxBo
         http::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+/// 64 KiB of `x`, shared by every `/bytes` body.
+static XS: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+/// A body of `left` bytes of `x` streamed from one static buffer, so a test can ask hundreds of
+/// connections for megabytes each without the backend allocating them.
+struct Repeat {
+    left: u64,
+}
+
+impl hyper::body::Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let n = self.left.min(XS.len() as u64);
+        self.left -= n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&XS[..n as usize])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.left == 0
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.left)
+    }
 }
 
 fn websocket(req: &mut Request<Incoming>) -> Response<BoxBody> {

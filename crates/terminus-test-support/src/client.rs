@@ -325,13 +325,27 @@ impl TlsClient {
 
     /// Connects sending `sni` instead of the configured name (same sessions, same verifier).
     pub async fn connect_as(&self, addr: SocketAddr, sni: &str) -> io::Result<Connected> {
+        let tcp = TcpStream::connect(addr).await?;
+        self.handshake_as(tcp, sni).await
+    }
+
+    /// The handshake over a TCP connection the caller made (with its own socket options).
+    pub async fn handshake(&self, tcp: TcpStream) -> io::Result<Connected> {
+        let name = self
+            .options
+            .sni
+            .clone()
+            .unwrap_or_else(|| "unused.invalid".into());
+        self.handshake_as(tcp, &name).await
+    }
+
+    async fn handshake_as(&self, tcp: TcpStream, sni: &str) -> io::Result<Connected> {
         let recorder = self.verifier();
         let mut config = (*self.config).clone();
         config
             .dangerous()
             .set_certificate_verifier(recorder.clone());
         let connector = TlsConnector::from(Arc::new(config));
-        let tcp = TcpStream::connect(addr).await?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(sni.to_owned())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;

@@ -226,6 +226,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     if args.no_access_log {
         config.router.access_log = false;
     }
+    raise_fd_limit();
     let threads = args.threads.unwrap_or(config.router.threads);
     let mut builder = if threads == 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -254,6 +255,33 @@ fn serve(args: ServeArgs) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit: every client and backend connection
+/// is a descriptor, and distributions start services at a soft 1024. The listeners'
+/// `max_connections` then decide, not an accident of the environment.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current == limit.maximum {
+        return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = limit.current,
+            to = limit.maximum,
+            "raised the open files limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            limit = limit.current,
+            error = %e,
+            "cannot raise the open files limit (RLIMIT_NOFILE)"
+        ),
     }
 }
 

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use super::Checker;
 use crate::raw::RawListener;
-use crate::{Listener, Result};
+use crate::{Listener, Result, DEFAULT_MAX_CONNECTIONS};
 
 pub(super) fn validate(c: &Checker<'_>, raw: &[RawListener]) -> Result<Vec<Listener>> {
     let mut listeners = Vec::new();
@@ -14,9 +14,17 @@ pub(super) fn validate(c: &Checker<'_>, raw: &[RawListener]) -> Result<Vec<Liste
         if address.port() != 0 && !seen.insert(address) {
             return Err(c.err(key, format!("{address} is listed twice")));
         }
+        let max_connections = l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(c.err(
+                format!("listener[{i}].max_connections"),
+                "must be at least 1",
+            ));
+        }
         listeners.push(Listener {
             address,
             tls: l.tls.unwrap_or(true),
+            max_connections,
         });
     }
     if listeners.is_empty() {

@@ -26,6 +26,15 @@ pub(super) fn validate(c: &Checker<'_>, raw: &RawProxy) -> Result<ProxyConfig> {
     if !(8..=100).contains(&max_headers) {
         return Err(c.err("proxy.max_headers", "must be between 8 and 100"));
     }
+    let max_request_head = raw.max_request_head.unwrap_or(d.max_request_head);
+    // 8 KiB is the smallest buffer hyper accepts (and one request line); above 1 MiB one
+    // connection's head could hold a megabyte of memory.
+    if !(8192..=1024 * 1024).contains(&max_request_head) {
+        return Err(c.err(
+            "proxy.max_request_head",
+            "must be between 8192 and 1048576 (bytes)",
+        ));
+    }
     let connect_attempts = raw.connect_attempts.unwrap_or(d.connect_attempts);
     if !(1..=100).contains(&connect_attempts) {
         return Err(c.err("proxy.connect_attempts", "must be between 1 and 100"));
@@ -33,11 +42,13 @@ pub(super) fn validate(c: &Checker<'_>, raw: &RawProxy) -> Result<ProxyConfig> {
     Ok(ProxyConfig {
         trusted_proxies,
         max_headers,
+        max_request_head,
         connect_attempts,
         resolve_interval: c.duration(
             "proxy.resolve_interval",
             raw.resolve_interval.as_ref(),
             d.resolve_interval,
         )?,
+        set_x_real_ip: raw.set_x_real_ip.unwrap_or(d.set_x_real_ip),
     })
 }

@@ -25,6 +25,24 @@ fn minimal_config_gets_defaults() {
     assert_eq!(cfg.tls.handshake_timeout.as_secs(), 10);
     assert_eq!(cfg.timeouts.pool_idle.as_secs(), 90);
     assert_eq!(cfg.proxy.max_headers, 100);
+    assert_eq!(cfg.proxy.max_request_head, 32 * 1024);
+    assert!(!cfg.proxy.set_x_real_ip);
+    assert_eq!(cfg.timeouts.request_head.as_secs(), 10);
+    assert_eq!(cfg.listeners[0].max_connections, 10_000);
+}
+
+#[test]
+fn limits_are_read() {
+    let cfg = parse(
+        "[[listener]]\naddress = \"127.0.0.1:1\"\nmax_connections = 20\n\
+         [timeouts]\nrequest_head = \"2s\"\n\
+         [proxy]\nmax_request_head = 8192\nset_x_real_ip = true\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.listeners[0].max_connections, 20);
+    assert_eq!(cfg.timeouts.request_head.as_secs(), 2);
+    assert_eq!(cfg.proxy.max_request_head, 8192);
+    assert!(cfg.proxy.set_x_real_ip);
 }
 
 #[test]
@@ -115,6 +133,18 @@ fn meaning_errors_name_the_key_and_the_fix() {
             (
                 &format!("{MINIMAL}[proxy]\ntrusted_proxies = [\"10.0.0.0/33\"]\n"),
                 "proxy.trusted_proxies[0]: '10.0.0.0/33' is neither",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\nmax_connections = 0\n",
+                "listener[0].max_connections: must be at least 1",
+            ),
+            (
+                &format!("{MINIMAL}[proxy]\nmax_request_head = 100\n"),
+                "proxy.max_request_head: must be between 8192 and 1048576",
+            ),
+            (
+                &format!("{MINIMAL}[timeouts]\nrequest_head = \"0s\"\n"),
+                "timeouts.request_head: must be greater than zero",
             ),
             (
                 &format!("{MINIMAL}[router]\ndefault_app = \"web\"\n"),
