@@ -8,7 +8,7 @@ use terminus_api::{
     CertChange, CertRemoved, CertReplace, CertUpload, CertView, DroppedView, Encoding,
     PreviousView, Source,
 };
-use terminus_store::{sha256, CertRecord, DomainRecord, Interner, Writer};
+use terminus_store::{sha256, CertRecord, DomainRecord, Writer};
 use terminus_tls::{format_time, prepare, PrepareOptions, Prepared, Without};
 
 use crate::control::{check_name, parse_host, ApiError, ApiResult, Control};
@@ -331,11 +331,8 @@ impl Control {
 
     /// Puts a record's current version in front of clients.
     fn publish(&self, store: &terminus_store::Store, record: &CertRecord) -> ApiResult<()> {
-        let entry = store
-            .entry(record, &mut Interner::default())
-            .map_err(|q| ApiError::new(500, q.code, q.to_string()))?;
-        self.certs.replace(entry);
-        Ok(())
+        terminus_store::publish_cert(store, &self.certs, record)
+            .map_err(|q| ApiError::new(500, q.code, q.to_string()))
     }
 
     pub fn update_cert(&self, name: &str, up: CertReplace, now: i64) -> ApiResult<CertChange> {

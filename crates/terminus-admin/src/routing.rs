@@ -173,11 +173,9 @@ impl Control {
             created_at: now,
         };
         store.write(|w| w.put_domain(&record))?;
-        self.routes.set_domain(Domain {
-            pattern: pattern.clone(),
-            app: req.app.as_str().into(),
-            cert: None,
-        });
+        terminus_store::publish_domain(&self.routes, &record).map_err(|e| {
+            ApiError::new(500, "store_error", format!("the stored domain cannot be served: {e}"))
+        })?;
         self.domain_view(&pattern)
     }
 
