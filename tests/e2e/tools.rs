@@ -398,7 +398,10 @@ async fn health_probes_the_admin_address_its_config_gives() {
     let up = config("up.toml", r.router.admin.to_string());
     // A container's config listens on every interface; the probe goes to loopback.
     let wildcard = config("wildcard.toml", format!("0.0.0.0:{port}"));
-    let down = config("down.toml", terminus_test_support::reserve_port().unwrap().to_string());
+    let down = config(
+        "down.toml",
+        terminus_test_support::reserve_port().unwrap().to_string(),
+    );
     let health = |args: Vec<String>, env: Option<&Path>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminus"));
         cmd.arg("health").args(args).env_remove("TERMINUS_CONFIG");
