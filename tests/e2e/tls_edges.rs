@@ -88,6 +88,16 @@ async fn the_ticket_comes_before_a_reply_to_what_follows_the_finished() {
             "{key:?}"
         );
 
+        // A record of no known content type: the ticket, then decode_error, then the close.
+        let mut raw = finished_then(&r, |_| vec![0x99, 3, 3, 0, 2, 1, 2]).await;
+        let seen = raw.until_closed(WAIT).await;
+        assert!(seen[0].is_ticket(), "{key:?}: {seen:?}");
+        assert_eq!(
+            seen[1..],
+            [Seen::fatal(alert::DECODE_ERROR), Seen::Closed],
+            "{key:?}"
+        );
+
         // A fatal alert from the client: the ticket, then the close (no answer to an alert).
         let mut raw = finished_then(&r, |raw| {
             raw.seal(content::ALERT, &[alert::FATAL, alert::DECODE_ERROR])
