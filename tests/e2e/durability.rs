@@ -230,7 +230,9 @@ async fn acknowledged_changes_survive_kill_9_and_a_corrupted_entry_is_quarantine
             .write(|w| {
                 let mut rec = w.cert("c1")?.unwrap();
                 rec.current.names = vec!["evil.example.com".into()];
-                w.put_cert(&rec)
+                w.put_cert(&rec)?;
+                // And a record that no longer decodes at all.
+                w.put_raw_cert("c9", &[2, 0, 1, 2, 3])
             })
             .unwrap();
     }
@@ -245,15 +247,29 @@ async fn acknowledged_changes_survive_kill_9_and_a_corrupted_entry_is_quarantine
     let certs = r.certs().await;
     let c1 = certs.iter().find(|c| c["name"] == "c1").unwrap();
     assert_eq!(c1["served"], false);
+    // The undecodable record is listed as quarantined, with its reason, not dropped.
+    let c9 = certs
+        .iter()
+        .find(|c| c["name"] == "c9")
+        .expect("an undecodable record is still listed");
+    assert_eq!(c9["served"], false);
+    let why = c9["quarantine"].as_str().unwrap();
+    assert!(
+        why.contains("R17") && why.contains("cannot be decoded"),
+        "{why}"
+    );
+    let (code, info, err) = r.cli(&["certs:info", "--name", "c9"]).await;
+    assert_eq!(code, 0, "{info}{err}");
+    assert!(info.contains("cannot be decoded"), "{info}");
     let metrics = reqwest_metrics(r.admin).await;
     assert!(
-        metrics.contains("terminus_store_quarantined_total 1"),
+        metrics.contains("terminus_store_quarantined_total 2"),
         "{metrics}"
     );
     let (_, stderr) = r.kill9().await;
     let line = stderr
         .lines()
-        .find(|l| l.contains("R17"))
+        .find(|l| l.contains("R17") && l.contains("'c1'"))
         .expect("an R17 log line");
     assert!(
         line.contains("certificate 'c1' quarantined (R17): checksum error"),

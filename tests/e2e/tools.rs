@@ -398,7 +398,7 @@ async fn health_probes_the_admin_address_its_config_gives() {
     let up = config("up.toml", r.router.admin.to_string());
     // A container's config listens on every interface; the probe goes to loopback.
     let wildcard = config("wildcard.toml", format!("0.0.0.0:{port}"));
-    let down = config("down.toml", format!("127.0.0.1:{}", free_port()));
+    let down = config("down.toml", terminus_test_support::reserve_port().unwrap().to_string());
     let health = |args: Vec<String>, env: Option<&Path>| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_terminus"));
         cmd.arg("health").args(args).env_remove("TERMINUS_CONFIG");
@@ -427,12 +427,4 @@ async fn health_probes_the_admin_address_its_config_gives() {
     let (code, err) = health(flag(&dir.path().join("missing.toml")), None).await;
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("missing.toml"), "{err}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

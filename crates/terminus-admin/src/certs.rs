@@ -104,6 +104,11 @@ fn static_view(c: &Control, name: &str, now: i64, domains: Vec<String>) -> Optio
 enum Listed {
     Config(String),
     Stored(Box<CertRecord>),
+    /// A stored record that does not decode: listed as quarantined, never silently dropped.
+    Undecodable {
+        name: String,
+        reason: String,
+    },
 }
 
 impl Listed {
@@ -111,7 +116,58 @@ impl Listed {
         match self {
             Self::Config(n) => n,
             Self::Stored(r) => &r.name,
+            Self::Undecodable { name, .. } => name,
         }
+    }
+}
+
+/// What the API can say of a stored certificate whose record does not decode: its name and
+/// why it is not served (R17, as for a checksum error).
+fn undecodable_view(name: &str, reason: &str) -> CertView {
+    CertView {
+        name: name.to_owned(),
+        source: Source::Store,
+        common_names: Vec::new(),
+        names: Vec::new(),
+        expires_at: String::new(),
+        starts_at: String::new(),
+        not_after: 0,
+        not_before: 0,
+        issuer: String::new(),
+        subject: String::new(),
+        serial: String::new(),
+        key_type: String::new(),
+        trusted: false,
+        kind: "SNI".into(),
+        domains: Vec::new(),
+        checksum: None,
+        version: None,
+        previous: None,
+        bypass: false,
+        served: false,
+        quarantine: Some(format!(
+            "checksum error (R17): the stored record cannot be decoded ({reason}); replace it with certs:update, or remove it"
+        )),
+        not_yet_valid: false,
+    }
+}
+
+/// Why a stored certificate could not be read.
+enum Stored {
+    /// Its record is there but does not decode.
+    Undecodable(String),
+    Api(ApiError),
+}
+
+impl From<ApiError> for Stored {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
+}
+
+impl From<terminus_store::StoreError> for Stored {
+    fn from(e: terminus_store::StoreError) -> Self {
+        Self::Api(e.into())
     }
 }
 
@@ -146,7 +202,13 @@ impl Control {
                         taken += 1;
                     }
                     Ok(_) => {}
-                    Err(bad) => tracing::warn!(record = %bad.key, error = %bad.error, "undecodable certificate record skipped"),
+                    Err(bad) => {
+                        listed.push(Listed::Undecodable {
+                            name: bad.key,
+                            reason: bad.error.to_string(),
+                        });
+                        taken += 1;
+                    }
                 }
                 taken <= limit
             })?;
@@ -169,6 +231,7 @@ impl Control {
                     let domains = domains_of(&rec.name);
                     Some(stored_view(self, &rec, now, domains))
                 }
+                Listed::Undecodable { name, reason } => Some(undecodable_view(&name, &reason)),
             })
             .collect();
         Ok((out, next.flatten()))
@@ -181,19 +244,24 @@ impl Control {
         if let Some(v) = static_view(self, name, now, domains.clone()) {
             return Ok(v);
         }
-        let rec = self.stored(name)?;
-        Ok(stored_view(self, &rec, now, domains))
+        match self.stored(name) {
+            Ok(rec) => Ok(stored_view(self, &rec, now, domains)),
+            Err(Stored::Undecodable(reason)) => Ok(undecodable_view(name, &reason)),
+            Err(Stored::Api(e)) => Err(e),
+        }
     }
 
-    fn stored(&self, name: &str) -> ApiResult<CertRecord> {
+    fn stored(&self, name: &str) -> Result<CertRecord, Stored> {
         let store = self
             .store
             .as_ref()
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
-        store
-            .read()?
-            .cert(name)?
-            .ok_or_else(|| ApiError::not_found("certificate", name))
+        match store.read()?.cert(name) {
+            Ok(Some(rec)) => Ok(rec),
+            Ok(None) => Err(ApiError::not_found("certificate", name).into()),
+            Err(e) if e.is_corruption() => Err(Stored::Undecodable(e.to_string())),
+            Err(e) => Err(ApiError::from(e).into()),
+        }
     }
 
     fn refuse_static(&self, name: &str) -> ApiResult<()> {

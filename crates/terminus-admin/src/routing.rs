@@ -174,7 +174,11 @@ impl Control {
         };
         store.write(|w| w.put_domain(&record))?;
         terminus_store::publish_domain(&self.routes, &record).map_err(|e| {
-            ApiError::new(500, "store_error", format!("the stored domain cannot be served: {e}"))
+            ApiError::new(
+                500,
+                "store_error",
+                format!("the stored domain cannot be served: {e}"),
+            )
         })?;
         self.domain_view(&pattern)
     }
