@@ -23,6 +23,7 @@ mod selection;
 mod shutdown;
 mod sni;
 mod swap;
+mod tls_edges;
 mod tools;
 mod validation;
 mod websocket;

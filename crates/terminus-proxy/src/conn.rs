@@ -12,7 +12,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_rustls::server::TlsStream;
 
 use crate::accept::Slot;
 use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watch};
@@ -20,6 +19,7 @@ use crate::fault::Fault;
 use crate::info::ConnInfo;
 use crate::shutdown::Tracker;
 use crate::state::Shared;
+use crate::tls_io::TlsIo;
 
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
@@ -63,6 +63,7 @@ pub(crate) async fn serve(
             info.activity = Activity::new(false);
         }
         info.tls = Some(tls_info);
+        let stream = TlsIo::new(stream);
         serve_http(shared.clone(), stream, info, stop, tls_last_words).await;
     }
 }
@@ -73,7 +74,7 @@ fn plain_last_words(tcp: &mut TcpStream, bytes: &[u8]) {
 }
 
 /// TLS: the bytes and a close_notify, encrypted and written as far as the socket takes them now.
-fn tls_last_words(stream: &mut TlsStream<TcpStream>, bytes: &[u8]) {
+fn tls_last_words(stream: &mut TlsIo, bytes: &[u8]) {
     let (tcp, session) = stream.get_mut();
     if session.writer().write_all(bytes).is_ok() {
         session.send_close_notify();

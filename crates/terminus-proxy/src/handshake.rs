@@ -17,9 +17,16 @@ use tokio_rustls::StartHandshake;
 use crate::info::TlsInfo;
 use crate::state::Shared;
 
-/// A fatal `unrecognized_name` alert, sent in the clear before any ServerHello (as nginx's
-/// `ssl_reject_handshake` does) when no certificate covers the client's SNI.
-const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+/// A fatal alert in the clear, as sent before any ServerHello.
+const fn fatal_alert(description: u8) -> [u8; 7] {
+    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description]
+}
+/// Sent (as nginx's `ssl_reject_handshake` does) when no certificate covers the client's SNI.
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = fatal_alert(112);
+/// RFC 8446 §6: a message out of place, such as a first message that is not a ClientHello.
+const UNEXPECTED_MESSAGE_ALERT: [u8; 7] = fatal_alert(10);
+/// RFC 8446 §6: a message that does not parse.
+const DECODE_ERROR_ALERT: [u8; 7] = fatal_alert(50);
 /// Every TLS connection starts with a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// The answer to an HTTP request on the TLS port.
@@ -119,11 +126,31 @@ async fn client_hello(tcp: &TcpStream) -> Hello {
             Ok(Some(accepted)) => return Hello::Accepted(accepted),
             Ok(None) => {}
             Err((error, mut alert)) => {
-                // The alert is a few bytes into an empty socket buffer.
-                let _ = alert.write(&mut TryWrite(tcp));
+                // The alert is a few bytes into an empty socket buffer. rustls queues one for
+                // most refusals but none for a first message that is not a ClientHello.
+                if let (Ok(0), Some(own)) = (alert.write(&mut TryWrite(tcp)), own_alert(&error)) {
+                    let _ = tcp.try_write(own);
+                }
                 return Hello::Failed(io::Error::new(io::ErrorKind::InvalidData, error));
             }
         }
+    }
+}
+
+/// The alert RFC 8446 names for a refused first message, for when rustls queued none. A
+/// client's own alert gets no answer.
+fn own_alert(error: &rustls::Error) -> Option<&'static [u8]> {
+    use rustls::{ContentType, Error};
+    match error {
+        Error::InappropriateMessage {
+            got_type: ContentType::Alert,
+            ..
+        } => None,
+        Error::InappropriateMessage { .. } | Error::InappropriateHandshakeMessage { .. } => {
+            Some(&UNEXPECTED_MESSAGE_ALERT)
+        }
+        Error::InvalidMessage(_) => Some(&DECODE_ERROR_ALERT),
+        _ => None,
     }
 }
 
@@ -273,6 +300,44 @@ fn failure_reason(e: &io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_first_messages_get_the_alert_the_rfc_names() {
+        use rustls::{ContentType, Error, HandshakeType, InvalidMessage, PeerMisbehaved};
+        let out_of_place = |got_type| Error::InappropriateMessage {
+            expect_types: vec![ContentType::Handshake],
+            got_type,
+        };
+        let cases: [(Error, Option<&[u8]>); 6] = [
+            (
+                Error::InappropriateHandshakeMessage {
+                    expect_types: vec![HandshakeType::ClientHello],
+                    got_type: HandshakeType::Unknown(99),
+                },
+                Some(&UNEXPECTED_MESSAGE_ALERT),
+            ),
+            (
+                out_of_place(ContentType::ApplicationData),
+                Some(&UNEXPECTED_MESSAGE_ALERT),
+            ),
+            (
+                out_of_place(ContentType::ChangeCipherSpec),
+                Some(&UNEXPECTED_MESSAGE_ALERT),
+            ),
+            (out_of_place(ContentType::Alert), None),
+            (
+                Error::InvalidMessage(InvalidMessage::MessageTooShort),
+                Some(&DECODE_ERROR_ALERT),
+            ),
+            (
+                Error::PeerMisbehaved(PeerMisbehaved::TooManyEmptyFragments),
+                None,
+            ),
+        ];
+        for (error, alert) in cases {
+            assert_eq!(own_alert(&error), alert, "{error:?}");
+        }
+    }
 
     fn first(bytes: &[u8]) -> FirstBytes {
         let mut f = FirstBytes::default();

@@ -19,6 +19,7 @@ mod pool;
 mod service;
 mod shutdown;
 mod state;
+mod tls_io;
 mod upgrade;
 
 use std::io;

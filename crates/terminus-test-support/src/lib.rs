@@ -1,6 +1,7 @@
 //! Test-only helpers for terminus: a PKI minted at run time, backends on port 0 that signal
-//! each request's arrival, a recording TLS client, a capture of router log lines, and waiting on
-//! events (a condition with a deadline, the router's ready file) instead of sleeping. Nothing here is used by the router itself.
+//! each request's arrival, a recording TLS client, a TLS client driven record by record, a
+//! capture of router log lines, and waiting on events (a condition with a deadline, the
+//! router's ready file) instead of sleeping. Nothing here is used by the router itself.
 
 // Test-only: a setup step that fails should stop the test loudly, so expect() is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,6 +10,7 @@ pub mod backend;
 pub mod client;
 pub mod logs;
 pub mod pki;
+pub mod raw_tls;
 pub mod tempdir;
 pub mod wait;
 
