@@ -422,9 +422,9 @@ impl Control {
         };
         let prepared = prepare(&chain, &key, &options, &self.provider, now)?;
         let (store, _lock) = self.writable()?;
-        let mut record = store
+        let (mut record, read_at) = store
             .read()?
-            .cert(name)?
+            .cert_at(name)?
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
         let mut warnings = prepared.warnings.clone();
         let mut uncovered_pins = Vec::new();
@@ -470,7 +470,10 @@ impl Control {
             store.seal_version(name, record.current.version + 1, &prepared, up.bypass, now)?;
         version.upload_checksum = Some(upload_checksum);
         record.previous = Some(std::mem::replace(&mut record.current, version));
-        store.write(|w| w.put_cert(&record))?;
+        store.write(|w| {
+            w.expect_cert(name, read_at)?;
+            w.put_cert(&record)
+        })?;
         self.publish(store, &record)?;
         Ok(CertChange {
             certificate: self.cert(name, now)?,
@@ -491,9 +494,9 @@ impl Control {
         let name = check_name("certificate", "the certificate name", name)?;
         self.refuse_static(name)?;
         let (store, _lock) = self.writable()?;
-        let mut record = store
+        let (mut record, read_at) = store
             .read()?
-            .cert(name)?
+            .cert_at(name)?
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
         let Some(previous) = record.previous.take() else {
             return Err(ApiError::conflict(
@@ -517,7 +520,10 @@ impl Control {
             ));
         }
         record.previous = Some(std::mem::replace(&mut record.current, previous));
-        store.write(|w| w.put_cert(&record))?;
+        store.write(|w| {
+            w.expect_cert(name, read_at)?;
+            w.put_cert(&record)
+        })?;
         self.publish(store, &record)?;
         self.cert(name, now)
     }

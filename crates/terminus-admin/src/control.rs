@@ -94,6 +94,19 @@ impl From<CertError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if let StoreError::Conflict { .. } = e {
+            return Self::conflict("conflict", e.to_string());
+        }
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "change refused: the fleet store is unreachable");
+            return Self::new(
+                503,
+                "store_unavailable",
+                format!(
+                    "{e}; nothing was changed: retry once etcd answers (the router keeps serving)"
+                ),
+            );
+        }
         tracing::error!(error = %e, "store operation failed");
         Self::new(
             500,

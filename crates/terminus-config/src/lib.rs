@@ -149,7 +149,42 @@ pub struct StoreConfig {
     pub dns_zone: String,
     pub expired_retention: Duration,
     pub key_cache: usize,
+    /// Where the store lives: the embedded file alone (the default), or etcd shared by a fleet
+    /// with the file in `dir` as this router's local mirror.
+    pub backend: StoreBackend,
 }
+
+/// `[store] backend`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// One router, one embedded redb file.
+    #[default]
+    Redb,
+    /// A fleet sharing one etcd cluster.
+    Etcd(EtcdConfig),
+}
+
+/// How a fleet reaches etcd (`[store] backend = "etcd"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConfig {
+    /// `http://HOST:PORT` or `https://HOST:PORT`, one per member.
+    pub endpoints: Vec<String>,
+    /// Every key terminus writes starts with this (ends with `/`).
+    pub prefix: String,
+    /// CA certificate file that the members' certificates are checked against (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for members that require them.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub user: Option<String>,
+    /// The password, read at start; `TERMINUS_ETCD_PASSWORD` takes precedence.
+    pub password_file: Option<PathBuf>,
+}
+
+/// The environment variable holding the etcd user's password.
+pub const ETCD_PASSWORD_ENV: &str = "TERMINUS_ETCD_PASSWORD";
+/// The key prefix of a fleet's objects in etcd when `[store] prefix` is not set.
+pub const DEFAULT_ETCD_PREFIX: &str = "/terminus/";
 
 impl StoreConfig {
     /// A store in `dir` with every other setting at its default.
@@ -161,6 +196,7 @@ impl StoreConfig {
             dns_zone: DEFAULT_DNS_ZONE.into(),
             expired_retention: DEFAULT_EXPIRED_RETENTION,
             key_cache: DEFAULT_KEY_CACHE,
+            backend: StoreBackend::Redb,
         }
     }
 }

@@ -99,6 +99,14 @@ pub(crate) struct RawStore {
     pub dns_zone: Option<String>,
     pub expired_retention: Option<String>,
     pub key_cache: Option<usize>,
+    pub backend: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub user: Option<String>,
+    pub password_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

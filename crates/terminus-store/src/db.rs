@@ -4,11 +4,12 @@
 //! under [`engine::guard`]: a damaged file is an error, never a panic.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use terminus_config::StoreConfig;
 
+use crate::backend::{self, Op, Remote, Revision, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
 use crate::engine::{self, guard};
 use crate::error::{Result, StoreError};
 use crate::records::{
@@ -21,6 +22,10 @@ pub(crate) const CERTS: Table = TableDefinition::new("certs");
 pub(crate) const DOMAINS: Table = TableDefinition::new("domains");
 pub(crate) const APPS: Table = TableDefinition::new("apps");
 pub(crate) const META: Table = TableDefinition::new("meta");
+/// Each record's revision, by key (`certs/NAME`, ...): what a write compares against.
+pub(crate) const REVS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("revs");
+/// The file's own revision counter (one router), big-endian u64 in META.
+const REVISION: &str = "revision";
 
 pub(crate) const KEY_CHECK: &str = "key_check";
 pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"terminus store key check";
@@ -37,6 +42,8 @@ pub struct Store {
     dns_zone: String,
     /// Opened by [`Store::open_read_only`]: writes are refused.
     read_only: bool,
+    /// A fleet's shared store: writes are decided there, and this file is its mirror.
+    remote: OnceLock<Arc<dyn Remote>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -68,6 +75,7 @@ impl Store {
             key_origin,
             dns_zone: config.dns_zone.clone(),
             read_only: false,
+            remote: OnceLock::new(),
         };
         store.check_key()?;
         Ok(store)
@@ -91,6 +99,7 @@ impl Store {
             key_origin,
             dns_zone: config.dns_zone.clone(),
             read_only: true,
+            remote: OnceLock::new(),
         };
         let sealed = guard(&store.file, "checking the store key", || {
             let tx = store.db.begin_read()?;
@@ -124,6 +133,7 @@ impl Store {
                 for t in [CERTS, DOMAINS, APPS] {
                     tx.open_table(t)?;
                 }
+                tx.open_table(REVS)?;
                 let existing = meta.get(KEY_CHECK)?.map(|v| v.value().to_vec());
                 match existing {
                     Some(sealed) => {
@@ -160,6 +170,10 @@ impl Store {
         &self.file
     }
 
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
     pub fn dns_zone(&self) -> &str {
         &self.dns_zone
     }
@@ -173,22 +187,68 @@ impl Store {
         })
     }
 
+    /// Makes this store a fleet's mirror: from now on writes are decided by `remote`. Set
+    /// once, at start; a second call is ignored.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The fleet's shared store, if this is a mirror.
+    pub fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.get()
+    }
+
     /// Runs `f` in one write transaction and commits durably if it returns `Ok`; on `Err`
-    /// nothing is written.
+    /// nothing is written. The changes `f` makes are a compare-and-set on the revisions of
+    /// the records they touch (see [`crate::backend`]): in a fleet they are committed to etcd
+    /// first, and a record another router changed meanwhile fails the whole write with
+    /// [`StoreError::Conflict`].
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
         if self.read_only {
             return Err(StoreError::ReadOnly);
         }
         guard(&self.file, "writing", || {
             let tx = self.db.begin_write()?;
-            let out = {
+            let (out, ops) = {
                 let mut w = Writer {
                     certs: tx.open_table(CERTS)?,
                     domains: tx.open_table(DOMAINS)?,
                     apps: tx.open_table(APPS)?,
+                    revs: tx.open_table(REVS)?,
+                    ops: Vec::new(),
                 };
-                f(&mut w)?
+                let out = f(&mut w)?;
+                (out, std::mem::take(&mut w.ops))
             };
+            if !ops.is_empty() {
+                let mut revs = tx.open_table(REVS)?;
+                let revision = match self.remote.get() {
+                    Some(remote) => {
+                        let mut expect = Vec::with_capacity(ops.len());
+                        for op in &ops {
+                            let at = revs.get(op.key.as_str())?.map_or(0, |v| v.value());
+                            expect.push((op.key.clone(), at));
+                        }
+                        remote.commit(&ops, &expect)?
+                    }
+                    None => {
+                        let mut meta = tx.open_table(META)?;
+                        let next = meta
+                            .get(REVISION)?
+                            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                            .map_or(0, u64::from_be_bytes)
+                            + 1;
+                        meta.insert(REVISION, next.to_be_bytes().as_slice())?;
+                        next
+                    }
+                };
+                for op in &ops {
+                    match op.value {
+                        Some(_) => revs.insert(op.key.as_str(), revision)?,
+                        None => revs.remove(op.key.as_str())?,
+                    };
+                }
+            }
             tx.commit()?;
             Ok(out)
         })
@@ -231,6 +291,25 @@ pub struct Undecodable {
 }
 
 impl Reader {
+    /// A certificate with the revision it was read at: write it back with
+    /// [`Writer::expect_cert`] so that a change made meanwhile is not overwritten.
+    pub fn cert_at(&self, name: &str) -> Result<Option<(CertRecord, Revision)>> {
+        let Some(record) = self.cert(name)? else {
+            return Ok(None);
+        };
+        let revision = guard(&self.file, "reading", || {
+            let revs = match self.tx.open_table(REVS) {
+                Ok(t) => t,
+                // A file written before revisions were kept: every record is at 0.
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(e.into()),
+            };
+            let key = backend::key(CERTS_KEY, name);
+            Ok(revs.get(key.as_str())?.map_or(0, |v| v.value()))
+        })?;
+        Ok(Some((record, revision)))
+    }
+
     pub fn cert(&self, name: &str) -> Result<Option<CertRecord>> {
         guard(&self.file, "reading", || {
             let t = self.tx.open_table(CERTS)?;
@@ -359,6 +438,10 @@ pub struct Writer<'tx> {
     certs: redb::Table<'tx, &'static str, &'static [u8]>,
     domains: redb::Table<'tx, &'static str, &'static [u8]>,
     apps: redb::Table<'tx, &'static str, &'static [u8]>,
+    revs: redb::Table<'tx, &'static str, u64>,
+    /// The changes made, one per key (the last one wins), for the revision check and a
+    /// fleet's transaction.
+    ops: Vec<Op>,
 }
 
 impl std::fmt::Debug for Writer<'_> {
@@ -368,7 +451,7 @@ impl std::fmt::Debug for Writer<'_> {
 }
 
 macro_rules! crud {
-    ($table:ident, $ty:ty, $get:ident, $put:ident, $delete:ident, $key:ident) => {
+    ($table:ident, $prefix:ident, $ty:ty, $get:ident, $put:ident, $delete:ident, $key:ident) => {
         pub fn $get(&self, key: &str) -> Result<Option<$ty>> {
             self.$table.get(key)?.map(|v| decode(v.value())).transpose()
         }
@@ -376,27 +459,62 @@ macro_rules! crud {
         pub fn $put(&mut self, record: &$ty) -> Result<()> {
             let bytes = encode(record)?;
             self.$table.insert(record.$key.as_str(), bytes.as_slice())?;
+            self.record_op(backend::key($prefix, &record.$key), Some(bytes));
             Ok(())
         }
 
         /// Removes the record; true if it existed.
         pub fn $delete(&mut self, key: &str) -> Result<bool> {
-            Ok(self.$table.remove(key)?.is_some())
+            let existed = self.$table.remove(key)?.is_some();
+            if existed {
+                self.record_op(backend::key($prefix, key), None);
+            }
+            Ok(existed)
         }
     };
 }
 
 impl Writer<'_> {
-    crud!(certs, CertRecord, cert, put_cert, delete_cert, name);
+    crud!(
+        certs,
+        CERTS_KEY,
+        CertRecord,
+        cert,
+        put_cert,
+        delete_cert,
+        name
+    );
     crud!(
         domains,
+        DOMAINS_KEY,
         DomainRecord,
         domain,
         put_domain,
         delete_domain,
         host
     );
-    crud!(apps, AppRecord, app, put_app, delete_app, name);
+    crud!(apps, APPS_KEY, AppRecord, app, put_app, delete_app, name);
+
+    fn record_op(&mut self, key: String, value: Option<Vec<u8>>) {
+        match self.ops.iter_mut().find(|op| op.key == key) {
+            Some(op) => op.value = value,
+            None => self.ops.push(Op { key, value }),
+        }
+    }
+
+    /// Fails with [`StoreError::Conflict`] unless certificate `name` is still at `revision`
+    /// (read with [`Reader::cert_at`]): the compare half of a read-modify-write.
+    pub fn expect_cert(&self, name: &str, revision: Revision) -> Result<()> {
+        let key = backend::key(CERTS_KEY, name);
+        let now = self.revs.get(key.as_str())?.map_or(0, |v| v.value());
+        let exists = self.certs.get(name)?.is_some();
+        if now != revision || !exists {
+            return Err(StoreError::Conflict {
+                what: format!("certificate '{name}'"),
+            });
+        }
+        Ok(())
+    }
 
     pub fn domains(&self) -> Result<Vec<DomainRecord>> {
         all(&self.domains)
@@ -407,6 +525,7 @@ impl Writer<'_> {
     #[doc(hidden)]
     pub fn put_raw_cert(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
         self.certs.insert(name, bytes)?;
+        self.record_op(backend::key(CERTS_KEY, name), Some(bytes.to_vec()));
         Ok(())
     }
 }

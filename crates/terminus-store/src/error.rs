@@ -54,6 +54,10 @@ pub enum StoreError {
     Seal,
     #[error("the store was opened read-only")]
     ReadOnly,
+    #[error("{what} was changed by another router or request since it was read: read it again and retry; nothing was changed")]
+    Conflict { what: String },
+    #[error("the fleet's store: {0}")]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 impl StoreError {
@@ -67,6 +71,12 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+
+    /// The fleet's shared store (etcd) could not be reached: nothing was written, and a
+    /// retry may succeed once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Fleet(e) if e.is_unavailable())
     }
 
     /// What is stored is damaged: the file's structure or a record's bytes.

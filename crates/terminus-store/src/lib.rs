@@ -12,12 +12,15 @@
 //!   [`recover`] salvages a damaged one into a new file.
 //! - [`load`] turns the config file's objects and stored records into what the router serves.
 
+pub mod backend;
 mod check;
 mod checksum;
 mod db;
 mod engine;
 mod error;
+pub mod fleet;
 pub mod load;
+mod mirror;
 pub mod names;
 mod records;
 mod recover;
@@ -33,6 +36,7 @@ pub use load::{
     CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport, Quarantine, RecordError, Reserved,
     Skipped, R17,
 };
+pub use mirror::{Changed, RemoteKv};
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
 pub use recover::{recover, Lost, RecoverOutcome, Recovery};
 pub use sealed::SealedKey;

@@ -202,3 +202,42 @@ fn interner_shares_intermediates() {
 }
 
 use rustls_pki_types::pem::PemObject;
+
+/// A change read at revision R is written only if the record is still at R: the loser of a
+/// race gets a conflict naming the record, and nothing of its write lands.
+#[test]
+fn a_write_is_a_compare_and_set_on_the_revision_read() {
+    let dir = tmp("cas");
+    let store = Store::open(&config(&dir.0)).unwrap();
+    add(&store, "web", "a.example.com");
+    let (first, r1) = store.read().unwrap().cert_at("web").unwrap().unwrap();
+    let (second, r2) = store.read().unwrap().cert_at("web").unwrap().unwrap();
+    assert_eq!(r1, r2);
+    let mut winner = first.clone();
+    winner.created_at += 1;
+    store
+        .write(|w| {
+            w.expect_cert("web", r1)?;
+            w.put_cert(&winner)
+        })
+        .unwrap();
+    let mut loser = second;
+    loser.created_at += 2;
+    let e = store
+        .write(|w| {
+            w.expect_cert("web", r2)?;
+            w.put_cert(&loser)
+        })
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Conflict { .. }), "{e}");
+    assert!(
+        e.to_string().contains("certificate 'web' was changed"),
+        "{e}"
+    );
+    let (now, r3) = store.read().unwrap().cert_at("web").unwrap().unwrap();
+    assert_eq!(now, winner, "the winner's write stands");
+    assert!(r3 > r1, "each write moves the revision");
+    assert!(store
+        .write(|w| w.expect_cert("gone", 0))
+        .is_err_and(|e| matches!(e, StoreError::Conflict { .. })));
+}

@@ -183,6 +183,60 @@ fn store_defaults_and_key_file_outside_the_data_dir() {
 }
 
 #[test]
+fn etcd_backend_is_read_and_checked() {
+    let cfg = parse(&format!(
+        "{MINIMAL}[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\", \"http://127.0.0.2:2379\"]\nuser = \"router\"\npassword_file = \"etcd.pass\"\n"
+    ))
+    .unwrap();
+    let crate::StoreBackend::Etcd(etcd) = cfg.store.unwrap().backend else {
+        panic!("etcd backend expected");
+    };
+    assert_eq!(etcd.endpoints.len(), 2);
+    assert_eq!(etcd.prefix, crate::DEFAULT_ETCD_PREFIX);
+    assert_eq!(
+        etcd.password_file.unwrap(),
+        Path::new("/etc/terminus/etcd.pass")
+    );
+    for (toml, want) in [
+        (
+            "backend = \"etcd\"\n",
+            "store.endpoints: backend = \"etcd\" needs",
+        ),
+        (
+            "backend = \"zk\"\n",
+            "store.backend: 'zk' is not a store backend",
+        ),
+        (
+            "endpoints = [\"http://a:1\"]\n",
+            "store.endpoints: only applies to backend = \"etcd\"",
+        ),
+        (
+            "backend = \"etcd\"\nendpoints = [\"a:1\"]\n",
+            "store.endpoints[0]: 'a:1' is not an etcd client URL",
+        ),
+        (
+            "backend = \"etcd\"\nendpoints = [\"https://a:1\"]\n",
+            "store.endpoints[0]: 'https://a:1' is https: set store.tls_ca_file",
+        ),
+        (
+            "backend = \"etcd\"\nendpoints = [\"http://a\"]\n",
+            "needs a host and a port",
+        ),
+        (
+            "backend = \"etcd\"\nendpoints = [\"http://a:1\"]\nprefix = \"/t\"\n",
+            "store.prefix: '/t' must end with '/'",
+        ),
+        (
+            "backend = \"etcd\"\nendpoints = [\"http://a:1\"]\npassword_file = \"p\"\n",
+            "store.password_file: a password needs store.user",
+        ),
+    ] {
+        let e = err(&format!("{MINIMAL}[store]\n{toml}"));
+        assert!(e.contains(want), "{toml}: {e}");
+    }
+}
+
+#[test]
 fn trusted_proxies_take_addresses_and_blocks() {
     let cfg = parse(&format!(
         "{MINIMAL}[proxy]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"::1\"]\n"

@@ -1,0 +1,257 @@
+//! Keeping a router's mirror (and so what it serves) equal to the fleet's store.
+//!
+//! Start: one consistent snapshot, every key read at one etcd revision R (page by page, each
+//! page at R), then a watch from R + 1. Each watch event is written to the mirror and handed
+//! to [`Publish`], the same publish path the admin API uses, so every router converges on
+//! every change. A watch that falls behind a compaction (etcd no longer has the events it
+//! missed) reads everything again at a new revision; each name is then replaced whole, so no
+//! name is ever served half old, half new. When etcd cannot be reached the router keeps
+//! serving what it has and retries with a backoff, resuming the watch where it stopped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, WatchOptions};
+
+use super::{Etcd, FleetError, FleetState};
+use crate::backend::Revision;
+use crate::db::Store;
+use crate::mirror::{Changed, RemoteKv};
+
+/// Keys read per request of a resync: bounded memory whatever the fleet's size.
+const PAGE: i64 = 500;
+/// Retry delays while etcd cannot be reached.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the router serves, told what changed in the fleet's store.
+pub trait Publish: Send + Sync {
+    /// Serves `changed` (each name replaced whole, or removed). Called from a blocking task.
+    fn publish(&self, changed: Vec<Changed>);
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn rev(r: i64) -> Revision {
+    u64::try_from(r).unwrap_or(0)
+}
+
+/// Writes `kvs` to the mirror off the runtime and publishes what changed.
+async fn apply(
+    store: &Arc<Store>,
+    publish: Option<&Arc<dyn Publish>>,
+    kvs: Vec<RemoteKv>,
+    revision: Revision,
+    exact: bool,
+) -> Result<(), FleetError> {
+    let store = store.clone();
+    let publish = publish.cloned();
+    tokio::task::spawn_blocking(move || {
+        let changed = store
+            .apply_remote(&kvs, revision, exact)
+            .map_err(|e| FleetError::Mirror(Box::new(e)))?;
+        if let Some(p) = publish {
+            if !changed.is_empty() {
+                p.publish(changed);
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or(Err(FleetError::WatchEnded))
+}
+
+/// Reads every key of the fleet at one revision into the mirror, publishing what changed
+/// (when `publish` is given), and removes from the mirror what etcd no longer holds. Returns
+/// the revision read.
+pub async fn resync(
+    etcd: &Etcd,
+    store: &Arc<Store>,
+    publish: Option<&Arc<dyn Publish>>,
+) -> Result<Revision, FleetError> {
+    let prefix = etcd.prefix().as_bytes().to_vec();
+    let end = prefix_end(&prefix);
+    let mut kv = etcd.client().await?.kv_client();
+    let mut from = prefix.clone();
+    let mut at: Option<i64> = None;
+    let mut seen = HashSet::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+        if let Some(r) = at {
+            options = options.with_revision(r);
+        }
+        let resp = etcd.call(kv.get(from.clone(), Some(options))).await?;
+        let revision = *at.get_or_insert(resp.header().map_or(0, |h| h.revision()));
+        let mut kvs = Vec::with_capacity(resp.kvs().len());
+        for item in resp.kvs() {
+            let Some(key) = item
+                .key()
+                .strip_prefix(prefix.as_slice())
+                .and_then(|k| std::str::from_utf8(k).ok())
+            else {
+                continue;
+            };
+            seen.insert(key.to_owned());
+            kvs.push(RemoteKv {
+                key: key.to_owned(),
+                value: Some(item.value().to_vec()),
+                revision: rev(item.mod_revision()),
+            });
+        }
+        let last = resp.kvs().last().map(|k| k.key().to_vec());
+        apply(store, publish, kvs, rev(revision), true).await?;
+        match last {
+            Some(mut key) if resp.more() => {
+                key.push(0);
+                from = key;
+            }
+            _ => break,
+        }
+    }
+    let revision = rev(at.unwrap_or(0));
+    let store2 = store.clone();
+    let publish = publish.cloned();
+    tokio::task::spawn_blocking(move || {
+        let changed = store2
+            .drop_remote_except(&seen, revision)
+            .map_err(|e| FleetError::Mirror(Box::new(e)))?;
+        if let Some(p) = publish {
+            if !changed.is_empty() {
+                p.publish(changed);
+            }
+        }
+        Ok::<_, FleetError>(())
+    })
+    .await
+    .unwrap_or(Err(FleetError::WatchEnded))?;
+    Ok(revision)
+}
+
+/// How a watch stopped without an error.
+enum Stopped {
+    /// etcd compacted past the next revision this router needs: read everything again.
+    Compacted(i64),
+}
+
+/// Watches from `*from + 1`, applying events until the watch fails; `*from` follows the
+/// revision applied.
+async fn watch(
+    etcd: &Etcd,
+    store: &Arc<Store>,
+    publish: &Arc<dyn Publish>,
+    from: &mut Revision,
+) -> Result<Stopped, FleetError> {
+    let prefix = etcd.prefix().as_bytes().to_vec();
+    let mut client = etcd.client().await?;
+    let start = i64::try_from(*from + 1).unwrap_or(i64::MAX);
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(start)
+        .with_progress_notify();
+    let mut stream = etcd
+        .call(client.watch(prefix.clone(), Some(options)))
+        .await?;
+    loop {
+        let Some(resp) = stream
+            .message()
+            .await
+            .map_err(|e| FleetError::Unreachable {
+                endpoints: etcd.endpoints(),
+                source: e,
+            })?
+        else {
+            return Err(FleetError::WatchEnded);
+        };
+        if resp.compact_revision() > 0 {
+            return Ok(Stopped::Compacted(resp.compact_revision()));
+        }
+        if resp.canceled() {
+            return Err(FleetError::WatchCancelled {
+                reason: resp.cancel_reason().to_owned(),
+            });
+        }
+        let mut kvs = Vec::with_capacity(resp.events().len());
+        for event in resp.events() {
+            let Some(item) = event.kv() else { continue };
+            let Some(key) = item
+                .key()
+                .strip_prefix(prefix.as_slice())
+                .and_then(|k| std::str::from_utf8(k).ok())
+            else {
+                continue;
+            };
+            kvs.push(RemoteKv {
+                key: key.to_owned(),
+                value: match event.event_type() {
+                    EventType::Put => Some(item.value().to_vec()),
+                    EventType::Delete => None,
+                },
+                revision: rev(item.mod_revision()),
+            });
+        }
+        // The header's revision covers the events (a progress notification has none).
+        let revision = kvs
+            .iter()
+            .map(|k| k.revision)
+            .max()
+            .unwrap_or(*from)
+            .max(resp.header().map_or(0, |h| rev(h.revision())))
+            .max(*from);
+        if !kvs.is_empty() {
+            apply(store, Some(publish), kvs, revision, false).await?;
+        }
+        *from = revision;
+        etcd.set_state(FleetState::Ready { revision });
+    }
+}
+
+/// Keeps the mirror equal to etcd until the process ends: watches from `from + 1` (the
+/// revision the mirror holds), resyncs after a compaction, and retries while etcd is down.
+pub async fn run(etcd: Arc<Etcd>, store: Arc<Store>, publish: Arc<dyn Publish>, from: Revision) {
+    let mut from = from;
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let stopped = watch(&etcd, &store, &publish, &mut from).await;
+        let failed = match stopped {
+            Ok(Stopped::Compacted(at)) => {
+                tracing::warn!(
+                    revision = from,
+                    compacted = at,
+                    "the etcd watch fell behind a compaction: reading the whole fleet store again"
+                );
+                match resync(&etcd, &store, Some(&publish)).await {
+                    Ok(r) => {
+                        tracing::info!(revision = r, "fleet store read again after a compaction");
+                        from = r;
+                        etcd.set_state(FleetState::Ready { revision: r });
+                        backoff = MIN_BACKOFF;
+                        continue;
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if failed.is_unavailable() || matches!(failed, FleetError::WatchCancelled { .. }) {
+            etcd.forget_client();
+            etcd.set_state(FleetState::Unreachable {
+                cause: failed.to_string(),
+            });
+        } else {
+            tracing::error!(error = %failed, "the fleet store's watch failed; retrying");
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

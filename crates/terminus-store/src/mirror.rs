@@ -1,0 +1,185 @@
+//! The redb file as a fleet router's mirror of etcd: what the watch delivers and what a
+//! resync reads are written here, each key with its etcd revision, so that the router can
+//! start from this file while etcd is down and compare-and-set against what it last saw.
+
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::backend::{Revision, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
+use crate::db::{Store, Table, APPS, CERTS, DOMAINS, META, REVS};
+use crate::engine::guard;
+use crate::error::{Result, StoreError};
+use crate::records::{decode, AppRecord, CertRecord, DomainRecord};
+
+/// The etcd revision the mirror was last brought to (META, big-endian u64). Absent: this
+/// file never held a fleet's snapshot.
+const FLEET_REVISION: &str = "fleet_revision";
+
+/// A key of the shared store (without the fleet's prefix) at a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteKv {
+    /// `certs/NAME`, `domains/HOST` or `apps/NAME`.
+    pub key: String,
+    /// The encoded record; `None`: deleted.
+    pub value: Option<Vec<u8>>,
+    /// The revision of the change (etcd's `mod_revision`).
+    pub revision: Revision,
+}
+
+/// A record the mirror changed: what the router must now serve under that name (or stop
+/// serving, for `None`).
+#[derive(Debug)]
+pub enum Changed {
+    Cert(String, Option<Box<CertRecord>>),
+    Domain(String, Option<DomainRecord>),
+    App(String, Option<AppRecord>),
+    /// A record that does not decode: it is kept in the mirror but not served.
+    Undecodable {
+        key: String,
+        error: StoreError,
+    },
+}
+
+fn table_of(key: &str) -> Option<(Table, &str)> {
+    [(CERTS_KEY, CERTS), (DOMAINS_KEY, DOMAINS), (APPS_KEY, APPS)]
+        .into_iter()
+        .find_map(|(prefix, table)| {
+            key.strip_prefix(prefix)
+                .filter(|n| !n.is_empty())
+                .map(|n| (table, n))
+        })
+}
+
+/// What a changed key now serves.
+fn changed(key: &str, value: Option<&[u8]>) -> Option<Changed> {
+    table_of(key)?;
+    let undecodable = |error| Changed::Undecodable {
+        key: key.to_owned(),
+        error,
+    };
+    Some(if let Some(name) = key.strip_prefix(CERTS_KEY) {
+        let name = name.to_owned();
+        match value.map(decode::<CertRecord>).transpose() {
+            Ok(r) => Changed::Cert(name, r.map(Box::new)),
+            Err(e) => undecodable(e),
+        }
+    } else if let Some(name) = key.strip_prefix(DOMAINS_KEY) {
+        let name = name.to_owned();
+        match value.map(decode::<DomainRecord>).transpose() {
+            Ok(r) => Changed::Domain(name, r),
+            Err(e) => undecodable(e),
+        }
+    } else {
+        let name = key.strip_prefix(APPS_KEY).unwrap_or(key).to_owned();
+        match value.map(decode::<AppRecord>).transpose() {
+            Ok(r) => Changed::App(name, r),
+            Err(e) => undecodable(e),
+        }
+    })
+}
+
+impl Store {
+    /// The etcd revision of the last snapshot or event written to this mirror; `None` if this
+    /// file never held a fleet's snapshot.
+    pub fn fleet_revision(&self) -> Result<Option<Revision>> {
+        guard(self.file(), "reading", || {
+            let tx = self.db().begin_read()?;
+            let meta = match tx.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let value = meta.get(FLEET_REVISION)?;
+            Ok(value
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                .map(u64::from_be_bytes))
+        })
+    }
+
+    /// Writes changes from etcd (a watch's events, or a page of a resync) in one transaction
+    /// and records `revision` as the mirror's. A key the mirror already holds at the same or
+    /// a later revision is left alone (this router's own writes come back through the watch).
+    /// With `exact`, any difference of revision is applied (a resync after a compaction or a
+    /// restored cluster). Returns what changed.
+    pub fn apply_remote(
+        &self,
+        kvs: &[RemoteKv],
+        revision: Revision,
+        exact: bool,
+    ) -> Result<Vec<Changed>> {
+        guard(self.file(), "writing", || {
+            let tx = self.db().begin_write()?;
+            let mut out = Vec::new();
+            {
+                let mut revs = tx.open_table(REVS)?;
+                for kv in kvs {
+                    let Some((table, name)) = table_of(&kv.key) else {
+                        continue;
+                    };
+                    let held = revs.get(kv.key.as_str())?.map(|v| v.value());
+                    let stale = match held {
+                        Some(h) if exact => h != kv.revision || kv.value.is_none(),
+                        Some(h) => h < kv.revision,
+                        None => kv.value.is_some(),
+                    };
+                    if !stale {
+                        continue;
+                    }
+                    let mut t = tx.open_table(table)?;
+                    match &kv.value {
+                        Some(v) => {
+                            t.insert(name, v.as_slice())?;
+                            revs.insert(kv.key.as_str(), kv.revision)?;
+                        }
+                        None => {
+                            t.remove(name)?;
+                            revs.remove(kv.key.as_str())?;
+                        }
+                    }
+                    out.extend(changed(&kv.key, kv.value.as_deref()));
+                }
+                let mut meta = tx.open_table(META)?;
+                meta.insert(FLEET_REVISION, revision.to_be_bytes().as_slice())?;
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// After a resync read every key at `revision`: removes from the mirror every record
+    /// `keep` does not hold (deleted in etcd while this router was not watching).
+    pub fn drop_remote_except(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        revision: Revision,
+    ) -> Result<Vec<Changed>> {
+        guard(self.file(), "writing", || {
+            let tx = self.db().begin_write()?;
+            let mut out = Vec::new();
+            {
+                let mut revs = tx.open_table(REVS)?;
+                for (prefix, table) in
+                    [(CERTS_KEY, CERTS), (DOMAINS_KEY, DOMAINS), (APPS_KEY, APPS)]
+                {
+                    let mut t = tx.open_table(table)?;
+                    let mut gone = Vec::new();
+                    for item in t.iter()? {
+                        let (k, _) = item?;
+                        let key = format!("{prefix}{}", k.value());
+                        if !keep.contains(&key) {
+                            gone.push(key);
+                        }
+                    }
+                    for key in gone {
+                        t.remove(&key[prefix.len()..])?;
+                        revs.remove(key.as_str())?;
+                        out.extend(changed(&key, None));
+                    }
+                }
+                let mut meta = tx.open_table(META)?;
+                meta.insert(FLEET_REVISION, revision.to_be_bytes().as_slice())?;
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+}
