@@ -1,4 +1,5 @@
-//! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, and the JSON
+//! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, readiness at
+//! `/readyz` (503 with the reason while a fleet's store is unreachable), and the JSON
 //! API under `/v1/` for certificates, domains and apps (bearer token). Loopback by default; a
 //! separate listener so the data plane never serves it.
 
@@ -6,6 +7,7 @@ mod api;
 mod backends;
 mod certs;
 mod control;
+mod fleet;
 mod routing;
 
 use std::convert::Infallible;
@@ -47,6 +49,17 @@ impl Admin {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => {
+                let unready = self.api.as_ref().and_then(|a| a.control.unready());
+                match unready {
+                    None => text(StatusCode::OK, "ready\n"),
+                    Some(reason) => {
+                        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                        *r.body_mut() = Full::new(Bytes::from(format!("not ready: {reason}\n")));
+                        r
+                    }
+                }
+            }
             (&Method::GET, "/metrics") => {
                 let mut out = String::with_capacity(16 * 1024);
                 match terminus_metrics::encode_text(&mut out, &self.registry) {

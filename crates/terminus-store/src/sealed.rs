@@ -92,6 +92,16 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The current version's private key opens with this store's key (a fleet router holding
+    /// another fleet key cannot open it, and must not serve the certificate).
+    pub fn key_opens(&self, record: &crate::records::CertRecord) -> bool {
+        SealedKey::of(self.master_key(), &record.name, &record.current)
+            .private_key()
+            .is_ok()
+    }
+}
+
 impl SealedKey {
     /// The sealed key of version `v` of certificate `name`.
     pub(crate) fn of(master: &Arc<MasterKey>, name: &str, v: &CertVersion) -> Self {

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod fleet;
 pub mod logging;
 pub mod startup;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use terminus_admin::{Admin, Api, Control, StaticCert, Statics, Token};
-use terminus_config::{Config, StoreConfig};
+use terminus_config::{Config, StoreBackend, StoreConfig};
 use terminus_metrics::{
     ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
 };
@@ -44,6 +44,20 @@ pub enum StartError {
         file: String,
         #[source]
         source: Box<terminus_store::StoreError>,
+    },
+    #[error("{file}: store: etcd ({endpoints}) cannot be reached and {dir} holds no snapshot of the fleet's store to serve meanwhile: start this router once while etcd answers, or fix the endpoints ({source})")]
+    FleetNoSnapshot {
+        file: String,
+        endpoints: String,
+        dir: String,
+        #[source]
+        source: Box<terminus_store::fleet::FleetError>,
+    },
+    #[error("{file}: store: {source}")]
+    Fleet {
+        file: String,
+        #[source]
+        source: Box<terminus_store::fleet::FleetError>,
     },
     #[error("{file}: tls.trusted_roots: {path}: {source}")]
     TrustedRoots {
@@ -124,6 +138,8 @@ pub struct Router {
     resolve: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
+    /// A fleet router's watch on etcd.
+    fleet: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -181,12 +197,17 @@ pub async fn start_with(
         tracing::error!("{e}; the router serves without it");
     }
     // The store comes second: a name defined in the config file wins over a stored one.
+    let fleet = match config.store.as_ref().map(|s| &s.backend) {
+        Some(StoreBackend::Etcd(etcd)) => Some(crate::fleet::open(config, etcd, &origin).await?),
+        _ => None,
+    };
     let (store, status, quarantined, stored_apps) = match &config.store {
         None => (None, StoreStatus::None, Vec::new(), Vec::new()),
         Some(store_config) => {
             let opened = open_store(
                 store_config,
                 options,
+                fleet.as_ref().map(|f| f.store.clone()),
                 &certs,
                 &routes,
                 &from_config.reserved,
@@ -198,6 +219,9 @@ pub async fn start_with(
             })?
         }
     };
+    if let (Some(_), Some(store)) = (&fleet, &store) {
+        crate::fleet::quarantine_foreign_keys(store, &certs, &control_metrics);
+    }
     app_backends.extend(stored_apps);
     let statics = statics_of(config, from_config);
     certs.set_default(config.tls.default_certificate.as_deref());
@@ -268,6 +292,14 @@ pub async fn start_with(
         },
         admin_rx,
     ));
+    let fleet = fleet.map(|f| {
+        tokio::spawn(terminus_store::fleet::sync::run(
+            f.etcd,
+            f.store,
+            control.clone(),
+            f.revision,
+        ))
+    });
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
     Ok(Router {
@@ -283,6 +315,7 @@ pub async fn start_with(
         resolve,
         admin_stop,
         admin_task,
+        fleet,
         grace: config.timeouts.shutdown_grace,
     })
 }
@@ -323,15 +356,20 @@ type Opened = (
 fn open_store(
     config: &StoreConfig,
     options: &StartOptions,
+    mirror: Option<Arc<Store>>,
     certs: &CertIndex,
     routes: &RouteTable,
     reserved: &Reserved,
     metrics: &ControlMetrics,
 ) -> Result<Opened, StoreError> {
-    if options.store_recover {
+    if options.store_recover && mirror.is_none() {
         recover_store(config);
     }
-    let store = match Store::open(config) {
+    let opened = match mirror {
+        Some(m) => Ok(m),
+        None => Store::open(config).map(Arc::new),
+    };
+    let store = match opened {
         Ok(store) => store,
         Err(
             e @ (StoreError::MasterKey(_)
@@ -379,7 +417,7 @@ fn open_store(
         None => {
             metrics.store_available.set(1);
             Ok((
-                Some(Arc::new(store)),
+                Some(store),
                 StoreStatus::Ready,
                 report.quarantined,
                 report.app_backends,
@@ -600,6 +638,9 @@ impl Router {
     pub async fn shutdown(self) -> Drained {
         self.cleanup.abort();
         self.resolve.abort();
+        if let Some(f) = &self.fleet {
+            f.abort();
+        }
         let drained = self.proxy.shutdown(self.grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;

@@ -162,7 +162,7 @@ impl Etcd {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(crate) fn set_state(&self, state: FleetState) {
+    pub fn set_state(&self, state: FleetState) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if *s != state {
             match &state {

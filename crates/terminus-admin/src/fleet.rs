@@ -1,0 +1,90 @@
+//! What a fleet router serves follows the fleet's store: each change the watch brings is
+//! published here through the same paths the API's own changes take (publish_cert,
+//! publish_domain, publish_app), with the config file's objects still winning.
+
+use terminus_route::HostPattern;
+use terminus_store::fleet::sync::Publish;
+use terminus_store::{CertRecord, Changed, R17};
+
+use crate::control::Control;
+
+impl Publish for Control {
+    fn publish(&self, changed: Vec<Changed>) {
+        for c in changed {
+            match c {
+                Changed::Cert(name, record) => self.publish_remote_cert(&name, record.as_deref()),
+                Changed::Domain(host, record) => {
+                    let Ok(pattern) = HostPattern::parse(&host) else {
+                        tracing::error!(domain = %host, "a domain from the fleet store is not a valid host; skipped");
+                        continue;
+                    };
+                    if self.statics.domains.contains_key(&pattern) {
+                        continue;
+                    }
+                    match record {
+                        Some(r) => {
+                            if let Err(e) = terminus_store::publish_domain(&self.routes, &r) {
+                                tracing::error!("{e}; skipped");
+                            }
+                        }
+                        None => {
+                            self.routes.remove_domain(&pattern);
+                        }
+                    }
+                }
+                Changed::App(name, record) => {
+                    if self.statics.apps.contains(&name) {
+                        continue;
+                    }
+                    match record {
+                        Some(r) => match terminus_store::app_backends(&r) {
+                            Ok(specs) => {
+                                self.set_app_backends(&name, specs);
+                            }
+                            Err(e) => tracing::error!("{e}; skipped"),
+                        },
+                        None => {
+                            self.routes.remove_app(&name);
+                            self.forget_backends(&name);
+                        }
+                    }
+                }
+                Changed::Undecodable { key, error } => {
+                    if let Some(name) = key.strip_prefix("certs/") {
+                        self.certs.remove(name);
+                        self.metrics.quarantined.inc();
+                    }
+                    tracing::error!(code = R17, key = %key, error = %error, "a record from the fleet store cannot be decoded: it is not served");
+                }
+            }
+        }
+    }
+}
+
+impl Control {
+    fn publish_remote_cert(&self, name: &str, record: Option<&CertRecord>) {
+        if self.statics.certs.contains_key(name) {
+            return;
+        }
+        let (Some(record), Some(store)) = (record, self.store.as_deref()) else {
+            self.certs.remove(name);
+            return;
+        };
+        if !store.key_opens(record) {
+            self.certs.remove(name);
+            self.metrics.quarantined.inc();
+            tracing::error!(code = R17, certificate = %name, "CERTIFICATE QUARANTINED: its private key does not open with this router's fleet key; every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)");
+            return;
+        }
+        if let Err(q) = terminus_store::publish_cert(store, &self.certs, record) {
+            self.certs.remove(name);
+            self.metrics.quarantined.inc();
+            tracing::error!(code = q.code, certificate = %q.name, "{q}; the other certificates are served");
+        }
+    }
+
+    /// Why this router is not ready to take changes, or `None` when it is (`/readyz`).
+    pub fn unready(&self) -> Option<String> {
+        self.store.as_ref()?.remote()?.unready()
+    }
+}
