@@ -200,14 +200,16 @@ async fn watch(
                 revision: rev(item.mod_revision()),
             });
         }
-        // The header's revision covers the events (a progress notification has none).
-        let revision = kvs
-            .iter()
-            .map(|k| k.revision)
-            .max()
-            .unwrap_or(*from)
-            .max(resp.header().map_or(0, |h| rev(h.revision())))
-            .max(*from);
+        // A response's header revision covers its events, and a progress notification (no
+        // events) says every event up to it was sent; the answer that creates the watch only
+        // says where etcd is now, before the events since `from` arrive.
+        let header = resp.header().map_or(0, |h| rev(h.revision()));
+        let revision = match kvs.iter().map(|k| k.revision).max() {
+            Some(last) => last.max(header),
+            None if resp.created() => *from,
+            None => header,
+        }
+        .max(*from);
         if !kvs.is_empty() {
             apply(store, Some(publish), kvs, revision, false).await?;
         }

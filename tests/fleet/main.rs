@@ -1,0 +1,558 @@
+//! Fleet mode against a real 3-member etcd cluster on loopback ports, with routers sharing it:
+//! convergence, conflicts, a killed leader, etcd entirely down (serving goes on, writes 503,
+//! recovery without restart), a router restarted while etcd is down, a compaction past a
+//! router's watch, and etcd's data holding no key material. Each test starts and stops its own
+//! cluster; without the `etcd` binary (Debian: etcd-server) the tests say so and pass.
+
+// Test setup that fails should stop the test loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
+
+mod etcd;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use terminus_test_support::wait::eventually_async;
+use terminus_test_support::{Ca, ClientOptions, KeyType, Leaf, TempDir, TlsClient};
+
+const TOKEN: &str = "fleet-test-token-0123456789";
+/// The fleet key every router of a test shares (a test value, never a real one).
+const FLEET_KEY: &str = "5f1e7d0c2b3a49586776858493a2b1c0d0e0f1021324354657687980a1b2c3d4";
+/// How long a change may take to reach every router in these tests (the target is 1 s; this
+/// leaves room for a loaded 2-core machine).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+macro_rules! require_etcd {
+    () => {
+        if !etcd::available() {
+            eprintln!("SKIPPED: the etcd server is not installed (Debian: apt-get install etcd-server); fleet tests need a real cluster");
+            return;
+        }
+    };
+}
+
+/// One router of the fleet, started in this process on its own data directory.
+struct Node {
+    router: Option<terminus::Router>,
+    config: PathBuf,
+}
+
+/// One fleet at a time: three etcd members and three routers are enough for two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct Fleet {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    dir: TempDir,
+    ca: Ca,
+    etcd: etcd::Cluster,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        terminus_test_support::logs::capture();
+        let turn = ONE_AT_A_TIME.lock().await;
+        Fleet {
+            _turn: turn,
+            dir: TempDir::new("fleet"),
+            ca: Ca::root("Fleet Test Root"),
+            etcd: etcd::Cluster::start(3).await,
+        }
+    }
+
+    /// Writes router `name`'s config, reaching the given etcd `endpoints` with `key`.
+    fn config(&self, name: &str, endpoints: &[String], key: &str) -> PathBuf {
+        let key_file = self.dir.path().join(format!("{name}.fleet.key"));
+        std::fs::write(&key_file, format!("{key}\n")).unwrap();
+        let token_file = self.dir.path().join("admin.token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+        let text = format!(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = true\n\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = false\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n[store]\ndir = \"{}\"\nkey_file = \"{}\"\nbackend = \"etcd\"\nendpoints = [{}]\nprefix = \"/fleet-test/\"\n",
+            token_file.display(),
+            self.dir.path().join(name).display(),
+            key_file.display(),
+            endpoints.join(", "),
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    async fn router(&self, name: &str) -> Node {
+        Node::start(self.config(name, &self.etcd.endpoints(), FLEET_KEY)).await
+    }
+
+    fn leaf(&self, host: &str) -> Leaf {
+        self.ca.leaf(&[host], KeyType::EcdsaP256)
+    }
+}
+
+async fn start(config: &Path) -> Result<terminus::Router, terminus::StartError> {
+    let config = terminus_config::Config::load(config).expect("valid config");
+    terminus::start(&config, terminus_metrics::MetricsRegistry::default()).await
+}
+
+impl Node {
+    async fn start(config: PathBuf) -> Node {
+        let router = start(&config).await.expect("router starts");
+        Node {
+            router: Some(router),
+            config,
+        }
+    }
+
+    fn r(&self) -> &terminus::Router {
+        self.router.as_ref().expect("running")
+    }
+
+    async fn stop(&mut self) {
+        if let Some(r) = self.router.take() {
+            r.shutdown().await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.stop().await;
+        self.router = Some(start(&self.config).await.expect("router starts again"));
+    }
+
+    async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let client =
+            terminus_api::Client::new(&format!("http://{}", self.r().admin), Some(TOKEN.into()))
+                .unwrap();
+        let body = body
+            .map(|b| serde_json::to_vec(&b).unwrap())
+            .unwrap_or_default();
+        let (status, _, body) = client
+            .send(
+                method.parse().unwrap(),
+                path,
+                Bytes::from(body),
+                Some(TOKEN),
+            )
+            .await
+            .expect("api call");
+        (
+            status.as_u16(),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_get(self.r().admin, path).await
+    }
+
+    fn https(&self) -> SocketAddr {
+        self.r().https_addr().expect("https")
+    }
+
+    /// The leaf a new handshake for `sni` is served now (None: refused).
+    async fn served(&self, sni: &str, ca: &Ca) -> Option<Vec<u8>> {
+        TlsClient::new(ClientOptions::sni(sni).roots(vec![ca.cert_der.clone()]))
+            .connect(self.https())
+            .await
+            .ok()
+            .and_then(|c| c.served)
+            .map(|c| c.as_ref().to_vec())
+    }
+}
+
+async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("admin");
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Waits until every node serves `leaf` for `sni` on a new handshake.
+async fn converged(nodes: &[&Node], sni: &str, leaf: &Leaf, ca: &Ca) {
+    for (i, n) in nodes.iter().enumerate() {
+        eventually_async(
+            CONVERGE,
+            &format!("router {i} serves the change for {sni}"),
+            || async { n.served(sni, ca).await.as_deref() == Some(leaf.cert_der.as_ref()) },
+        )
+        .await;
+    }
+}
+
+fn upload(leaf: &Leaf, name: Option<&str>) -> Value {
+    let mut v = json!({"certificate_chain": leaf.cert_pem, "private_key": leaf.key_pem});
+    if let Some(n) = name {
+        v["name"] = json!(n);
+    }
+    v
+}
+
+/// Adds app `web` (an unused backend), domain `host` and certificate `name` through `node`.
+async fn seed(node: &Node, name: &str, host: &str, leaf: &Leaf) {
+    let (s, v) = node
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": ["127.0.0.1:9"]})),
+        )
+        .await;
+    assert!(s == 201 || s == 409, "{s} {v}");
+    let (s, v) = node
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": host, "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = node
+        .api("POST", "/v1/certs", Some(upload(leaf, Some(name))))
+        .await;
+    assert_eq!(s, 201, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_router_reaches_all_conflicts_get_409_and_a_killed_leader_is_survived() {
+    require_etcd!();
+    let mut fleet = Fleet::start().await;
+    let a = fleet.router("a").await;
+    let b = fleet.router("b").await;
+    let c = fleet.router("c").await;
+    let host = "www.fleet.test";
+    let first = fleet.leaf(host);
+    seed(&a, "www", host, &first).await;
+    converged(&[&a, &b, &c], host, &first, &fleet.ca).await;
+
+    // A replacement through another router reaches every router.
+    let second = fleet.leaf(host);
+    let (s, v) = b
+        .api("PUT", "/v1/certs/www", Some(upload(&second, None)))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    converged(&[&a, &b, &c], host, &second, &fleet.ca).await;
+
+    // Two routers replacing one certificate at once: never both applied blindly. Each round
+    // either serialises (both 200, the second having seen the first) or one loses with 409;
+    // the certificate served everywhere is always one whose update was accepted.
+    let mut conflicts = 0;
+    for _ in 0..20 {
+        let (x, y) = (fleet.leaf(host), fleet.leaf(host));
+        let ((sx, vx), (sy, vy)) = tokio::join!(
+            a.api("PUT", "/v1/certs/www", Some(upload(&x, None))),
+            c.api("PUT", "/v1/certs/www", Some(upload(&y, None))),
+        );
+        assert!(
+            sx == 200 || sy == 200,
+            "one update wins: {sx} {vx} / {sy} {vy}"
+        );
+        for (s, v) in [(sx, &vx), (sy, &vy)] {
+            if s == 409 {
+                conflicts += 1;
+                assert_eq!(v["id"], "conflict", "{v}");
+                let m = v["message"].as_str().unwrap();
+                assert!(
+                    m.contains("certificate 'www' was changed by another router"),
+                    "{m}"
+                );
+            } else {
+                assert_eq!(s, 200, "{v}");
+            }
+        }
+        let (_, view) = b.api("GET", "/v1/certs/www", None).await;
+        let winner = if sx == 200 && sy != 200 {
+            &x
+        } else if sy == 200 && sx != 200 {
+            &y
+        } else {
+            // Both accepted, one after the other: the one stored last is served.
+            let serial_x = fleet_serial(&x);
+            if view["serial"].as_str() == Some(serial_x.as_str()) {
+                &x
+            } else {
+                &y
+            }
+        };
+        converged(&[&a, &b, &c], host, winner, &fleet.ca).await;
+        if conflicts > 0 {
+            break;
+        }
+    }
+    assert!(
+        conflicts > 0,
+        "concurrent updates of one certificate produced no conflict in 20 rounds"
+    );
+
+    // The leader dies: once the others elect a new one, writes work again and converge.
+    let leader = fleet.etcd.leader().await;
+    fleet.etcd.kill(leader).await;
+    let third = fleet.leaf(host);
+    eventually_async(
+        Duration::from_secs(20),
+        "a write succeeds after the election",
+        || async {
+            a.api("PUT", "/v1/certs/www", Some(upload(&third, None)))
+                .await
+                .0
+                == 200
+        },
+    )
+    .await;
+    converged(&[&a, &b, &c], host, &third, &fleet.ca).await;
+
+    // Nothing etcd keeps on disk holds a usable private key.
+    let keys: Vec<Vec<u8>> = [&first, &second, &third]
+        .iter()
+        .map(|l| key_der(&l.key_pem))
+        .collect();
+    fleet.etcd.kill_all().await;
+    assert_no_key_material(&fleet.etcd.data_dir(), &keys);
+    for mut n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+/// The serial the API shows for a leaf (upper-case hex, colon-free, as certs:info prints it).
+fn fleet_serial(leaf: &Leaf) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.cert_der.as_ref()).unwrap();
+    cert.raw_serial_as_string().replace(':', "").to_uppercase()
+}
+
+fn key_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap()
+}
+
+/// No file under `dir` holds a private key: not as PEM, not as the DER of any test key, not
+/// the raw scalar (the longest run of bytes an EC key could leak as).
+fn assert_no_key_material(dir: &Path, keys: &[Vec<u8>]) {
+    let mut files = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            files += 1;
+            assert!(
+                !contains(&bytes, b"PRIVATE KEY"),
+                "{} holds a PEM private key",
+                p.display()
+            );
+            for k in keys {
+                assert!(
+                    !contains(&bytes, k),
+                    "{} holds a private key's DER",
+                    p.display()
+                );
+                // The PKCS#8 DER of a P-256 key carries its 32-byte scalar after 36 bytes.
+                assert!(
+                    !contains(&bytes, &k[36..68]),
+                    "{} holds a private key's scalar",
+                    p.display()
+                );
+            }
+        }
+    }
+    assert!(files > 3, "etcd's data directory was read ({files} files)");
+}
+
+fn logged(needle: &str) -> bool {
+    terminus_test_support::logs::all()
+        .iter()
+        .any(|l| l.contains(needle))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_down_routers_serve_refuse_writes_and_catch_up_without_a_restart() {
+    require_etcd!();
+    let mut fleet = Fleet::start().await;
+    let mut a = fleet.router("a").await;
+    let b = fleet.router("b").await;
+    let host = "down.fleet.test";
+    let leaf = fleet.leaf(host);
+    seed(&a, "down", host, &leaf).await;
+    converged(&[&a, &b], host, &leaf, &fleet.ca).await;
+    assert_eq!(a.admin_get("/readyz").await, (200, "ready\n".into()));
+
+    fleet.etcd.kill_all().await;
+    // Serving goes on; writes fail fast with 503 naming etcd; liveness stays ok while
+    // readiness says why.
+    converged(&[&a, &b], host, &leaf, &fleet.ca).await;
+    let other = fleet.leaf(host);
+    let started = std::time::Instant::now();
+    let (s, v) = b
+        .api("PUT", "/v1/certs/down", Some(upload(&other, None)))
+        .await;
+    assert_eq!(s, 503, "{v}");
+    assert_eq!(v["id"], "store_unavailable", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("etcd (http://127.0.0.1:"),
+        "{v}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the refusal is fast"
+    );
+    assert_eq!(b.admin_get("/healthz").await.0, 200);
+    eventually_async(CONVERGE, "readyz says the store is unreachable", || async {
+        let (s, body) = b.admin_get("/readyz").await;
+        s == 503 && body.contains("fleet store is unreachable")
+    })
+    .await;
+
+    // A router restarted while etcd is down serves its snapshot, and says so.
+    a.restart().await;
+    converged(&[&a], host, &leaf, &fleet.ca).await;
+    let (s, body) = a.admin_get("/readyz").await;
+    assert_eq!(s, 503, "{body}");
+    // A router with no snapshot refuses to start, saying what to do.
+    let config = fleet.config("fresh", &fleet.etcd.endpoints(), FLEET_KEY);
+    let e = start(&config)
+        .await
+        .expect_err("no snapshot, no etcd: no start")
+        .to_string();
+    assert!(e.contains("holds no snapshot of the fleet's store"), "{e}");
+    assert!(
+        e.contains("start this router once while etcd answers"),
+        "{e}"
+    );
+
+    // etcd returns: both catch up without a restart, and writes work again.
+    fleet.etcd.restart_all().await;
+    for n in [&a, &b] {
+        eventually_async(Duration::from_secs(20), "ready again", || async {
+            n.admin_get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    let (s, v) = b
+        .api("PUT", "/v1/certs/down", Some(upload(&other, None)))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    converged(&[&a, &b], host, &other, &fleet.ca).await;
+    for mut n in [a, b] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_a_compaction_resyncs_to_the_right_state() {
+    require_etcd!();
+    let mut fleet = Fleet::start().await;
+    let a = fleet.router("a").await;
+    let mut c = fleet.router("c").await;
+    let (kept, dropped) = ("kept.fleet.test", "dropped.fleet.test");
+    let (kept_1, dropped_1) = (fleet.leaf(kept), fleet.leaf(dropped));
+    seed(&a, "kept", kept, &kept_1).await;
+    let (s, v) = a
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": dropped, "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a
+        .api(
+            "POST",
+            "/v1/certs",
+            Some(upload(&dropped_1, Some("dropped"))),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    converged(&[&a, &c], kept, &kept_1, &fleet.ca).await;
+    converged(&[&a, &c], dropped, &dropped_1, &fleet.ca).await;
+
+    // Router c is away while one certificate is replaced, one removed, and etcd's history is
+    // compacted past what c last saw.
+    c.stop().await;
+    let kept_2 = fleet.leaf(kept);
+    let (s, v) = a
+        .api("PUT", "/v1/certs/kept", Some(upload(&kept_2, None)))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a
+        .api("DELETE", "/v1/certs/dropped?confirm=dropped", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut etcd = fleet.etcd.client().await;
+    let revision = etcd
+        .get("/fleet-test/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    etcd.compact(
+        revision,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+
+    // c comes back while etcd is down: it serves its snapshot (the old state, whole)...
+    fleet.etcd.kill_all().await;
+    c.restart().await;
+    converged(&[&c], kept, &kept_1, &fleet.ca).await;
+    converged(&[&c], dropped, &dropped_1, &fleet.ca).await;
+    // ...and once etcd answers, its watch from that snapshot finds the history compacted: it
+    // reads everything again and serves the new state.
+    fleet.etcd.restart_all().await;
+    eventually_async(
+        Duration::from_secs(20),
+        "router c is ready again",
+        || async { c.admin_get("/readyz").await.0 == 200 },
+    )
+    .await;
+    eventually_async(CONVERGE, "the resync is logged", || async {
+        logged("read again after a compaction")
+    })
+    .await;
+    converged(&[&c], kept, &kept_2, &fleet.ca).await;
+    eventually_async(
+        CONVERGE,
+        "the removed certificate is gone from c",
+        || async {
+            c.served(dropped, &fleet.ca).await.as_deref() != Some(dropped_1.cert_der.as_ref())
+        },
+    )
+    .await;
+
+    // A router holding another fleet key serves none of the fleet's certificates, loudly.
+    let wrong = "00".repeat(32);
+    let mut x = Node::start(fleet.config("x", &fleet.etcd.endpoints(), &wrong)).await;
+    assert!(
+        x.served(kept, &fleet.ca).await.is_none(),
+        "nothing it cannot sign with is served"
+    );
+    assert!(logged("does not open with this router's fleet key"));
+    x.stop().await;
+    for mut n in [a, c] {
+        n.stop().await;
+    }
+}
