@@ -556,3 +556,49 @@ async fn a_watch_behind_a_compaction_resyncs_to_the_right_state() {
         n.stop().await;
     }
 }
+
+/// TLS 1.3 tickets arrive after the handshake: give the client a moment to read them.
+async fn read_tickets(mut conn: terminus_test_support::Connected) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_millis(100), conn.stream.read(&mut buf)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_made_on_one_router_resumes_on_another() {
+    require_etcd!();
+    let fleet = Fleet::start().await;
+    let a = fleet.router("a").await;
+    let b = fleet.router("b").await;
+    let host = "resume.fleet.test";
+    let leaf = fleet.leaf(host);
+    seed(&a, "resume", host, &leaf).await;
+    converged(&[&a, &b], host, &leaf, &fleet.ca).await;
+    for tls12 in [false, true] {
+        let what = format!("a session from router a resumes on router b (tls12={tls12})");
+        eventually_async(CONVERGE, &what, || async {
+            let mut options = ClientOptions::sni(host).roots(vec![fleet.ca.cert_der.clone()]);
+            options.shared_sessions = Some(std::sync::Arc::new(
+                terminus_test_support::AnyNameSessions::default(),
+            ));
+            if tls12 {
+                options = options.tls12();
+            }
+            let client = TlsClient::new(options);
+            let first = client.connect(a.https()).await.unwrap();
+            assert!(!first.resumed);
+            read_tickets(first).await;
+            let other = client.connect(b.https()).await.unwrap();
+            other.resumed
+        })
+        .await;
+    }
+    // The keys in etcd are sealed: the raw value is no ticket key.
+    let mut etcd = fleet.etcd.client().await;
+    let stored = etcd.get("/fleet-test/tickets", None).await.unwrap();
+    let sealed = stored.kvs()[0].value();
+    assert!(terminus_tls::TicketKeys::from_bytes(sealed).is_err());
+    for mut n in [a, b] {
+        n.stop().await;
+    }
+}

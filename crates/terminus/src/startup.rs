@@ -138,8 +138,8 @@ pub struct Router {
     resolve: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
-    /// A fleet router's watch on etcd.
-    fleet: Option<tokio::task::JoinHandle<()>>,
+    /// A fleet router's watch on etcd and its ticket-key follower.
+    fleet: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
     grace: Duration,
 }
 
@@ -267,6 +267,7 @@ pub async fn start_with(
         })?;
     let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
 
+    let shared_tickets = policy.tickets().clone();
     let shared = Shared::new(
         terminus_proxy::Settings::from_config(config),
         certs,
@@ -293,12 +294,18 @@ pub async fn start_with(
         admin_rx,
     ));
     let fleet = fleet.map(|f| {
-        tokio::spawn(terminus_store::fleet::sync::run(
+        let tickets = tokio::spawn(terminus_store::fleet::tickets::run(
+            f.etcd.clone(),
+            f.store.master_key().clone(),
+            shared_tickets.clone(),
+        ));
+        let sync = tokio::spawn(terminus_store::fleet::sync::run(
             f.etcd,
             f.store,
             control.clone(),
             f.revision,
-        ))
+        ));
+        (sync, tickets)
     });
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
@@ -638,8 +645,9 @@ impl Router {
     pub async fn shutdown(self) -> Drained {
         self.cleanup.abort();
         self.resolve.abort();
-        if let Some(f) = &self.fleet {
-            f.abort();
+        if let Some((sync, tickets)) = &self.fleet {
+            sync.abort();
+            tickets.abort();
         }
         let drained = self.proxy.shutdown(self.grace).await;
         let _ = self.admin_stop.send(true);

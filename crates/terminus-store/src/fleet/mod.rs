@@ -10,6 +10,7 @@
 //! its backups and its snapshots hold no usable key.
 
 pub mod sync;
+pub mod tickets;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,6 +57,10 @@ pub enum FleetError {
     WatchCancelled { reason: String },
     #[error("the etcd watch ended")]
     WatchEnded,
+    #[error("the fleet's session-ticket keys in etcd do not open with this router's fleet key: every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)")]
+    TicketKeysDoNotOpen,
+    #[error("the fleet's session-ticket keys: {0}")]
+    TicketKeys(#[source] terminus_tls::TicketKeyError),
     #[error("the mirror of the fleet's store failed: {0}")]
     Mirror(#[source] Box<StoreError>),
 }
