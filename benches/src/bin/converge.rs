@@ -1,0 +1,311 @@
+//! Convergence of a fleet: how long from the admin API's answer on one router until a new TLS
+//! handshake on every router serves the change.
+//!
+//! Starts a 3-member etcd cluster and 3 `terminus` processes (fleet mode) on loopback ports,
+//! adds one certificate, then replaces it `--changes` times, each time through the next router
+//! in turn. After each 200, every router is probed with new handshakes (back to back, no pause)
+//! until it serves the new leaf; the change's convergence time is the slowest router's. Prints
+//! p50, p90, p99 and the maximum. Bounded: each change must converge within 10 s, the whole run
+//! within 10 minutes. Needs `etcd` (Debian: etcd-server).
+//!
+//! `cargo run --release -p terminus-benches --bin converge -- [--changes 100] [--router PATH]`
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use terminus_test_support::wait::{ready_file, reserve_port};
+use terminus_test_support::{Ca, ClientOptions, KeyType, TempDir, TlsClient};
+
+const TOKEN: &str = "converge-bench-token-0123456789";
+const PER_CHANGE: Duration = Duration::from_secs(10);
+const WHOLE_RUN: Duration = Duration::from_secs(600);
+const HOST: &str = "www.converge.test";
+
+struct Killed(Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Router {
+    https: SocketAddr,
+    api: terminus_api::Client,
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let changes: usize = arg("--changes").map_or(Ok(100), |s| s.parse())?;
+    let router_bin = arg("--router").map_or_else(default_router, PathBuf::from);
+    if !router_bin.exists() {
+        bail!("{} does not exist: build it (cargo build --release --bin terminus) or pass --router PATH", router_bin.display());
+    }
+    if Command::new("etcd").arg("--version").output().is_err() {
+        bail!("etcd is not installed: apt-get install -y etcd-server");
+    }
+    let started = Instant::now();
+    let dir = TempDir::new("converge");
+    let mut children = Killed(Vec::new());
+    let endpoints = start_etcd(dir.path(), 3, &mut children).await?;
+    let ca = Ca::root("Converge Bench Root");
+    let mut routers = Vec::new();
+    for i in 0..3 {
+        routers.push(start_router(dir.path(), i, &endpoints, &router_bin, &mut children).await?);
+    }
+    let first = &routers[0];
+    call(
+        first,
+        "POST",
+        "/v1/apps",
+        serde_json::json!({"name": "web", "backends": ["127.0.0.1:9"]}),
+    )
+    .await?;
+    call(
+        first,
+        "POST",
+        "/v1/domains",
+        serde_json::json!({"hostname": HOST, "app": "web"}),
+    )
+    .await?;
+    let leaf = ca.leaf(&[HOST], KeyType::EcdsaP256);
+    call(first, "POST", "/v1/certs", serde_json::json!({"name": "www", "certificate_chain": leaf.cert_pem, "private_key": leaf.key_pem})).await?;
+    let client = TlsClient::new(ClientOptions::sni(HOST).roots(vec![ca.cert_der.clone()]));
+    for r in &routers {
+        served_within(&client, r.https, leaf.cert_der.as_ref()).await?;
+    }
+
+    let mut times = Vec::with_capacity(changes);
+    for n in 0..changes {
+        if started.elapsed() > WHOLE_RUN {
+            bail!("the run took longer than {WHOLE_RUN:?}");
+        }
+        let leaf = ca.leaf(&[HOST], KeyType::EcdsaP256);
+        let via = &routers[n % routers.len()];
+        call(
+            via,
+            "PUT",
+            "/v1/certs/www",
+            serde_json::json!({"certificate_chain": leaf.cert_pem, "private_key": leaf.key_pem}),
+        )
+        .await?;
+        let answered = Instant::now();
+        let waits = routers
+            .iter()
+            .map(|r| served_within(&client, r.https, leaf.cert_der.as_ref()));
+        for w in futures_join(waits).await {
+            w?;
+        }
+        times.push(answered.elapsed());
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "fleet convergence: {changes} changes, 3 routers, 3 etcd members (router: {})",
+        router_bin.display()
+    );
+    println!("from the API's answer to a new handshake serving the change on every router:");
+    println!(
+        "  p50 {:.1} ms   p90 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
+        ms(pct(0.5)),
+        ms(pct(0.9)),
+        ms(pct(0.99)),
+        ms(times[times.len() - 1])
+    );
+    println!(
+        "  target p99 <= 1000 ms: {}",
+        if pct(0.99) <= Duration::from_secs(1) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
+}
+
+fn default_router() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    Path::new(&target).join("release/terminus")
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+fn served_within(
+    client: &TlsClient,
+    addr: SocketAddr,
+    want: &[u8],
+) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+    let client = client.clone();
+    let want = want.to_vec();
+    async move {
+        let deadline = Instant::now() + PER_CHANGE;
+        loop {
+            let served = client.connect(addr).await.ok().and_then(|c| c.served);
+            if served
+                .as_ref()
+                .is_some_and(|c| c.as_ref() == want.as_slice())
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{addr} did not serve the change within {PER_CHANGE:?}");
+            }
+        }
+    }
+}
+
+async fn call(r: &Router, method: &str, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+    let (status, _, reply) = r
+        .api
+        .send(
+            method.parse()?,
+            path,
+            Bytes::from(serde_json::to_vec(&body)?),
+            Some(TOKEN),
+        )
+        .await?;
+    if !status.is_success() {
+        bail!(
+            "{method} {path}: {status} {}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    Ok(())
+}
+
+async fn start_etcd(dir: &Path, n: usize, children: &mut Killed) -> anyhow::Result<Vec<String>> {
+    let ports: Vec<(u16, u16)> = (0..n)
+        .map(|_| Ok((reserve_port()?.port(), reserve_port()?.port())))
+        .collect::<std::io::Result<_>>()?;
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut endpoints = Vec::new();
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("m{i}")))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args([
+                "--initial-cluster",
+                &initial,
+                "--initial-cluster-state",
+                "new",
+            ])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawn etcd")?;
+        children.0.push(child);
+        endpoints.push(c);
+    }
+    for (client, _) in &ports {
+        wait_health(*client).await?;
+    }
+    Ok(endpoints)
+}
+
+/// Waits until a member says it is healthy (etcd's `/health` on its client port).
+async fn wait_health(port: u16) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = tcp
+                .write_all(b"GET /health HTTP/1.1\r\nhost: etcd\r\nconnection: close\r\n\r\n")
+                .await;
+            let mut out = String::new();
+            let _ = tcp.read_to_string(&mut out).await;
+            if out.contains("\"health\":\"true\"") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("etcd on port {port} is not healthy after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_router(
+    dir: &Path,
+    i: usize,
+    endpoints: &[String],
+    bin: &Path,
+    children: &mut Killed,
+) -> anyhow::Result<Router> {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN)?;
+    let key = dir.join("fleet.key");
+    std::fs::write(&key, "7f".repeat(32))?;
+    let config = dir.join(format!("r{i}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[router]\naccess_log = false\n\n[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n[store]\ndir = \"{}\"\nkey_file = \"{}\"\nbackend = \"etcd\"\nendpoints = [{}]\n",
+            token.display(),
+            dir.join(format!("r{i}")).display(),
+            key.display(),
+            eps.join(", ")
+        ),
+    )?;
+    let ready = dir.join(format!("r{i}.ready"));
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn terminus")?;
+    children.0.push(child);
+    let r = ready_file(&ready, Duration::from_secs(30), || false).await;
+    Ok(Router {
+        https: r.https(),
+        api: terminus_api::Client::new(&format!("http://{}", r.admin), Some(TOKEN.into()))?,
+    })
+}
