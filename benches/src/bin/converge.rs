@@ -9,6 +9,11 @@
 //! within 10 minutes. Needs `etcd` (Debian: etcd-server).
 //!
 //! `cargo run --release -p terminus-benches --bin converge -- [--changes 100] [--router PATH]`
+//!
+//! With `--preload N` it measures a router's start on a large fleet instead: N certificates
+//! (`c{i}.scale.test`, ECDSA P-256, minted and sealed with the fleet key as the API would) are
+//! written to etcd in transactions of 1,000, then one router starts on an empty mirror; printed
+//! are the time from its spawn to the first handshake serving one of them, and its RSS then.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +67,17 @@ async fn main() -> anyhow::Result<()> {
     let dir = TempDir::new("converge");
     let mut children = Killed(Vec::new());
     let endpoints = start_etcd(dir.path(), 3, &mut children).await?;
+    std::fs::write(dir.path().join("fleet.key"), "7f".repeat(32))?;
+    if let Some(n) = arg("--preload") {
+        return scale(
+            dir.path(),
+            &endpoints,
+            n.parse()?,
+            &router_bin,
+            &mut children,
+        )
+        .await;
+    }
     let ca = Ca::root("Converge Bench Root");
     let mut routers = Vec::new();
     for i in 0..3 {
@@ -233,6 +249,9 @@ async fn start_etcd(dir: &Path, n: usize, children: &mut Killed) -> anyhow::Resu
                 "--initial-cluster-state",
                 "new",
             ])
+            // Room for --preload's transactions of 1,000 certificates and a large fleet.
+            .args(["--max-txn-ops", "2000", "--max-request-bytes", "16777216"])
+            .args(["--quota-backend-bytes", "8589934592"])
             .args(["--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -276,11 +295,21 @@ async fn start_router(
     bin: &Path,
     children: &mut Killed,
 ) -> anyhow::Result<Router> {
+    Ok(spawn_router(dir, i, endpoints, bin, children).await?.0)
+}
+
+/// Starts router `i`; returns it with its pid.
+async fn spawn_router(
+    dir: &Path,
+    i: usize,
+    endpoints: &[String],
+    bin: &Path,
+    children: &mut Killed,
+) -> anyhow::Result<(Router, u32)> {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     let token = dir.join("token");
     std::fs::write(&token, TOKEN)?;
     let key = dir.join("fleet.key");
-    std::fs::write(&key, "7f".repeat(32))?;
     let config = dir.join(format!("r{i}.toml"));
     std::fs::write(
         &config,
@@ -302,10 +331,126 @@ async fn start_router(
         .stderr(Stdio::null())
         .spawn()
         .context("spawn terminus")?;
+    let pid = child.id();
     children.0.push(child);
-    let r = ready_file(&ready, Duration::from_secs(30), || false).await;
-    Ok(Router {
-        https: r.https(),
-        api: terminus_api::Client::new(&format!("http://{}", r.admin), Some(TOKEN.into()))?,
-    })
+    let r = ready_file(&ready, Duration::from_secs(120), || false).await;
+    Ok((
+        Router {
+            https: r.https(),
+            api: terminus_api::Client::new(&format!("http://{}", r.admin), Some(TOKEN.into()))?,
+        },
+        pid,
+    ))
+}
+
+/// `--preload N`: a router's start on a fleet of N certificates.
+async fn scale(
+    dir: &Path,
+    endpoints: &[String],
+    n: u64,
+    bin: &Path,
+    children: &mut Killed,
+) -> anyhow::Result<()> {
+    let ca = Ca::root("Converge Scale Root");
+    let began = Instant::now();
+    preload(dir, endpoints, n, &ca).await?;
+    eprintln!(
+        "converge: {n} certificates written to etcd in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    let spawned = Instant::now();
+    let (router, pid) = spawn_router(dir, 0, endpoints, bin, children).await?;
+    let host = format!("c{}.scale.test", n / 2);
+    let client = TlsClient::new(ClientOptions::sni(&host).roots(vec![ca.cert_der.clone()]));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let served = client
+            .connect(router.https)
+            .await
+            .ok()
+            .and_then(|c| c.served);
+        if served.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no handshake for {host} within 300 s of the start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = spawned.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    println!(
+        "fleet start: {n} certificates in etcd, an empty mirror (router: {})",
+        bin.display()
+    );
+    println!(
+        "  spawn to first handshake serving one of them: {:.1} s",
+        first.as_secs_f64()
+    );
+    println!(
+        "  RSS then: {:.0} MiB, {:.2} KiB per certificate",
+        rss_kib / 1024.0,
+        rss_kib / n.max(1) as f64
+    );
+    Ok(())
+}
+
+/// Writes `n` certificates to etcd through a store whose writes etcd decides, as the API does.
+async fn preload(dir: &Path, endpoints: &[String], n: u64, ca: &Ca) -> anyhow::Result<()> {
+    use terminus_store::{CertRecord, Store};
+    let mut config = terminus_config::StoreConfig::in_dir(dir.join("seed"));
+    config.key_file = dir.join("fleet.key");
+    let store = std::sync::Arc::new(Store::open(&config)?);
+    let etcd = terminus_store::fleet::Etcd::new(&terminus_config::EtcdConfig {
+        endpoints: endpoints.to_vec(),
+        prefix: terminus_config::DEFAULT_ETCD_PREFIX.into(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        user: None,
+        password_file: None,
+    })?;
+    store.set_remote(etcd);
+    let provider = terminus_tls::provider(true);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64;
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..n {
+        let host = format!("c{i}.scale.test");
+        let leaf = ca.leaf(&[&host], KeyType::EcdsaP256);
+        let prepared = terminus_tls::prepare(
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            &terminus_tls::PrepareOptions::default(),
+            &provider,
+            now,
+        )?;
+        let name = format!("c{i}");
+        batch.push(CertRecord {
+            current: store.seal_version(&name, 1, &prepared, false, now)?,
+            name,
+            previous: None,
+            created_at: now,
+        });
+        if batch.len() == 1000 || i + 1 == n {
+            let records = std::mem::take(&mut batch);
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                store.write(|w| {
+                    for r in &records {
+                        w.put_cert(r)?;
+                    }
+                    Ok(())
+                })
+            })
+            .await??;
+        }
+    }
+    Ok(())
 }
