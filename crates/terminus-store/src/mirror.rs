@@ -183,3 +183,123 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::encode;
+    use std::collections::HashSet;
+
+    fn app(name: &str, backend: &str) -> Vec<u8> {
+        encode(&AppRecord {
+            name: name.into(),
+            backends: vec![backend.into()],
+            created_at: 1,
+        })
+        .unwrap()
+    }
+
+    fn kv(key: &str, value: Option<Vec<u8>>, revision: Revision) -> RemoteKv {
+        RemoteKv {
+            key: key.into(),
+            value,
+            revision,
+        }
+    }
+
+    fn backends(store: &Store) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        store
+            .read()
+            .unwrap()
+            .each_app(|a| {
+                let a = a.unwrap();
+                out.push((a.name, a.backends[0].clone()));
+            })
+            .unwrap();
+        out
+    }
+
+    /// Events apply in revision order per key: an event older than what the mirror holds
+    /// (this router's own write coming back through the watch) changes nothing; a resync
+    /// replaces any record whose revision differs and drops what etcd no longer has.
+    #[test]
+    fn the_mirror_follows_revisions_and_a_resync_replaces_names_whole() {
+        let dir = std::env::temp_dir().join(format!("terminus-mirror-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&terminus_config::StoreConfig::in_dir(dir.join("data"))).unwrap();
+        assert_eq!(store.fleet_revision().unwrap(), None, "no snapshot yet");
+
+        let changed = store
+            .apply_remote(
+                &[
+                    kv("apps/web", Some(app("web", "127.0.0.1:1")), 5),
+                    kv("apps/api", Some(app("api", "127.0.0.1:2")), 6),
+                ],
+                6,
+                false,
+            )
+            .unwrap();
+        assert_eq!(changed.len(), 2);
+        assert_eq!(store.fleet_revision().unwrap(), Some(6));
+
+        // An older or equal revision is not applied again.
+        let changed = store
+            .apply_remote(
+                &[kv("apps/web", Some(app("web", "127.0.0.1:9")), 5)],
+                7,
+                false,
+            )
+            .unwrap();
+        assert!(changed.is_empty());
+        // A newer one is, and a deletion removes the record.
+        let changed = store
+            .apply_remote(
+                &[
+                    kv("apps/web", Some(app("web", "127.0.0.1:3")), 8),
+                    kv("apps/api", None, 9),
+                ],
+                9,
+                false,
+            )
+            .unwrap();
+        assert!(
+            matches!(&changed[0], Changed::App(n, Some(a)) if n == "web" && a.backends == ["127.0.0.1:3"])
+        );
+        assert!(matches!(&changed[1], Changed::App(n, None) if n == "api"));
+        assert_eq!(backends(&store), [("web".into(), "127.0.0.1:3".into())]);
+
+        // A resync at 20: "web" at another revision is replaced, "new" arrives, and a record
+        // etcd no longer holds is dropped.
+        store
+            .apply_remote(
+                &[kv("apps/old", Some(app("old", "127.0.0.1:4")), 10)],
+                10,
+                false,
+            )
+            .unwrap();
+        let page = [
+            kv("apps/new", Some(app("new", "127.0.0.1:5")), 15),
+            kv("apps/web", Some(app("web", "127.0.0.1:6")), 12),
+        ];
+        store.apply_remote(&page, 20, true).unwrap();
+        let keep: HashSet<String> = page.iter().map(|k| k.key.clone()).collect();
+        let dropped = store.drop_remote_except(&keep, 20).unwrap();
+        assert!(matches!(&dropped[..], [Changed::App(n, None)] if n == "old"));
+        assert_eq!(
+            backends(&store),
+            [
+                ("new".into(), "127.0.0.1:5".into()),
+                ("web".into(), "127.0.0.1:6".into())
+            ]
+        );
+        assert_eq!(store.fleet_revision().unwrap(), Some(20));
+
+        // A record that does not decode is kept out of service, named.
+        let changed = store
+            .apply_remote(&[kv("certs/bad", Some(vec![2, 0, 1]), 21)], 21, false)
+            .unwrap();
+        assert!(matches!(&changed[..], [Changed::Undecodable { key, .. }] if key == "certs/bad"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
