@@ -17,6 +17,7 @@ mod lifecycle;
 mod listing;
 mod proxy;
 mod readme;
+mod reload;
 mod scale;
 mod secrets;
 mod selection;

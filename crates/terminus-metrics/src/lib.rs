@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource};
+pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource, ReloadLabels};
 pub use prometheus_client::encoding::text::encode as encode_text;
 pub use prometheus_client::registry::Registry as MetricsRegistry;
 

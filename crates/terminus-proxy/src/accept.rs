@@ -102,7 +102,7 @@ fn is_fd_limit(e: &io::Error) -> bool {
 }
 
 pub(crate) async fn accept_loop(
-    shared: Arc<Shared>,
+    current: Arc<arc_swap::ArcSwap<Shared>>,
     listener: TcpListener,
     options: ListenerOptions,
     tracker: Tracker,
@@ -113,10 +113,11 @@ pub(crate) async fn accept_loop(
         .map(|a| HeaderValue::from(a.port()))
         .unwrap_or_else(|| HeaderValue::from_static("0"));
     let address = local.map(|a| a.to_string()).unwrap_or_default();
+    let metrics = current.load().metrics.listener(&address);
     let slots = Arc::new(Slots {
         live: AtomicUsize::new(0),
         max: options.max_connections,
-        metrics: shared.metrics.listener(&address),
+        metrics,
     });
     let mut failures = Throttle::default();
     let mut refusals = Throttle::default();
@@ -160,7 +161,8 @@ pub(crate) async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let guard = tracker.enter();
-        let shared = shared.clone();
+        // The settings and TLS policy of the moment: a reload applies to the next connection.
+        let shared = current.load_full();
         let stop = stop.clone();
         let port = port.clone();
         let tracker = tracker.clone();
