@@ -16,6 +16,7 @@ mod hostile;
 mod lifecycle;
 mod listing;
 mod proxy;
+mod proxy_protocol;
 mod readme;
 mod reload;
 mod scale;

@@ -26,10 +26,19 @@ const BACKOFF: Duration = Duration::from_millis(50);
 /// Repeated accept failures or refusals are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ListenerOptions {
     pub tls: bool,
     pub max_connections: usize,
+    /// The listener reads a PROXY protocol header before anything else.
+    pub proxy: Option<Arc<ProxyListener>>,
+}
+
+/// A listener's `proxy_protocol` and `proxy_trusted`.
+#[derive(Debug)]
+pub(crate) struct ProxyListener {
+    pub mode: terminus_config::ProxyProtocol,
+    pub trusted: Vec<ipnet::IpNet>,
 }
 
 /// The connections a listener holds, against its limit.
@@ -166,9 +175,20 @@ pub(crate) async fn accept_loop(
         let stop = stop.clone();
         let port = port.clone();
         let tracker = tracker.clone();
+        let proxy = options.proxy.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            crate::conn::serve(shared, tcp, peer, port, options.tls, tracker, stop, slot).await;
+            crate::conn::serve(
+                shared,
+                tcp,
+                peer,
+                port,
+                (options.tls, proxy),
+                tracker,
+                stop,
+                slot,
+            )
+            .await;
         });
     }
 }

@@ -16,6 +16,7 @@ mod handshake;
 pub mod headers;
 mod info;
 mod pool;
+pub mod proxy_header;
 mod service;
 mod shutdown;
 mod state;
@@ -48,6 +49,7 @@ pub struct BoundListener {
     listener: TcpListener,
     tls: bool,
     max_connections: usize,
+    proxy: Option<Arc<accept::ProxyListener>>,
 }
 
 impl BoundListener {
@@ -76,6 +78,12 @@ pub async fn bind(
             listener,
             tls: l.tls,
             max_connections: l.max_connections,
+            proxy: l.proxy_protocol.map(|mode| {
+                Arc::new(accept::ProxyListener {
+                    mode,
+                    trusted: l.proxy_trusted.clone(),
+                })
+            }),
         });
     }
     Ok(bound)
@@ -140,6 +148,7 @@ impl Proxy {
                 accept::ListenerOptions {
                     tls: l.tls,
                     max_connections: l.max_connections,
+                    proxy: l.proxy,
                 },
                 tracker.clone(),
                 stop_rx.clone(),
