@@ -136,9 +136,25 @@ async fn settings_that_need_a_restart_are_reported_and_the_rest_applies() {
         .domain("a.example.com", "web", None);
     let before = b.toml();
     let r = b.start().await;
+    // Twelve headers pass under the default limit of 100.
+    let many = |n: usize| {
+        let mut req = get("a.example.com", "/");
+        for i in 0..n {
+            let name: http::HeaderName = format!("x-extra-{i}").parse().unwrap();
+            req.headers_mut().insert(name, "1".parse().unwrap());
+        }
+        req
+    };
+    let send = |req| async {
+        let conn = r.client("a.example.com").connect(r.https()).await.unwrap();
+        send_h1(conn.stream, vec![req]).await.unwrap().remove(0)
+    };
+    assert_eq!(send(many(12)).await.status, 200);
+
     let changed = before
         .replace(&format!("\"{}\"", one.addr), &format!("\"{}\"", two.addr))
-        .replace("tls = true\n", "tls = true\nmax_connections = 7\n");
+        .replace("tls = true\n", "tls = true\nmax_connections = 7\n")
+        + "[proxy]\nmax_headers = 8\n";
     write_config(&r, &changed);
     let (status, body) = r.api("POST", "/v1/reload", None).await;
     assert_eq!(status, 200, "{body}");
@@ -150,6 +166,8 @@ async fn settings_that_need_a_restart_are_reported_and_the_rest_applies() {
             .header("x-backend"),
         Some("two")
     );
+    // The new limit applies from the next connection.
+    assert_eq!(send(many(12)).await.status, 431);
     r.shutdown().await;
 }
 
@@ -179,9 +197,14 @@ async fn sighup_reloads_the_binary_and_a_request_in_flight_completes() {
     ));
     one.wait_for_requests(1).await;
 
+    // Another backend, a new domain, and the certificate replaced on disk to cover it.
+    let leaf =
+        p.ca.leaf(&["a.example.com", "b.example.com"], KeyType::EcdsaP256);
+    leaf.write(p.dir.path(), "site", &[]);
     std::fs::write(
         p.dir.path().join("terminus.toml"),
-        before.replace(&format!("\"{}\"", one.addr), &format!("\"{}\"", two.addr)),
+        before.replace(&format!("\"{}\"", one.addr), &format!("\"{}\"", two.addr))
+            + "[[domain]]\nhost = \"b.example.com\"\napp = \"web\"\n",
     )
     .unwrap();
     let hup = std::process::Command::new("kill")
@@ -206,6 +229,23 @@ async fn sighup_reloads_the_binary_and_a_request_in_flight_completes() {
         .await
         .expect("request");
     assert_eq!(fresh[0].header("x-backend"), Some("two"));
+    let b = TlsClient::new(
+        ClientOptions::sni("b.example.com")
+            .http1()
+            .roots(vec![p.ca.cert_der.clone()]),
+    )
+    .connect(p.https)
+    .await
+    .expect("the new domain's handshake verifies");
+    assert_eq!(
+        b.served.as_ref(),
+        Some(&leaf.cert_der),
+        "the replaced certificate"
+    );
+    let reply = send_h1(b.stream, vec![get("b.example.com", "/")])
+        .await
+        .expect("request");
+    assert_eq!(reply[0].header("x-backend"), Some("two"));
 
     let slow = slow
         .await
@@ -237,4 +277,69 @@ async fn sighup_reloads_the_binary_and_a_request_in_flight_completes() {
         .expect("request");
     assert_eq!(still[0].header("x-backend"), Some("two"));
     p.stop().await;
+}
+
+#[tokio::test]
+async fn the_file_still_wins_over_the_store_and_gives_names_back_to_it() {
+    let one = Backend::echo("one").await;
+    let stored = Backend::echo("stored").await;
+    let file = Backend::echo("file").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
+    b.app("web", &[one.addr])
+        .domain("a.example.com", "web", None);
+    let before = b.toml();
+    let r = b.start().await;
+    let (status, body) = r
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(serde_json::json!({"name": "api", "backends": [stored.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(serde_json::json!({"hostname": "api.example.com", "app": "api"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(api_backend(&r).await.as_deref(), Some("stored"));
+
+    // The file defines an app of that name: it wins, as at start.
+    write_config(
+        &r,
+        &format!(
+            "{before}[[app]]\nname = \"api\"\nbackends = [\"{}\"]\n",
+            file.addr
+        ),
+    );
+    let (status, body) = r.api("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(api_backend(&r).await.as_deref(), Some("file"));
+    let (status, body) = r
+        .api(
+            "PATCH",
+            "/v1/apps/api",
+            Some(serde_json::json!({"backends": [one.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(status, 409, "the API sees the file's app: {body}");
+
+    // The file gives the name up: the stored app is served again.
+    write_config(&r, &before);
+    let (status, body) = r.api("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(api_backend(&r).await.as_deref(), Some("stored"));
+    r.shutdown().await;
+}
+
+async fn api_backend(r: &TestRouter) -> Option<String> {
+    r.get("api.example.com", "api.example.com", "/")
+        .await
+        .header("x-backend")
+        .map(str::to_owned)
 }

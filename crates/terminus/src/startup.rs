@@ -113,6 +113,9 @@ pub enum StoreStatus {
 /// A running router.
 #[derive(Debug)]
 pub struct Router {
+    /// What the data plane started with. Its certificate index, route table and backend pool
+    /// are the ones every later generation shares; its settings and TLS policy are those of
+    /// the start (a reload publishes new ones to new connections).
     pub shared: Arc<Shared>,
     /// Bound data-plane addresses, in config order, with whether each is TLS.
     pub listeners: Vec<(SocketAddr, bool)>,
