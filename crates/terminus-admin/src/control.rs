@@ -125,7 +125,8 @@ pub struct Control {
     pub(crate) provider: Arc<CryptoProvider>,
     /// What "trusted" means: the Mozilla roots and `[tls] trusted_roots`.
     pub(crate) trust: Roots,
-    pub(crate) statics: Statics,
+    /// Swapped whole by a config reload.
+    statics: arc_swap::ArcSwap<Statics>,
     pub(crate) metrics: ControlMetrics,
     pub(crate) retention: Duration,
     pub(crate) backends: Backends,
@@ -156,7 +157,7 @@ impl Control {
             store,
             certs,
             routes,
-            statics,
+            statics: arc_swap::ArcSwap::from_pointee(statics),
             metrics,
             retention,
             backends: Backends::default(),
@@ -168,6 +169,22 @@ impl Control {
     pub fn with_roots(mut self, roots: Roots) -> Self {
         self.trust = roots;
         self
+    }
+
+    /// What "trusted" is checked against.
+    pub fn roots(&self) -> &Roots {
+        &self.trust
+    }
+
+    /// What the config file defines now.
+    pub fn statics(&self) -> Arc<Statics> {
+        self.statics.load_full()
+    }
+
+    /// Publishes what a reloaded config file defines (the caller holds [`Control::write_lock`]
+    /// and has already served it).
+    pub fn set_statics(&self, statics: Statics) {
+        self.statics.store(Arc::new(statics));
     }
 
     pub fn store(&self) -> Option<&Arc<Store>> {
@@ -186,7 +203,8 @@ impl Control {
         Ok((store, self.write_lock()))
     }
 
-    pub(crate) fn write_lock(&self) -> MutexGuard<'_, ()> {
+    /// The lock every change holds: API changes and config reloads never interleave.
+    pub fn write_lock(&self) -> MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -270,7 +288,7 @@ impl Control {
                         .map(|o| o.app.to_string()),
                     HostPattern::Wildcard(_) => None,
                 }
-                .or_else(|| self.statics.default_app.clone())
+                .or_else(|| self.statics().default_app.clone())
             } else {
                 Some(d.app.to_string())
             };

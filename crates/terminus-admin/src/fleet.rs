@@ -18,7 +18,7 @@ impl Publish for Control {
                         tracing::error!(domain = %host, "a domain from the fleet store is not a valid host; skipped");
                         continue;
                     };
-                    if self.statics.domains.contains_key(&pattern) {
+                    if self.statics().domains.contains_key(&pattern) {
                         continue;
                     }
                     match record {
@@ -33,7 +33,7 @@ impl Publish for Control {
                     }
                 }
                 Changed::App(name, record) => {
-                    if self.statics.apps.contains(&name) {
+                    if self.statics().apps.contains(&name) {
                         continue;
                     }
                     match record {
@@ -63,7 +63,7 @@ impl Publish for Control {
 
 impl Control {
     fn publish_remote_cert(&self, name: &str, record: Option<&CertRecord>) {
-        if self.statics.certs.contains_key(name) {
+        if self.statics().certs.contains_key(name) {
             return;
         }
         let (Some(record), Some(store)) = (record, self.store.as_deref()) else {

@@ -16,6 +16,7 @@ mod handshake;
 pub mod headers;
 mod info;
 mod pool;
+pub mod proxy_header;
 mod service;
 mod shutdown;
 mod state;
@@ -27,6 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -47,6 +49,7 @@ pub struct BoundListener {
     listener: TcpListener,
     tls: bool,
     max_connections: usize,
+    proxy: Option<Arc<accept::ProxyListener>>,
 }
 
 impl BoundListener {
@@ -75,6 +78,12 @@ pub async fn bind(
             listener,
             tls: l.tls,
             max_connections: l.max_connections,
+            proxy: l.proxy_protocol.map(|mode| {
+                Arc::new(accept::ProxyListener {
+                    mode,
+                    trusted: l.proxy_trusted.clone(),
+                })
+            }),
         });
     }
     Ok(bound)
@@ -88,9 +97,31 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// What new connections use: settings, TLS policy, and the certificates, routes and backend
+/// pool every generation shares. A config reload publishes a new value with one store; each
+/// accept loads the current one without a lock.
+#[derive(Debug, Clone)]
+pub struct Live(Arc<ArcSwap<Shared>>);
+
+impl Live {
+    /// What a connection accepted now uses.
+    pub fn load(&self) -> Arc<Shared> {
+        self.0.load_full()
+    }
+
+    /// Publishes new settings and a new TLS policy in one swap: connections accepted from now
+    /// on use them; open connections keep the ones they were accepted with, so their requests
+    /// in flight are not disturbed.
+    pub fn reconfigure(&self, settings: Settings, policy: terminus_tls::TlsPolicy) {
+        let next = self.0.load().reconfigured(settings, policy);
+        self.0.store(next);
+    }
+}
+
 /// The running data plane.
 #[derive(Debug)]
 pub struct Proxy {
+    current: Live,
     stop: watch::Sender<bool>,
     accept: JoinSet<()>,
     reaper: tokio::task::JoinHandle<()>,
@@ -108,14 +139,16 @@ impl Proxy {
     pub fn start(shared: Arc<Shared>, listeners: Vec<BoundListener>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let tracker = shutdown::Tracker::default();
+        let current = Live(Arc::new(ArcSwap::new(shared.clone())));
         let mut accept = JoinSet::new();
         for l in listeners {
             accept.spawn(accept::accept_loop(
-                shared.clone(),
+                current.0.clone(),
                 l.listener,
                 accept::ListenerOptions {
                     tls: l.tls,
                     max_connections: l.max_connections,
+                    proxy: l.proxy,
                 },
                 tracker.clone(),
                 stop_rx.clone(),
@@ -130,11 +163,17 @@ impl Proxy {
             }
         });
         Self {
+            current,
             stop,
             accept,
             reaper,
             tracker,
         }
+    }
+
+    /// The handle a config reload publishes through.
+    pub fn live(&self) -> Live {
+        self.current.clone()
     }
 
     /// Connections currently open.

@@ -5,6 +5,7 @@ pub mod check;
 pub mod cli;
 pub mod fleet;
 pub mod logging;
+pub mod reload;
 pub mod startup;
 
 pub use startup::{

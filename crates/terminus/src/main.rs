@@ -179,15 +179,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
     if let Some(path) = &args.config {
         let mut config = Config::load(path)?;
         if let Some(dir) = &args.data_dir {
-            let mut store = terminus_config::StoreConfig::in_dir(dir.clone());
-            if let Some(from_file) = &config.store {
-                store = terminus_config::StoreConfig {
-                    dir: dir.clone(),
-                    key_file: store.key_file,
-                    ..from_file.clone()
-                };
-            }
-            config.store = Some(store);
+            config.store = Some(with_data_dir(config.store.take(), dir));
         }
         return Ok(config);
     }
@@ -210,6 +202,44 @@ fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
         args.admin,
         args.data_dir.clone(),
     ))
+}
+
+/// How a reload reads the config: the file again, with this command line's overrides.
+fn reload_source(args: &ServeArgs) -> Option<terminus::reload::ConfigSource> {
+    let path = args.config.clone()?;
+    let data_dir = args.data_dir.clone();
+    let admin = args.admin;
+    let no_access_log = args.no_access_log;
+    Some(terminus::reload::ConfigSource::new(move || {
+        let mut config = Config::load(&path)?;
+        if let Some(dir) = &data_dir {
+            config.store = Some(with_data_dir(config.store.take(), dir));
+        }
+        if let Some(admin) = admin {
+            config.admin.address = admin;
+        }
+        if no_access_log {
+            config.router.access_log = false;
+        }
+        Ok(config)
+    }))
+}
+
+/// `--data-dir` over the file's `[store]`: the directory (and its key file) from the flag, the
+/// other settings from the file.
+fn with_data_dir(
+    from_file: Option<terminus_config::StoreConfig>,
+    dir: &std::path::Path,
+) -> terminus_config::StoreConfig {
+    let store = terminus_config::StoreConfig::in_dir(dir.to_path_buf());
+    match from_file {
+        Some(from_file) => terminus_config::StoreConfig {
+            dir: dir.to_path_buf(),
+            key_file: store.key_file,
+            ..from_file
+        },
+        None => store,
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -245,6 +275,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let options = terminus::StartOptions {
         store_recover: args.store_recover,
+        reload_from: reload_source(&args),
     };
     let result = runtime.block_on(run(config, options, args.ready_file));
     terminus::logging::flush();
@@ -321,7 +352,7 @@ async fn run(
             return Err(e).with_context(|| format!("cannot write --ready-file {}", path.display()));
         }
     }
-    signals.wait().await;
+    signals.wait(router.reloader.clone()).await;
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }
@@ -336,10 +367,11 @@ async fn run(
     Ok(())
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
+/// SIGTERM and SIGINT (stop), SIGHUP (reload), caught from the moment they are installed.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -348,13 +380,29 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
         })
     }
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+    /// Until SIGTERM or SIGINT: each SIGHUP reloads the config file (one at a time; signals
+    /// that arrive during a reload are merged into one more).
+    async fn wait(mut self, reloader: Option<std::sync::Arc<terminus::reload::Reloader>>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match &reloader {
+                    Some(r) => {
+                        tracing::info!("SIGHUP: reloading the config file");
+                        let r = r.clone();
+                        // The outcome is logged and counted by the reload itself.
+                        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                    }
+                    None => tracing::warn!(
+                        "SIGHUP ignored: started from the command line, there is no config file to read again"
+                    ),
+                },
+            }
         }
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use terminus_admin::{Admin, Api, Control, StaticCert, Statics, Token};
+use terminus_admin::{Admin, Api, Control, Readiness, Stage, StaticCert, Statics, Token};
 use terminus_config::{Config, StoreBackend, StoreConfig};
 use terminus_metrics::{
     ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
@@ -16,6 +16,8 @@ use terminus_store::{ConfigLoad, RecoverOutcome, Reserved, Store, StoreError};
 use terminus_tls::{CertIndex, Roots, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::reload::{ConfigSource, Reloader};
 
 /// The environment variable holding the admin API's bearer token.
 pub const TOKEN_ENV: &str = "TERMINUS_TOKEN";
@@ -106,6 +108,8 @@ pub type CertLoadError = terminus_store::CertFileError;
 pub struct StartOptions {
     /// `--store-recover`: if the store is damaged, salvage it into a new file first.
     pub store_recover: bool,
+    /// How a reload reads the config again; default: the file the config came from.
+    pub reload_from: Option<ConfigSource>,
 }
 
 /// The store as this start found it.
@@ -123,6 +127,9 @@ pub enum StoreStatus {
 /// A running router.
 #[derive(Debug)]
 pub struct Router {
+    /// What the data plane started with. Its certificate index, route table and backend pool
+    /// are the ones every later generation shares; its settings and TLS policy are those of
+    /// the start (a reload publishes new ones to new connections).
     pub shared: Arc<Shared>,
     /// Bound data-plane addresses, in config order, with whether each is TLS.
     pub listeners: Vec<(SocketAddr, bool)>,
@@ -133,6 +140,10 @@ pub struct Router {
     pub quarantined: Vec<terminus_store::Quarantine>,
     pub store: StoreStatus,
     pub control: Arc<Control>,
+    /// Applies the config file again (SIGHUP, `POST /v1/reload`); `None` for the quick start.
+    pub reloader: Option<Arc<Reloader>>,
+    /// What `/readyz` answers.
+    pub readiness: Arc<Readiness>,
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
     resolve: tokio::task::JoinHandle<()>,
@@ -140,7 +151,6 @@ pub struct Router {
     admin_task: tokio::task::JoinHandle<()>,
     /// A fleet router's watch on etcd and its ticket-key follower.
     fleet: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
-    grace: Duration,
 }
 
 pub fn unix_now() -> i64 {
@@ -156,6 +166,9 @@ pub async fn start(config: &Config, registry: MetricsRegistry) -> Result<Router,
 }
 
 /// [`start`] with the options of `serve`.
+///
+/// The admin listener comes up first, so that `/healthz` answers and `/readyz` says what the
+/// router is waiting for (certificates, then listeners) while a large store loads.
 pub async fn start_with(
     config: &Config,
     mut registry: MetricsRegistry,
@@ -188,8 +201,37 @@ pub async fn start_with(
                 );
             }),
     );
-
+    ExpiryCollector::register(
+        &mut registry,
+        CertsExpiry(certs.clone()),
+        config.admin.expiry_metrics_limit,
+        unix_now,
+    );
     let roots = trusted_roots(config, &origin)?;
+    let token = read_token(config, &origin)?;
+
+    let readiness = Arc::new(Readiness::new(Stage::LoadingCertificates));
+    let admin_listener = TcpListener::bind(config.admin.address)
+        .await
+        .map_err(|source| StartError::AdminBind {
+            address: config.admin.address,
+            source,
+        })?;
+    let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
+    let admin_server = Admin::starting(registry, readiness.clone());
+    // Dropping the sender (a start that fails below) stops the admin listener too.
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(terminus_admin::serve(
+        admin_listener,
+        admin_server.clone(),
+        terminus_admin::Limits {
+            header_timeout: config.admin.header_timeout,
+            idle_timeout: config.admin.idle_timeout,
+            max_connections: config.admin.max_connections,
+        },
+        admin_rx,
+    ));
+
     let mut from_config = terminus_store::load_config(config, &certs, &routes, &roots, unix_now());
     let mut app_backends = std::mem::take(&mut from_config.apps);
     let cert_errors = std::mem::take(&mut from_config.errors);
@@ -223,16 +265,10 @@ pub async fn start_with(
         crate::fleet::quarantine_foreign_keys(store, &certs, &control_metrics);
     }
     app_backends.extend(stored_apps);
+    let reserved = from_config.reserved.clone();
     let statics = statics_of(config, from_config);
     certs.set_default(config.tls.default_certificate.as_deref());
-    ExpiryCollector::register(
-        &mut registry,
-        CertsExpiry(certs.clone()),
-        config.admin.expiry_metrics_limit,
-        unix_now,
-    );
 
-    let token = read_token(config, &origin)?;
     if token.is_none() {
         tracing::warn!("admin API disabled: set {TOKEN_ENV} or admin.token_file to manage certificates, domains and apps");
     }
@@ -242,7 +278,7 @@ pub async fn start_with(
             certs.clone(),
             routes.clone(),
             statics,
-            control_metrics,
+            control_metrics.clone(),
             config
                 .store
                 .as_ref()
@@ -254,18 +290,12 @@ pub async fn start_with(
     );
     resolve_backends(&control, app_backends).await;
 
+    readiness.set(Stage::Binding);
     let bound: Vec<BoundListener> = terminus_proxy::bind(&config.listeners).await?;
     let listeners = bound
         .iter()
         .filter_map(|l| l.local_addr().ok().map(|a| (a, l.is_tls())))
         .collect();
-    let admin_listener = TcpListener::bind(config.admin.address)
-        .await
-        .map_err(|source| StartError::AdminBind {
-            address: config.admin.address,
-            source,
-        })?;
-    let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
 
     let shared_tickets = policy.tickets().clone();
     let shared = Shared::new(
@@ -276,23 +306,26 @@ pub async fn start_with(
         metrics,
     );
     let proxy = Proxy::start(shared.clone(), bound);
-    let (admin_stop, admin_rx) = watch::channel(false);
-    let api = Api {
+    let reloader = reload_source(config, options).map(|source| {
+        Arc::new(Reloader::new(
+            source,
+            config.clone(),
+            reserved,
+            proxy.live(),
+            control.clone(),
+            control_metrics.clone(),
+        ))
+    });
+    control_metrics.config_last_reload.set(unix_now());
+    admin_server.set_api(Some(Api {
         control: control.clone(),
         token,
         max_body: config.admin.max_body_bytes,
         now: unix_now,
-    };
-    let admin_task = tokio::spawn(terminus_admin::serve(
-        admin_listener,
-        Admin::new(registry, Some(api)),
-        terminus_admin::Limits {
-            header_timeout: config.admin.header_timeout,
-            idle_timeout: config.admin.idle_timeout,
-            max_connections: config.admin.max_connections,
-        },
-        admin_rx,
-    ));
+        reload: reloader
+            .clone()
+            .map(|r| r as Arc<dyn terminus_admin::Reload>),
+    }));
     let fleet = fleet.map(|f| {
         let tickets = tokio::spawn(terminus_store::fleet::tickets::run(
             f.etcd.clone(),
@@ -309,6 +342,7 @@ pub async fn start_with(
     });
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
+    readiness.set(Stage::Ready);
     Ok(Router {
         shared,
         listeners,
@@ -317,14 +351,25 @@ pub async fn start_with(
         quarantined,
         store: status,
         control,
+        reloader,
+        readiness,
         proxy,
         cleanup,
         resolve,
         admin_stop,
         admin_task,
         fleet,
-        grace: config.timeouts.shutdown_grace,
     })
+}
+
+/// Where a reload reads the config from: `serve`'s own loader (the file with its command-line
+/// overrides), else the file the config came from; none for the command-line quick start.
+fn reload_source(config: &Config, options: &StartOptions) -> Option<ConfigSource> {
+    if let Some(source) = &options.reload_from {
+        return Some(source.clone());
+    }
+    let path = config.source.clone()?;
+    Some(ConfigSource::new(move || Config::load(&path)))
 }
 
 fn log_key_origin(store: &Store) {
@@ -481,7 +526,7 @@ fn recover_store(config: &StoreConfig) {
 }
 
 /// What the config file defines, for the API (read-only there).
-fn statics_of(config: &Config, loaded: ConfigLoad) -> Statics {
+pub(crate) fn statics_of(config: &Config, loaded: ConfigLoad) -> Statics {
     let mut statics = Statics {
         certs: loaded
             .certs
@@ -643,13 +688,15 @@ impl Router {
     /// Stops accepting, drains connections for up to the configured grace period, then stops
     /// the admin listener.
     pub async fn shutdown(self) -> Drained {
+        self.readiness.set(Stage::Draining);
         self.cleanup.abort();
         self.resolve.abort();
         if let Some((sync, tickets)) = &self.fleet {
             sync.abort();
             tickets.abort();
         }
-        let drained = self.proxy.shutdown(self.grace).await;
+        let grace = self.proxy.live().load().settings.shutdown_grace;
+        let drained = self.proxy.shutdown(grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
         drained
