@@ -114,9 +114,28 @@ impl Node {
         }
     }
 
+    /// Stops the router and starts it again on the same config and data directory. The old
+    /// router's admin connections end on their own tasks just after its shutdown and hold the
+    /// store file until then: the start is retried while the file is still held.
     async fn restart(&mut self) {
         self.stop().await;
-        self.router = Some(start(&self.config).await.expect("router starts again"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match start(&self.config).await {
+                Ok(r) => {
+                    self.router = Some(r);
+                    return;
+                }
+                Err(e) if e.to_string().contains("already open") => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the store stays held: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("router starts again: {e}"),
+            }
+        }
     }
 
     async fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -422,6 +441,11 @@ async fn with_etcd_down_routers_serve_refuse_writes_and_catch_up_without_a_resta
     eventually_async(CONVERGE, "readyz says the store is unreachable", || async {
         let (s, body) = b.admin_get("/readyz").await;
         s == 503 && body.contains("fleet store is unreachable")
+    })
+    .await;
+    eventually_async(CONVERGE, "the store-available gauge drops to 0", || async {
+        let (_, metrics) = b.admin_get("/metrics").await;
+        metrics.lines().any(|l| l == "terminus_store_available 0")
     })
     .await;
 

@@ -9,6 +9,11 @@ use terminus_store::{CertRecord, Changed, R17};
 use crate::control::Control;
 
 impl Publish for Control {
+    /// `terminus_store_available` follows etcd in a fleet: 0 while it cannot be reached.
+    fn reachable(&self, yes: bool) {
+        self.metrics.store_available.set(i64::from(yes));
+    }
+
     fn publish(&self, changed: Vec<Changed>) {
         for c in changed {
             match c {
@@ -37,7 +42,9 @@ impl Publish for Control {
                         continue;
                     }
                     match record {
-                        Some(r) => match terminus_store::app_backends(&r) {
+                        // Served at once with its literal addresses, then with its host
+                        // names resolved, as the API's own changes are.
+                        Some(r) => match terminus_store::publish_app(&self.routes, &r) {
                             Ok(specs) => {
                                 self.set_app_backends(&name, specs);
                             }

@@ -691,9 +691,13 @@ impl Router {
         self.readiness.set(Stage::Draining);
         self.cleanup.abort();
         self.resolve.abort();
-        if let Some((sync, tickets)) = &self.fleet {
+        if let Some((sync, tickets)) = self.fleet {
             sync.abort();
             tickets.abort();
+            // Once they are gone, nothing holds the store file: a router started again in
+            // this process can open it.
+            let _ = sync.await;
+            let _ = tickets.await;
         }
         let grace = self.proxy.live().load().settings.shutdown_grace;
         let drained = self.proxy.shutdown(grace).await;

@@ -29,6 +29,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub trait Publish: Send + Sync {
     /// Serves `changed` (each name replaced whole, or removed). Called from a blocking task.
     fn publish(&self, changed: Vec<Changed>);
+
+    /// Whether etcd answers now (for a metric); called on every change of state and often
+    /// while watching, so it must be cheap.
+    fn reachable(&self, _yes: bool) {}
 }
 
 /// The first key after every key starting with `prefix`.
@@ -215,6 +219,7 @@ async fn watch(
         }
         *from = revision;
         etcd.set_state(FleetState::Ready { revision });
+        publish.reachable(true);
     }
 }
 
@@ -237,6 +242,7 @@ pub async fn run(etcd: Arc<Etcd>, store: Arc<Store>, publish: Arc<dyn Publish>, 
                         tracing::info!(revision = r, "fleet store read again after a compaction");
                         from = r;
                         etcd.set_state(FleetState::Ready { revision: r });
+                        publish.reachable(true);
                         backoff = MIN_BACKOFF;
                         continue;
                     }
@@ -250,6 +256,7 @@ pub async fn run(etcd: Arc<Etcd>, store: Arc<Store>, publish: Arc<dyn Publish>, 
             etcd.set_state(FleetState::Unreachable {
                 cause: failed.to_string(),
             });
+            publish.reachable(false);
         } else {
             tracing::error!(error = %failed, "the fleet store's watch failed; retrying");
         }
