@@ -26,6 +26,8 @@ const LOCK_TTL_SECS: i64 = 10;
 const AAD: &[u8] = b"terminus:fleet:tickets";
 /// Retry delays while etcd cannot be reached.
 const RETRY: Duration = Duration::from_secs(1);
+/// Retry delay after an error a retry cannot fix by itself (keys sealed with another key).
+const MISCONFIGURED_RETRY: Duration = Duration::from_secs(30);
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
@@ -37,15 +39,18 @@ fn unix_now() -> i64 {
 /// Keeps `ticketer` on the fleet's shared ticket keys until the process ends.
 pub async fn run(etcd: Arc<Etcd>, master: Arc<MasterKey>, ticketer: Arc<Ticketer>) {
     loop {
+        let mut wait = RETRY;
         if let Err(e) = follow(&etcd, &master, &ticketer).await {
             if e.is_unavailable() {
                 tracing::debug!(error = %e, "fleet ticket keys: etcd unreachable; the current keys stay in use");
+                etcd.forget_client();
             } else {
                 tracing::error!(error = %e, "fleet ticket keys: sessions may not resume across routers until this is fixed");
+                // A wrong fleet key does not fix itself: say so twice a minute, not every second.
+                wait = MISCONFIGURED_RETRY;
             }
-            etcd.forget_client();
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
