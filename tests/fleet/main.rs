@@ -626,3 +626,151 @@ async fn a_session_made_on_one_router_resumes_on_another() {
         n.stop().await;
     }
 }
+
+/// Over TLS (the members' certificate checked against `tls_ca_file`, a client certificate
+/// required) and with etcd authentication: a router with the right password serves and writes;
+/// one with a wrong password refuses to start, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_reaches_etcd_over_tls_with_a_client_certificate_and_a_password() {
+    require_etcd!();
+    terminus_test_support::logs::capture();
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let dir = TempDir::new("fleet-tls");
+    let ca = Ca::root("etcd test CA");
+    let server = ca.leaf(&["127.0.0.1", "localhost"], KeyType::EcdsaP256);
+    let client_leaf = ca.leaf(&["terminus"], KeyType::EcdsaP256);
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_pem = file("ca.pem", &ca.cert_pem);
+    let (server_pem, server_key) = (
+        file("server.pem", &server.cert_pem),
+        file("server.key", &server.key_pem),
+    );
+    let (client_pem, client_key) = (
+        file("client.pem", &client_leaf.cert_pem),
+        file("client.key", &client_leaf.key_pem),
+    );
+    let port = terminus_test_support::reserve_port().unwrap().port();
+    let peer = terminus_test_support::reserve_port().unwrap().port();
+    let endpoint = format!("https://127.0.0.1:{port}");
+    let _etcd = tokio::process::Command::new("etcd")
+        .args(["--name", "tls0", "--log-level", "warn"])
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args([
+            "--initial-advertise-peer-urls",
+            &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--initial-cluster",
+            &format!("tls0=http://127.0.0.1:{peer}"),
+        ])
+        .arg("--cert-file")
+        .arg(&server_pem)
+        .arg("--key-file")
+        .arg(&server_key)
+        .arg("--trusted-ca-file")
+        .arg(&ca_pem)
+        .arg("--client-cert-auth")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn etcd");
+    let tls = || {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ca.cert_pem.clone()))
+            .identity(etcd_client::Identity::from_pem(
+                client_leaf.cert_pem.clone(),
+                client_leaf.key_pem.clone(),
+            ))
+    };
+    eventually_async(Duration::from_secs(30), "etcd answers over TLS", || {
+        let options = etcd_client::ConnectOptions::new().with_tls(tls());
+        let endpoint = endpoint.clone();
+        async move {
+            match etcd_client::Client::connect([endpoint], Some(options)).await {
+                Ok(mut c) => c.get("probe", None).await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    let mut root = etcd_client::Client::connect(
+        [endpoint.clone()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls())),
+    )
+    .await
+    .unwrap();
+    root.user_add("root", "root-password", None).await.unwrap();
+    root.user_grant_role("root", "root").await.unwrap();
+    root.role_add("fleet").await.unwrap();
+    root.role_grant_permission(
+        "fleet",
+        etcd_client::Permission::read_write("/fleet-test/").with_prefix(),
+    )
+    .await
+    .unwrap();
+    root.user_add("router", "router-password", None)
+        .await
+        .unwrap();
+    root.user_grant_role("router", "fleet").await.unwrap();
+    root.auth_enable().await.unwrap();
+
+    let config = |name: &str, password: &str| {
+        let password_file = file(&format!("{name}.password"), password);
+        let key_file = file(&format!("{name}.key"), FLEET_KEY);
+        let token_file = file("admin.token", TOKEN);
+        file(
+            &format!("{name}.toml"),
+            &format!(
+                "[[listener]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n[store]\ndir = \"{}\"\nkey_file = \"{}\"\nbackend = \"etcd\"\nendpoints = [\"{endpoint}\"]\nprefix = \"/fleet-test/\"\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\nuser = \"router\"\npassword_file = \"{}\"\n",
+                token_file.display(),
+                dir.path().join(name).display(),
+                key_file.display(),
+                ca_pem.display(),
+                client_pem.display(),
+                client_key.display(),
+                password_file.display(),
+            ),
+        )
+    };
+    let mut good = Node::start(config("good", "router-password")).await;
+    let (s, v) = good
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": ["127.0.0.1:9"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut root_auth = etcd_client::Client::connect(
+        [endpoint.clone()],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_tls(tls())
+                .with_user("root", "root-password"),
+        ),
+    )
+    .await
+    .unwrap();
+    let stored = root_auth.get("/fleet-test/apps/web", None).await.unwrap();
+    assert_eq!(stored.kvs().len(), 1, "the app is in etcd");
+
+    let e = start(&config("bad", "wrong-password"))
+        .await
+        .expect_err("a wrong password: no start")
+        .to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+    good.stop().await;
+}
