@@ -5,7 +5,7 @@
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::backend::{Revision, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
-use crate::db::{Store, Table, APPS, CERTS, DOMAINS, META, REVS};
+use crate::db::{Store, APPS, CERTS, DOMAINS, META, REVS};
 use crate::engine::guard;
 use crate::error::{Result, StoreError};
 use crate::records::{decode, AppRecord, CertRecord, DomainRecord};
@@ -39,13 +39,15 @@ pub enum Changed {
     },
 }
 
-fn table_of(key: &str) -> Option<(Table, &str)> {
-    [(CERTS_KEY, CERTS), (DOMAINS_KEY, DOMAINS), (APPS_KEY, APPS)]
+/// Which table (0 certs, 1 domains, 2 apps) a key belongs to, and its name.
+fn table_of(key: &str) -> Option<(usize, &str)> {
+    [CERTS_KEY, DOMAINS_KEY, APPS_KEY]
         .into_iter()
-        .find_map(|(prefix, table)| {
+        .enumerate()
+        .find_map(|(i, prefix)| {
             key.strip_prefix(prefix)
                 .filter(|n| !n.is_empty())
-                .map(|n| (table, n))
+                .map(|n| (i, n))
         })
 }
 
@@ -95,6 +97,30 @@ impl Store {
         })
     }
 
+    /// The keys of `listing` (key and etcd revision) the mirror does not hold at that revision:
+    /// what a resync must read.
+    pub fn stale(&self, listing: &[(String, Revision)]) -> Result<Vec<String>> {
+        guard(self.file(), "reading", || {
+            let tx = self.db().begin_read()?;
+            let revs = match tx.open_table(REVS) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            let mut out = Vec::new();
+            for (key, revision) in listing {
+                let held = match &revs {
+                    Some(t) => t.get(key.as_str())?.map(|v| v.value()),
+                    None => None,
+                };
+                if held != Some(*revision) {
+                    out.push(key.clone());
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// Writes changes from etcd (a watch's events, or a page of a resync) in one transaction
     /// and records `revision` as the mirror's. A key the mirror already holds at the same or
     /// a later revision is left alone (this router's own writes come back through the watch).
@@ -111,8 +137,13 @@ impl Store {
             let mut out = Vec::new();
             {
                 let mut revs = tx.open_table(REVS)?;
+                let mut tables = [
+                    tx.open_table(CERTS)?,
+                    tx.open_table(DOMAINS)?,
+                    tx.open_table(APPS)?,
+                ];
                 for kv in kvs {
-                    let Some((table, name)) = table_of(&kv.key) else {
+                    let Some((index, name)) = table_of(&kv.key) else {
                         continue;
                     };
                     let held = revs.get(kv.key.as_str())?.map(|v| v.value());
@@ -124,7 +155,7 @@ impl Store {
                     if !stale {
                         continue;
                     }
-                    let mut t = tx.open_table(table)?;
+                    let t = &mut tables[index];
                     match &kv.value {
                         Some(v) => {
                             t.insert(name, v.as_slice())?;
