@@ -322,18 +322,28 @@ async fn spawn_router(
         ),
     )?;
     let ready = dir.join(format!("r{i}.ready"));
-    let child = Command::new(bin)
+    let log = dir.join(format!("r{i}.log"));
+    let mut child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&config)
         .arg("--ready-file")
         .arg(&ready)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("spawn terminus")?;
     let pid = child.id();
+    let mut exited = false;
+    let r = ready_file(&ready, Duration::from_secs(600), || {
+        exited = child.try_wait().is_ok_and(|s| s.is_some());
+        if exited {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("converge: router {i} exited; its log:\n{text}");
+        }
+        exited
+    })
+    .await;
     children.0.push(child);
-    let r = ready_file(&ready, Duration::from_secs(120), || false).await;
     Ok((
         Router {
             https: r.https(),

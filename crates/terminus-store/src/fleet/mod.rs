@@ -233,10 +233,22 @@ impl Etcd {
         &self,
         f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, FleetError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
+        self.call_within(REQUEST_TIMEOUT, f).await
+    }
+
+    /// Runs one request that may take longer than most (the listing of every key).
+    pub(crate) async fn call_within<T>(
+        &self,
+        timeout: Duration,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, FleetError> {
+        match tokio::time::timeout(timeout, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.unreachable(e)),
-            Err(_) => Err(self.timeout()),
+            Err(_) => Err(FleetError::Timeout {
+                endpoints: self.endpoints(),
+                timeout,
+            }),
         }
     }
 

@@ -68,6 +68,9 @@ async fn apply(
 /// Largest answer accepted for the listing of every key (names and revisions only, about 60
 /// bytes a key): a million certificates list in well under this.
 const LISTING_MAX_BYTES: usize = 512 * 1024 * 1024;
+/// How long the listing of every key may take: about 10 s for a million keys on etcd 3.4 (it
+/// reads every key from its backend even without values).
+const LISTING_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Reads every key of the fleet at one revision into the mirror, publishing what changed
 /// (when `publish` is given), and removes from the mirror what etcd no longer holds. Returns
@@ -91,10 +94,13 @@ pub async fn resync(
         .kv_client()
         .max_decoding_message_size(LISTING_MAX_BYTES);
     let listing = etcd
-        .call(kv.get(
-            prefix.clone(),
-            Some(GetOptions::new().with_prefix().with_keys_only()),
-        ))
+        .call_within(
+            LISTING_TIMEOUT,
+            kv.get(
+                prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            ),
+        )
         .await?;
     let at = listing.header().map_or(0, |h| h.revision());
     let keys: Vec<(Vec<u8>, Revision)> = listing
