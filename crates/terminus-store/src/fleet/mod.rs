@@ -116,8 +116,9 @@ impl Etcd {
                 source,
             })
         };
+        // No channel-wide request timeout: each call carries its own (REQUEST_TIMEOUT, or
+        // longer for the listing of every key), and a watch stream must outlive any of them.
         let mut options = ConnectOptions::new()
-            .with_timeout(REQUEST_TIMEOUT)
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
             .with_keep_alive_while_idle(true);
