@@ -233,7 +233,9 @@ impl Control {
                 }
                 Listed::Undecodable { name, reason } => Some(undecodable_view(&name, &reason)),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut out = out;
+        self.mark_acm(&mut out)?;
         Ok((out, next.flatten()))
     }
 
@@ -245,7 +247,12 @@ impl Control {
             return Ok(v);
         }
         match self.stored(name) {
-            Ok(rec) => Ok(stored_view(self, &rec, now, domains)),
+            Ok(rec) => {
+                let mut v = [stored_view(self, &rec, now, domains)];
+                self.mark_acm(&mut v)?;
+                let [v] = v;
+                Ok(v)
+            }
             Err(Stored::Undecodable(reason)) => Ok(undecodable_view(name, &reason)),
             Err(Stored::Api(e)) => Err(e),
         }
@@ -309,6 +316,7 @@ impl Control {
         };
         let prepared = prepare(&chain, &key, &options, &self.provider, now)?;
         let (store, _lock) = self.writable()?;
+        self.refuse_upload_for_acm(&domains, &prepared.leaf.names)?;
         let name = match up.name {
             Some(name) => {
                 self.refuse_static(&name)?;
@@ -422,6 +430,7 @@ impl Control {
         };
         let prepared = prepare(&chain, &key, &options, &self.provider, now)?;
         let (store, _lock) = self.writable()?;
+        self.refuse_acm_cert(name, "upload")?;
         let mut record = store
             .read()?
             .cert(name)?
@@ -541,6 +550,7 @@ impl Control {
         self.refuse_static(name)?;
         let certificate = self.cert(name, now)?;
         let (store, _lock) = self.writable()?;
+        self.refuse_acm_cert(name, "remove it")?;
         let affected = self.impact(&Without {
             cert: Some(name),
             app: None,
@@ -560,6 +570,7 @@ impl Control {
             if !w.delete_cert(name)? {
                 return Ok(None);
             }
+            w.delete_acme_cert_mark(name)?;
             let mut unpinned = Vec::new();
             for d in w.domains()? {
                 if d.cert.as_deref() == Some(name) {

@@ -116,6 +116,8 @@ pub struct Control {
     pub(crate) metrics: ControlMetrics,
     pub(crate) retention: Duration,
     pub(crate) backends: Backends,
+    /// Automated certificates, when `[acme]` is configured.
+    pub(crate) acme: Option<Arc<terminus_acme::Acme>>,
     write: Mutex<()>,
 }
 
@@ -147,6 +149,7 @@ impl Control {
             metrics,
             retention,
             backends: Backends::default(),
+            acme: None,
             write: Mutex::new(()),
         }
     }
@@ -154,6 +157,12 @@ impl Control {
     /// Checks "trusted" against these roots (the Mozilla set plus an operator's private CA).
     pub fn with_roots(mut self, roots: Roots) -> Self {
         self.trust = roots;
+        self
+    }
+
+    /// Serves automated certificates through `acme`.
+    pub fn with_acme(mut self, acme: Option<Arc<terminus_acme::Acme>>) -> Self {
+        self.acme = acme;
         self
     }
 

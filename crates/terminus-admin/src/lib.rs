@@ -2,6 +2,7 @@
 //! API under `/v1/` for certificates, domains and apps (bearer token). Loopback by default; a
 //! separate listener so the data plane never serves it.
 
+mod acm;
 mod api;
 mod backends;
 mod certs;

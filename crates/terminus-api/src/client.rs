@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::types::{
-    AppCreate, AppDestroyed, AppUpdate, AppView, CertChange, CertRemoved, CertReplace, CertUpload,
-    CertView, DomainCreate, DomainUpdate, DomainView, ErrorBody, NEXT_CURSOR_HEADER,
+    AcmChange, AcmDomainView, AppCreate, AppDestroyed, AppUpdate, AppView, CertChange, CertRemoved,
+    CertReplace, CertUpload, CertView, DomainCreate, DomainUpdate, DomainView, ErrorBody,
+    NEXT_CURSOR_HEADER,
 };
 
 /// How long one request may take by default, connect to last byte.
@@ -406,6 +407,31 @@ impl Client {
         confirm: Option<&str>,
     ) -> Result<AppDestroyed, ClientError> {
         let path = format!("/v1/apps/{}{}", encode(name), confirm_query(confirm));
+        Ok(self.call(Method::DELETE, &path, None::<&()>).await?.0)
+    }
+}
+
+impl Client {
+    /// ACM status of every domain of `app`, or of every ACM domain.
+    pub async fn acm_status(&self, app: Option<&str>) -> Result<Vec<AcmDomainView>, ClientError> {
+        match app {
+            Some(a) => self.get(&format!("/v1/apps/{}/acm", encode(a))).await,
+            None => self.get("/v1/acm").await,
+        }
+    }
+
+    pub async fn acm_enable(&self, app: &str) -> Result<AcmChange, ClientError> {
+        let path = format!("/v1/apps/{}/acm", encode(app));
+        Ok(self.call(Method::POST, &path, None::<&()>).await?.0)
+    }
+
+    pub async fn acm_refresh(&self, app: &str) -> Result<AcmChange, ClientError> {
+        let path = format!("/v1/apps/{}/acm/refresh", encode(app));
+        Ok(self.call(Method::POST, &path, None::<&()>).await?.0)
+    }
+
+    pub async fn acm_disable(&self, app: &str) -> Result<AcmChange, ClientError> {
+        let path = format!("/v1/apps/{}/acm", encode(app));
         Ok(self.call(Method::DELETE, &path, None::<&()>).await?.0)
     }
 }

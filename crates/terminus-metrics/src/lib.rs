@@ -3,6 +3,7 @@
 //!
 //! Label values are `&'static str` or integers so that counting allocates nothing.
 
+mod acme;
 mod control;
 pub mod names;
 
@@ -15,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+pub use acme::{AcmeMetrics, AcmeOrderLabels, AcmeStatusLabels};
 pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource};
 pub use prometheus_client::encoding::text::encode as encode_text;
 pub use prometheus_client::registry::Registry as MetricsRegistry;

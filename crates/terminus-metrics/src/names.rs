@@ -16,3 +16,6 @@ pub const STORE_QUARANTINED: &str = "terminus_store_quarantined";
 pub const STORE_AVAILABLE: &str = "terminus_store_available";
 pub const CERTIFICATE_EXPIRY: &str = "terminus_certificate_expiry_seconds";
 pub const CERTIFICATES_EXPIRING: &str = "terminus_certificates_expiring";
+pub const ACME_ORDERS: &str = "terminus_acme_orders";
+pub const ACME_DOMAINS: &str = "terminus_acme_domains";
+pub const ACME_NEXT_RENEWAL: &str = "terminus_acme_next_renewal_timestamp_seconds";

@@ -62,6 +62,13 @@ pub(crate) async fn handle(
         tls_version: conn.tls.as_ref().map(|t| t.version),
         fault: None,
     });
+    // HTTP-01 (RFC 8555 §8.3): answered on plain HTTP before routing, for a host with a
+    // pending challenge only; every other request routes as before.
+    if conn.tls.is_none() && parts.method == Method::GET {
+        if let Some(answer) = shared.challenges.http_answer(&log.host, parts.uri.path()) {
+            return Ok(challenge_response(answer, log, &shared, in_flight));
+        }
+    }
     let app = match check(&shared, &conn, &parts, &authority) {
         Ok(app) => app,
         Err(fault) => return Ok(error_response(fault, log, &shared, in_flight)),
@@ -465,6 +472,33 @@ fn error_response(
                 crate::fault::CLIENT_CLOSED_REASON.as_bytes(),
             ));
     }
+    response
+}
+
+/// The key authorization of a pending HTTP-01 challenge, as RFC 8555 §8.3 asks: 200,
+/// `application/octet-stream`, the bytes alone.
+fn challenge_response(
+    answer: Box<str>,
+    mut log: Box<AccessLog>,
+    shared: &Arc<Shared>,
+    in_flight: crate::activity::InFlight,
+) -> Response<ResponseBody> {
+    log.status = StatusCode::OK.as_u16();
+    let request_id = log.request_id.clone();
+    let body = ResponseBody::local(
+        Bytes::from(answer.into_string()),
+        log,
+        shared.settings.idle_timeout,
+        in_flight,
+    );
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(X_REQUEST_ID, request_id);
+    h.insert(VIA, shared.settings.via_h1.clone());
     response
 }
 

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use terminus_config::Config;
 use terminus_metrics::ProxyMetrics;
 use terminus_route::RouteTable;
-use terminus_tls::{CertIndex, TlsPolicy};
+use terminus_tls::{AcmeChallenges, CertIndex, TlsPolicy};
 
 use crate::body::RequestBody;
 use crate::pool;
@@ -76,6 +76,9 @@ pub struct Shared {
     pub routes: Arc<RouteTable>,
     pub policy: TlsPolicy,
     pub metrics: ProxyMetrics,
+    /// Pending ACME challenges, answered before routing (HTTP-01) and before certificate
+    /// selection (TLS-ALPN-01).
+    pub challenges: Arc<AcmeChallenges>,
     pub(crate) pool: pool::Pool<RequestBody>,
     /// HTTP/1.1 or HTTP/2, told apart by the first bytes (plaintext, or TLS without ALPN).
     pub(crate) http: auto::Builder<TokioExecutor>,
@@ -101,6 +104,7 @@ impl Shared {
         routes: Arc<RouteTable>,
         policy: TlsPolicy,
         metrics: ProxyMetrics,
+        challenges: Arc<AcmeChallenges>,
     ) -> Arc<Self> {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
@@ -132,6 +136,7 @@ impl Shared {
             routes,
             policy,
             metrics,
+            challenges,
             pool,
             http1: http.clone().http1_only(),
             http2: http.clone().http2_only(),

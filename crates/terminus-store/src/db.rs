@@ -21,6 +21,8 @@ pub(crate) const CERTS: Table = TableDefinition::new("certs");
 pub(crate) const DOMAINS: Table = TableDefinition::new("domains");
 pub(crate) const APPS: Table = TableDefinition::new("apps");
 pub(crate) const META: Table = TableDefinition::new("meta");
+/// Automated certificate management: apps, domains, accounts (see [`crate::acme`]).
+pub(crate) const ACME: Table = TableDefinition::new("acme");
 
 pub(crate) const KEY_CHECK: &str = "key_check";
 pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"terminus store key check";
@@ -121,7 +123,7 @@ impl Store {
             let tx = self.db.begin_write()?;
             {
                 let mut meta = tx.open_table(META)?;
-                for t in [CERTS, DOMAINS, APPS] {
+                for t in [CERTS, DOMAINS, APPS, ACME] {
                     tx.open_table(t)?;
                 }
                 let existing = meta.get(KEY_CHECK)?.map(|v| v.value().to_vec());
@@ -186,6 +188,7 @@ impl Store {
                     certs: tx.open_table(CERTS)?,
                     domains: tx.open_table(DOMAINS)?,
                     apps: tx.open_table(APPS)?,
+                    acme: tx.open_table(ACME)?,
                 };
                 f(&mut w)?
             };
@@ -341,6 +344,34 @@ impl Reader {
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         guard(&self.file, "reading", || all(&self.tx.open_table(APPS)?))
     }
+
+    /// One raw ACM record (an older store has no `acme` table yet: nothing).
+    pub(crate) fn acme_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        guard(&self.file, "reading", || {
+            let t = match self.tx.open_table(ACME) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Every raw ACM record, in key order.
+    pub(crate) fn each_acme(&self, mut f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
+        guard(&self.file, "reading", || {
+            let t = match self.tx.open_table(ACME) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            for item in t.iter()? {
+                let (k, v) = item?;
+                f(k.value(), v.value())?;
+            }
+            Ok(())
+        })
+    }
 }
 
 fn all<T: crate::records::Record>(
@@ -359,6 +390,7 @@ pub struct Writer<'tx> {
     certs: redb::Table<'tx, &'static str, &'static [u8]>,
     domains: redb::Table<'tx, &'static str, &'static [u8]>,
     apps: redb::Table<'tx, &'static str, &'static [u8]>,
+    acme: redb::Table<'tx, &'static str, &'static [u8]>,
 }
 
 impl std::fmt::Debug for Writer<'_> {
@@ -400,6 +432,19 @@ impl Writer<'_> {
 
     pub fn domains(&self) -> Result<Vec<DomainRecord>> {
         all(&self.domains)
+    }
+
+    pub(crate) fn acme_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.acme.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub(crate) fn acme_put(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.acme.insert(key, bytes)?;
+        Ok(())
+    }
+
+    pub(crate) fn acme_delete(&mut self, key: &str) -> Result<bool> {
+        Ok(self.acme.remove(key)?.is_some())
     }
 
     /// Writes raw bytes under a certificate's key, bypassing encoding. Only for tests and tools

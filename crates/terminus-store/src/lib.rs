@@ -10,8 +10,10 @@
 //!   integrity check; a damaged file is an error ([`StoreError::is_corruption`]), never a panic
 //!   (the engine's calls are guarded). [`check_store`] checks a store without writing it;
 //!   [`recover`] salvages a damaged one into a new file.
+//! - [`acme`] keeps automated certificate management's state (apps, domains, orders, account).
 //! - [`load`] turns the config file's objects and stored records into what the router serves.
 
+pub mod acme;
 mod check;
 mod checksum;
 mod db;
@@ -24,6 +26,9 @@ mod recover;
 pub mod seal;
 mod sealed;
 
+pub use acme::{
+    AcmStatus, AcmeAccountRecord, AcmeAppRecord, AcmeCertMark, AcmeDomainRecord, AcmeState,
+};
 pub use check::{check_store, StoreCheck};
 pub use checksum::{parse as parse_checksum, sha256};
 pub use db::{Reader, Store, Undecodable, Writer, STORE_FILE};

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use terminus_admin::{Admin, Api, Control, StaticCert, Statics, Token};
 use terminus_config::{Config, StoreConfig};
 use terminus_metrics::{
-    ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
+    AcmeMetrics, ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
 };
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
 use terminus_route::{BackendAddr, RouteTable};
@@ -122,6 +122,7 @@ pub struct Router {
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
     resolve: tokio::task::JoinHandle<()>,
+    acme_task: Option<tokio::task::JoinHandle<()>>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     grace: Duration,
@@ -208,6 +209,33 @@ pub async fn start_with(
         unix_now,
     );
 
+    let challenges = Arc::new(terminus_tls::AcmeChallenges::default());
+    let acme = match (&config.acme, &store) {
+        (Some(acme_config), Some(store)) => {
+            let acme = terminus_acme::Acme::new(terminus_acme::Parts {
+                config: acme_config.clone(),
+                store: store.clone(),
+                certs: certs.clone(),
+                challenges: challenges.clone(),
+                metrics: AcmeMetrics::register(&mut registry),
+            });
+            let domains: Vec<(String, String)> = routes
+                .domains()
+                .into_iter()
+                .map(|d| (d.pattern.to_string(), d.app.to_string()))
+                .collect();
+            if let Err(e) = acme.reconcile(&domains, unix_now()) {
+                tracing::error!(error = %e, "ACM: cannot reconcile its state with the domains");
+            }
+            tracing::info!(directory = acme.directory(), "automated certificates on");
+            Some(acme)
+        }
+        (Some(_), None) => {
+            tracing::error!("automated certificates are configured but the store is unavailable: ACM is off until it is fixed");
+            None
+        }
+        _ => None,
+    };
     let token = read_token(config, &origin)?;
     if token.is_none() {
         tracing::warn!("admin API disabled: set {TOKEN_ENV} or admin.token_file to manage certificates, domains and apps");
@@ -226,7 +254,8 @@ pub async fn start_with(
                     s.expired_retention
                 }),
         )
-        .with_roots(roots),
+        .with_roots(roots)
+        .with_acme(acme.clone()),
     );
     resolve_backends(&control, app_backends).await;
 
@@ -249,6 +278,7 @@ pub async fn start_with(
         routes,
         policy,
         metrics,
+        challenges,
     );
     let proxy = Proxy::start(shared.clone(), bound);
     let (admin_stop, admin_rx) = watch::channel(false);
@@ -268,6 +298,7 @@ pub async fn start_with(
         },
         admin_rx,
     ));
+    let acme_task = acme.as_ref().map(|a| a.spawn());
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
     Ok(Router {
@@ -281,6 +312,7 @@ pub async fn start_with(
         proxy,
         cleanup,
         resolve,
+        acme_task,
         admin_stop,
         admin_task,
         grace: config.timeouts.shutdown_grace,
@@ -600,6 +632,9 @@ impl Router {
     pub async fn shutdown(self) -> Drained {
         self.cleanup.abort();
         self.resolve.abort();
+        if let Some(t) = &self.acme_task {
+            t.abort();
+        }
         let drained = self.proxy.shutdown(self.grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;

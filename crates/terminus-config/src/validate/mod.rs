@@ -1,6 +1,7 @@
 //! Stage two: defaults and meaning, one function per section of the file. Sections that refer to
 //! others (a domain's app, the default certificate) are checked after what they refer to.
 
+mod acme;
 mod admin;
 mod apps;
 mod certificates;
@@ -62,6 +63,11 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         .as_ref()
         .map(|s| store::validate(&c, s))
         .transpose()?;
+    let acme = raw
+        .acme
+        .as_ref()
+        .map(|a| acme::validate(&c, a, store.is_some(), &listeners))
+        .transpose()?;
     let tls = tls::validate(&c, &raw.tls, &certificates, store.is_some())?;
     let timeouts = timeouts::validate(&c, &raw.timeouts)?;
     let proxy = proxy::validate(&c, &raw.proxy)?;
@@ -77,6 +83,7 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         timeouts,
         proxy,
         store,
+        acme,
         certificates,
         apps,
         domains,
