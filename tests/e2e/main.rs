@@ -6,6 +6,7 @@
 // Test setup that fails should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod damage;
 mod durability;
 mod errors;

@@ -26,6 +26,8 @@ use crate::timing;
 
 /// How long validation and issuance may take before the attempt ends (the order stays open
 /// and the next attempt resumes it).
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+
 const POLL: RetryPolicy = RetryPolicy::new()
     .initial_delay(Duration::from_millis(250))
     .backoff(1.5)
@@ -220,10 +222,13 @@ impl Acme {
                     .map_err(|e| AcmeError::from_client(e, None))?;
             }
         }
-        let status = order
-            .poll_ready(&POLL)
-            .await
-            .map_err(|e| AcmeError::from_client(e, None))?;
+        // An order whose validation failed comes back with the CA's problem as its error.
+        let status = order.poll_ready(&POLL).await.map_err(|e| match e {
+            instant_acme::Error::Api(p) if p.r#type.as_deref() != Some(RATE_LIMITED) => {
+                AcmeError::Invalid(problem_text(&p))
+            }
+            e => AcmeError::from_client(e, None),
+        })?;
         match status {
             OrderStatus::Ready | OrderStatus::Processing | OrderStatus::Valid => Ok(()),
             _ => Err(AcmeError::Invalid(invalid_reason(order).await)),

@@ -1,0 +1,515 @@
+//! Automated certificates against a real ACME server: Debian's `pebble`, with its DNS pointed
+//! at `pebble-challtestsrv` (every name answers 127.0.0.1 unless a test says otherwise) and its
+//! HTTP-01 / TLS-ALPN-01 ports set to the router's listeners. Both run on loopback ports for
+//! the test and are killed (by their own pid) when it ends. Without pebble installed the tests
+//! skip with a message (`./scripts/test.sh` installs it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use terminus_test_support::{
+    get, reserve_port, send_h1, Backend, Ca, ClientOptions, KeyType, TempDir, TlsClient,
+};
+
+use crate::harness::{Builder, TestRouter};
+
+/// How long an issuance may take against pebble (with PEBBLE_VA_NOSLEEP it takes ~1 s).
+const ISSUE: Duration = Duration::from_secs(60);
+
+/// pebble and pebble-challtestsrv, running until dropped.
+pub struct Pebble {
+    children: Vec<Child>,
+    pub directory: String,
+    /// A PEM file of the CA that signed pebble's own listener certificate (acme.directory_roots).
+    pub listener_ca: PathBuf,
+    listener_ca_der: rustls::pki_types::CertificateDer<'static>,
+    management: SocketAddr,
+    challtest: SocketAddr,
+    pub dir: TempDir,
+    port: u16,
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Whether pebble is installed; says why the test skips when it is not.
+pub fn have_pebble() -> bool {
+    let found = ["pebble", "pebble-challtestsrv"].iter().all(|bin| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !found {
+        eprintln!(
+            "SKIPPED: pebble is not installed (apt-get install pebble; ./scripts/test.sh does it)"
+        );
+    }
+    found
+}
+
+/// The ports pebble must know before the router starts: its directory's.
+pub struct PebblePorts {
+    pub listen: SocketAddr,
+    pub dir: TempDir,
+    pub ca: Ca,
+}
+
+impl PebblePorts {
+    pub fn new() -> Self {
+        Self {
+            listen: reserve_port().unwrap(),
+            dir: TempDir::new("pebble"),
+            ca: Ca::root("Pebble Listener Test Root"),
+        }
+    }
+
+    pub fn directory(&self) -> String {
+        format!("https://localhost:{}/dir", self.listen.port())
+    }
+
+    pub fn listener_ca(&self) -> PathBuf {
+        let path = self.dir.path().join("listener-ca.pem");
+        std::fs::write(&path, &self.ca.cert_pem).unwrap();
+        path
+    }
+
+    /// The `[acme]` section for a router using this pebble.
+    pub fn acme_toml(&self, extra: &str) -> String {
+        format!(
+            "[acme]\ndirectory = \"{}\"\nterms_accepted = true\ncontact = \"ops@example.com\"\ndirectory_roots = \"{}\"\n{extra}\n",
+            self.directory(),
+            self.listener_ca().display()
+        )
+    }
+
+    /// Starts challtestsrv and pebble validating on the router's ports.
+    pub async fn start(self, http_port: u16, tls_port: u16) -> Pebble {
+        let dns = reserve_udp_port();
+        let challtest = reserve_port().unwrap();
+        let management = reserve_port().unwrap();
+        let log = |name: &str| std::fs::File::create(self.dir.path().join(name)).unwrap();
+        let challtestsrv = Command::new("pebble-challtestsrv")
+            .args([
+                "-management",
+                &challtest.to_string(),
+                "-dns01",
+                &dns.to_string(),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ])
+            .stdout(log("challtestsrv.log"))
+            .stderr(log("challtestsrv.err"))
+            .spawn()
+            .expect("start pebble-challtestsrv");
+        let leaf = self
+            .ca
+            .leaf(&["localhost", "127.0.0.1"], KeyType::EcdsaP256);
+        let (crt, key) = leaf.write(self.dir.path(), "pebble", &[]);
+        let config = self.dir.path().join("pebble.json");
+        std::fs::write(
+            &config,
+            json!({"pebble": {
+                "listenAddress": self.listen.to_string(),
+                "managementListenAddress": management.to_string(),
+                "certificate": crt,
+                "privateKey": key,
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false
+            }})
+            .to_string(),
+        )
+        .unwrap();
+        let mut children = vec![challtestsrv];
+        let pebble = Command::new("pebble")
+            .arg("-config")
+            .arg(&config)
+            .arg("-dnsserver")
+            .arg(dns.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .stdout(log("pebble.log"))
+            .stderr(log("pebble.err"))
+            .spawn()
+            .expect("start pebble");
+        children.push(pebble);
+        let listener_ca = self.listener_ca();
+        let p = Pebble {
+            children,
+            directory: self.directory(),
+            listener_ca,
+            listener_ca_der: self.ca.cert_der.clone(),
+            management,
+            challtest,
+            port: self.listen.port(),
+            dir: self.dir,
+        };
+        for addr in [self.listen, management, challtest] {
+            wait_listening(addr, &p.dir).await;
+        }
+        p
+    }
+}
+
+fn reserve_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn wait_listening(addr: SocketAddr, logs: &TempDir) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let read = |f: &str| std::fs::read_to_string(logs.path().join(f)).unwrap_or_default();
+            panic!(
+                "pebble did not listen on {addr}: {}{}{}",
+                read("pebble.log"),
+                read("pebble.err"),
+                read("challtestsrv.err")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Pebble {
+    /// The root pebble issues under (from its management API), as a trust anchor.
+    pub async fn root(&self) -> rustls::pki_types::CertificateDer<'static> {
+        let conn = TlsClient::new(
+            ClientOptions::sni("localhost")
+                .http1()
+                .roots(vec![self.listener_ca_der.clone()]),
+        )
+        .connect(self.management)
+        .await
+        .expect("pebble management");
+        let reply = send_h1(conn.stream, vec![get("localhost", "/roots/0")])
+            .await
+            .expect("roots")
+            .remove(0);
+        let pem = reply.text();
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("root PEM")
+    }
+
+    /// A call to challtestsrv's management API (`/add-a`, `/clear-a`, `/set-txt`, ...).
+    pub async fn challtest(&self, path: &str, body: serde_json::Value) {
+        let tcp = tokio::net::TcpStream::connect(self.challtest)
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post(path)
+            .header("host", "challtestsrv")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        assert!(status.is_success(), "challtestsrv {path}: {status}");
+    }
+
+    pub fn challtest_url(&self) -> String {
+        format!("http://{}", self.challtest)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// A router with the store, an app `web` in front of an echo backend, and `[acme]` on pebble.
+pub async fn router_with_pebble(extra: &str) -> Option<(TestRouter, Pebble, Backend)> {
+    if !have_pebble() {
+        return None;
+    }
+    let ports = PebblePorts::new();
+    let echo = Backend::echo("acme-backend").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml(extra));
+    let r = b.start().await;
+    let (status, _) = r
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": [echo.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    Some((r, pebble, echo))
+}
+
+/// Waits until `host`'s ACM status is `want`; returns its view.
+pub async fn wait_status(r: &TestRouter, app: &str, host: &str, want: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + ISSUE;
+    loop {
+        let (status, list) = r.api("GET", &format!("/v1/apps/{app}/acm"), None).await;
+        assert_eq!(status, 200, "{list}");
+        let d = list
+            .as_array()
+            .and_then(|l| l.iter().find(|d| d["hostname"] == host).cloned());
+        if let Some(d) = &d {
+            if d["status"] == want {
+                return d.clone();
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("{host} did not reach '{want}' within {ISSUE:?}: {d:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A handshake for `sni` that verifies the served chain against `root`, then one request.
+pub async fn https_get(
+    r: &TestRouter,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    sni: &str,
+) -> terminus_test_support::Reply {
+    let conn = TlsClient::new(ClientOptions::sni(sni).http1().roots(vec![root.clone()]))
+        .connect(r.https())
+        .await
+        .unwrap_or_else(|e| panic!("verified handshake for {sni}: {e}"));
+    send_h1(conn.stream, vec![get(sni, "/")])
+        .await
+        .expect("request")
+        .remove(0)
+}
+
+fn no_secrets(what: &str, text: &str) {
+    for needle in [
+        "PRIVATE KEY",
+        "key_pkcs8",
+        "sealed_credentials",
+        "pending_key",
+    ] {
+        assert!(!text.contains(needle), "{what} holds '{needle}'");
+    }
+}
+
+#[tokio::test]
+async fn http01_issues_a_certificate_served_with_pebbles_chain() {
+    let Some((r, pebble, _echo)) = router_with_pebble("challenges = [\"http-01\"]").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    let (s, v) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "www.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (code, out, err) = r.cli(&["certs:auto:enable", "--app", "web"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("Enabled Automatic Certificate Management for web"),
+        "{out}"
+    );
+    let d = wait_status(&r, "web", "www.acme.test", "Cert issued").await;
+    let cert = d["cert"].as_str().expect("cert name").to_owned();
+
+    // A real handshake verifying the chain to pebble's root, then the app answers.
+    let reply = https_get(&r, &root, "www.acme.test").await;
+    assert_eq!(reply.status, 200);
+
+    // Listed as Type ACM, through the same store (checksum, version, expiry metric).
+    let (_, certs) = r.api("GET", "/v1/certs", None).await;
+    let listed = certs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cert.as_str())
+        .expect("ACM certificate listed");
+    assert_eq!(listed["type"], "ACM");
+    assert_eq!(listed["version"], 1);
+    let (code, table, _) = r.cli(&["certs"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&cert) && l.contains("ACM")),
+        "{table}"
+    );
+    let (code, table, _) = r.cli(&["certs:auto", "--app", "web"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("www.acme.test") && table.contains("Cert issued"),
+        "{table}"
+    );
+    let metrics = r.metrics().await;
+    assert!(
+        metrics.contains("terminus_acme_orders_total{result=\"issued\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("terminus_acme_domains{status=\"cert_issued\"}"));
+
+    // Conflict rules: an upload for a domain of the ACM app, and removing the ACM
+    // certificate, are refused with what to do.
+    let leaf = r.ca.leaf(&["www.acme.test"], KeyType::EcdsaP256);
+    let (s, v) = r
+        .api(
+            "POST",
+            "/v1/certs",
+            Some(json!({"certificate_chain": leaf.cert_pem, "private_key": leaf.key_pem})),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("certs:auto:disable --app web"),
+        "{v}"
+    );
+    let (s, v) = r
+        .api("DELETE", &format!("/v1/certs/{cert}?confirm={cert}"), None)
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("disable ACM first"),
+        "{v}"
+    );
+
+    // Secrets: the account key and certificate keys appear in no answer, log line or metric.
+    for path in ["/v1/certs", "/v1/acm", "/v1/apps/web/acm", "/v1/domains"] {
+        let (_, body) = r
+            .api_raw(Some(crate::harness::TOKEN), "GET", path, Vec::new())
+            .await;
+        no_secrets(path, &String::from_utf8_lossy(&body));
+    }
+    no_secrets("/metrics", &metrics);
+    no_secrets("the log", &terminus_test_support::logs::all().join("\n"));
+
+    // Disable: the certificate stays served; then it may be removed.
+    let (code, out, err) = r.cli(&["certs:auto:disable", "--app", "web"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(https_get(&r, &root, "www.acme.test").await.status, 200);
+    let (s, v) = r
+        .api("DELETE", &format!("/v1/certs/{cert}?confirm={cert}"), None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    drop(pebble);
+}
+
+#[tokio::test]
+async fn a_failing_validation_shows_pebbles_reason_then_issues_once_fixed() {
+    let Some((r, pebble, _echo)) = router_with_pebble("challenges = [\"http-01\"]").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    // The name resolves where nothing listens: validation must fail.
+    pebble
+        .challtest(
+            "/add-a",
+            json!({"host": "broken.acme.test.", "addresses": ["127.0.0.2"]}),
+        )
+        .await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "broken.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = r.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+    let d = wait_status(&r, "web", "broken.acme.test", "Failing").await;
+    let reason = d["reason"].as_str().expect("reason");
+    assert!(reason.contains("127.0.0.2"), "pebble's reason: {reason}");
+    assert!(d["next_retry"].is_string(), "{d}");
+    let (_, table, _) = r.cli(&["certs:auto"]).await;
+    assert!(
+        table.contains("broken.acme.test Failing (next try") && table.contains("127.0.0.2"),
+        "{table}"
+    );
+    // Still no certificate for it.
+    assert!(
+        TlsClient::new(ClientOptions::sni("broken.acme.test").roots(vec![root.clone()]))
+            .connect(r.https())
+            .await
+            .is_err()
+    );
+
+    // Fixed: the name points at the router again, and refresh orders at once.
+    pebble
+        .challtest("/clear-a", json!({"host": "broken.acme.test."}))
+        .await;
+    let (code, out, err) = r.cli(&["certs:auto:refresh", "--app", "web"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let d = wait_status(&r, "web", "broken.acme.test", "Cert issued").await;
+    assert!(d["reason"].is_null(), "{d}");
+    assert_eq!(https_get(&r, &root, "broken.acme.test").await.status, 200);
+    let metrics = r.metrics().await;
+    assert!(
+        metrics.contains("terminus_acme_orders_total{result=\"invalid\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn domains_added_later_are_ordered_and_removed_ones_retired() {
+    let Some((r, pebble, _echo)) = router_with_pebble("").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    let (s, v) = r.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("no domains yet"),
+        "{v}"
+    );
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "later.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let d = wait_status(&r, "web", "later.acme.test", "Cert issued").await;
+    let cert = d["cert"].as_str().unwrap().to_owned();
+    assert_eq!(https_get(&r, &root, "later.acme.test").await.status, 200);
+    let (s, _) = r.api("DELETE", "/v1/domains/later.acme.test", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = r.api("GET", &format!("/v1/certs/{cert}"), None).await;
+    assert_eq!(s, 404, "the certificate is retired with its domain");
+    let (_, list) = r.api("GET", "/v1/apps/web/acm", None).await;
+    assert_eq!(list, json!([]));
+}
