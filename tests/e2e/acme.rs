@@ -513,3 +513,40 @@ async fn domains_added_later_are_ordered_and_removed_ones_retired() {
     let (_, list) = r.api("GET", "/v1/apps/web/acm", None).await;
     assert_eq!(list, json!([]));
 }
+
+#[tokio::test]
+async fn tls_alpn01_issues_and_acme_tls_never_gets_a_served_certificate() {
+    let Some((r, pebble, _echo)) = router_with_pebble("challenges = [\"tls-alpn-01\"]").await
+    else {
+        return;
+    };
+    let root = pebble.root().await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "alpn.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = r.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+    wait_status(&r, "web", "alpn.acme.test", "Cert issued").await;
+    assert_eq!(https_get(&r, &root, "alpn.acme.test").await.status, 200);
+    assert!(r.metrics().await.contains(
+        "terminus_tls_handshakes_total{result=\"ok\",version=\"\",reason=\"acme_tls_alpn\"}"
+    ));
+
+    // With no challenge pending, a client offering only acme-tls/1 is refused, even for a
+    // name that has a certificate; offering it beside h2 is an ordinary handshake.
+    let mut only_acme = ClientOptions::sni("alpn.acme.test");
+    only_acme.alpn = vec![b"acme-tls/1".to_vec()];
+    assert!(TlsClient::new(only_acme).connect(r.https()).await.is_err());
+    let mut with_h2 = ClientOptions::sni("alpn.acme.test").roots(vec![root.clone()]);
+    with_h2.alpn = vec![b"acme-tls/1".to_vec(), b"h2".to_vec()];
+    let conn = TlsClient::new(with_h2)
+        .connect(r.https())
+        .await
+        .expect("handshake");
+    assert_eq!(conn.alpn.as_deref(), Some(b"h2".as_slice()));
+}
