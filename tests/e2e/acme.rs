@@ -550,3 +550,85 @@ async fn tls_alpn01_issues_and_acme_tls_never_gets_a_served_certificate() {
         .expect("handshake");
     assert_eq!(conn.alpn.as_deref(), Some(b"h2".as_slice()));
 }
+
+/// A DNS-01 hook talking to challtestsrv: `HOOK set|clear FQDN VALUE`. While the file
+/// `<dir>/hold` exists it waits before acting (to stop a router mid-order); a name containing
+/// `nozone` fails with a message on stderr.
+pub fn write_hook(pebble: &Pebble) -> PathBuf {
+    let dir = pebble.dir.path();
+    let hook = dir.join("dns-hook.sh");
+    let hold = dir.join("hold");
+    std::fs::write(
+        &hook,
+        format!(
+            r#"#!/bin/sh
+set -eu
+while [ -e "{hold}" ]; do sleep 0.05; done
+case "$2" in *nozone*) echo "no DNS zone is delegated for $2" >&2; exit 3;; esac
+case "$1" in
+  set) curl -sSf -X POST -d "{{\"host\":\"$2.\",\"value\":\"$3\"}}" "{url}/set-txt" ;;
+  clear) curl -sSf -X POST -d "{{\"host\":\"$2.\"}}" "{url}/clear-txt" ;;
+  *) echo "unknown action $1" >&2; exit 2 ;;
+esac
+"#,
+            hold = hold.display(),
+            url = pebble.challtest_url()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    hook
+}
+
+#[tokio::test]
+async fn dns01_through_the_hook_issues_a_wildcard_and_reports_the_hooks_failure() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    // The hook's path must be in the config before pebble (and challtestsrv) start: it is
+    // written once their address is known, before any order runs.
+    let hook = ports.dir.path().join("dns-hook.sh");
+    let echo = Backend::echo("acme-dns").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml(&format!(
+        "challenges = [\"http-01\", \"dns-01\"]\ndns_hook = \"{}\"\ndns_hook_timeout = \"20s\"",
+        hook.display()
+    )));
+    let r = b.start().await;
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    assert_eq!(write_hook(&pebble), hook);
+    let root = pebble.root().await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": [echo.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    for host in ["*.wild.acme.test", "*.nozone.acme.test"] {
+        let (s, v) = r
+            .api(
+                "POST",
+                "/v1/domains",
+                Some(json!({"hostname": host, "app": "web"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, v) = r.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+    wait_status(&r, "web", "*.wild.acme.test", "Cert issued").await;
+    let reply = https_get(&r, &root, "anything.wild.acme.test").await;
+    assert_eq!(reply.status, 200);
+    let d = wait_status(&r, "web", "*.nozone.acme.test", "Failing").await;
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no DNS zone is delegated for _acme-challenge.nozone.acme.test")
+            && reason.contains("exit"),
+        "the hook's stderr and status: {reason}"
+    );
+}
