@@ -632,3 +632,214 @@ async fn dns01_through_the_hook_issues_a_wildcard_and_reports_the_hooks_failure(
         "the hook's stderr and status: {reason}"
     );
 }
+
+#[tokio::test]
+async fn renewal_swaps_the_served_certificate_under_fresh_handshakes_with_zero_failures() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let Some((r, pebble, _echo)) = router_with_pebble("challenges = [\"http-01\"]").await else {
+        return;
+    };
+    let root = pebble.root().await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "renew.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    r.api("POST", "/v1/apps/web/acm", None).await;
+    let d = wait_status(&r, "web", "renew.acme.test", "Cert issued").await;
+    let name = d["cert"].as_str().unwrap().to_owned();
+    let first = r.served("renew.acme.test").await.expect("served");
+
+    // Fresh handshakes, each verifying the chain to pebble's root, until told to stop (at
+    // most 60 s: bounded whatever happens).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let https = r.https();
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed, seen, root) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            seen.clone(),
+            root.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            let client = TlsClient::new(ClientOptions::sni("renew.acme.test").roots(vec![root]));
+            let until = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < until {
+                match client.connect(https).await {
+                    Ok(c) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        if let Some(leaf) = c.served {
+                            seen.lock().unwrap().insert(leaf.to_vec());
+                        }
+                    }
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let (code, out, err) = r.cli(&["certs:auto:refresh", "--app", "web"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let deadline = tokio::time::Instant::now() + ISSUE;
+    loop {
+        let (_, v) = r.api("GET", &format!("/v1/certs/{name}"), None).await;
+        let renewed = v["version"] == 2 && seen.lock().unwrap().len() >= 2;
+        if renewed {
+            assert_eq!(v["previous"]["version"], 1, "{v}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not renewed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before_stop = ok.load(Ordering::Relaxed);
+    // A few more handshakes after the swap, then stop.
+    while ok.load(Ordering::Relaxed) < before_stop + 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "handshakes failed during renewal"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    let now = r.served("renew.acme.test").await.expect("served");
+    assert_ne!(now, first, "the renewed certificate is served");
+    wait_status(&r, "web", "renew.acme.test", "Cert issued").await;
+}
+
+/// `terminus serve` as a process of its own, for `kill -9`.
+struct Served {
+    child: tokio::process::Child,
+    admin: SocketAddr,
+    https: SocketAddr,
+    log: PathBuf,
+}
+
+impl Served {
+    async fn start(config: &std::path::Path, dir: &std::path::Path, run: usize) -> Self {
+        let ready = dir.join(format!("ready.{run}"));
+        let log = dir.join(format!("log.{run}"));
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_terminus"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut exited = false;
+        let bound = terminus_test_support::ready_file(&ready, Duration::from_secs(20), || {
+            exited = matches!(child.try_wait(), Ok(Some(_)));
+            exited
+        })
+        .await;
+        Self {
+            child,
+            admin: bound.admin,
+            https: bound.https(),
+            log,
+        }
+    }
+
+    fn api(&self) -> terminus_api::Client {
+        terminus_api::Client::new(
+            &format!("http://{}", self.admin),
+            Some(crate::harness::TOKEN.into()),
+        )
+        .unwrap()
+    }
+
+    async fn status(&self, host: &str) -> Option<terminus_api::AcmDomainView> {
+        self.api()
+            .acm_status(Some("web"))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|d| d.hostname == host)
+    }
+
+    async fn wait_status(&self, host: &str, want: &str) -> terminus_api::AcmDomainView {
+        let deadline = tokio::time::Instant::now() + ISSUE;
+        loop {
+            let d = self.status(host).await;
+            if let Some(d) = d.as_ref().filter(|d| d.status == want) {
+                return d.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{host} not '{want}': {d:?}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn kill9(mut self) -> String {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn kill_9_mid_order_then_restart_resumes_the_same_order() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let hook = ports.dir.path().join("dns-hook.sh");
+    let echo = Backend::echo("acme-kill").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml(&format!(
+        "challenges = [\"dns-01\"]\ndns_hook = \"{}\"",
+        hook.display()
+    )));
+    b.app("web", &[echo.addr]);
+    b.domain("resume.acme.test", "web", None);
+    let config = b.write_config();
+    let run1 = Served::start(&config, b.dir.path(), 1).await;
+    let pebble = ports.start(1, 1).await;
+    assert_eq!(write_hook(&pebble), hook);
+    let root = pebble.root().await;
+    // The hook waits while `hold` exists: the order is open and its challenge unanswered
+    // when the router is killed.
+    let hold = pebble.dir.path().join("hold");
+    std::fs::write(&hold, "").unwrap();
+    run1.api().acm_enable("web").await.unwrap();
+    run1.wait_status("resume.acme.test", "In Progress").await;
+    let log1 = run1.kill9().await;
+    assert!(!log1.contains("ACM certificate issued"), "{log1}");
+
+    let run2 = Served::start(&config, b.dir.path(), 2).await;
+    std::fs::remove_file(&hold).unwrap();
+    run2.wait_status("resume.acme.test", "Cert issued").await;
+    let log2 = std::fs::read_to_string(&run2.log).unwrap();
+    assert!(
+        log2.contains("resuming the ACME order in progress"),
+        "the stored order was resumed, not duplicated: {log2}"
+    );
+    let conn = TlsClient::new(ClientOptions::sni("resume.acme.test").roots(vec![root]))
+        .connect(run2.https)
+        .await
+        .expect("verified handshake after the restart");
+    assert!(conn.served.is_some());
+    run2.kill9().await;
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
-    Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, CertificateIdentifier, ChallengeType,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, Order, OrderStatus, RetryPolicy,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 use terminus_config::{AcmeKeyType, ChallengeKind};
@@ -143,7 +143,7 @@ impl Acme {
             .poll_certificate(&POLL)
             .await
             .map_err(|e| AcmeError::from_client(e, None))?;
-        self.install(host, &chain, &key_pem).await
+        self.install(&account, host, &chain, &key_pem).await
     }
 
     /// The order in progress (resumed after a restart) or a new one, its URL stored first.
@@ -162,10 +162,23 @@ impl Acme {
             }
         }
         let ids = [Identifier::Dns(record.host.clone())];
-        let order = account
-            .new_order(&NewOrder::new(&ids))
-            .await
-            .map_err(|e| AcmeError::from_client(e, None))?;
+        // A renewal names the certificate it replaces when the CA offers ARI (RFC 9773 §5):
+        // Let's Encrypt exempts such orders from its rate limits.
+        let replaces = match &record.cert_name {
+            Some(name) => self.ari_id(account, name).await,
+            None => None,
+        };
+        let order = match replaces {
+            Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
+                Ok(o) => Ok(o),
+                Err(e) => {
+                    tracing::info!(domain = %record.host, error = %e, "the CA refused the order naming the certificate it replaces; ordering without");
+                    account.new_order(&NewOrder::new(&ids)).await
+                }
+            },
+            None => account.new_order(&NewOrder::new(&ids)).await,
+        }
+        .map_err(|e| AcmeError::from_client(e, None))?;
         let url = order.url().to_owned();
         self.set_status(&record.host, AcmStatus::InProgress, move |d| {
             d.order_url = Some(url);
@@ -173,6 +186,43 @@ impl Acme {
         })
         .await?;
         Ok(order)
+    }
+
+    /// The ARI identifier of the served certificate `name`, when the CA offers ARI.
+    async fn ari_id(
+        &self,
+        account: &Account,
+        name: &str,
+    ) -> Option<CertificateIdentifier<'static>> {
+        let entry = self.certs.get(name)?;
+        let id = CertificateIdentifier::try_from(entry.leaf())
+            .ok()?
+            .into_owned();
+        account.renewal_info(&id).await.ok().map(|_| id)
+    }
+
+    /// When to renew a certificate just issued: inside the CA's ARI window when it offers one,
+    /// else by the lifetime rule.
+    async fn renewal_time(&self, account: &Account, prepared: &terminus_tls::Prepared) -> i64 {
+        let jitter = timing::jitter();
+        if let Some(leaf) = prepared.chain.first() {
+            if let Ok(id) = CertificateIdentifier::try_from(leaf) {
+                if let Ok((info, _)) = account.renewal_info(&id).await {
+                    let window = &info.suggested_window;
+                    return timing::in_window(
+                        window.start.unix_timestamp(),
+                        window.end.unix_timestamp(),
+                        jitter,
+                    );
+                }
+            }
+        }
+        timing::renew_at(
+            prepared.leaf.not_before,
+            prepared.leaf.not_after,
+            self.config.renew_before,
+            jitter,
+        )
     }
 
     /// Answers every pending authorization and waits until the order is ready.
@@ -314,7 +364,13 @@ impl Acme {
     /// Stores the issued chain as a new version of the domain's ACM certificate (sealed key,
     /// checksum, previous version kept) and serves it through the same publish path as an
     /// upload.
-    async fn install(&self, host: &str, chain: &str, key_pem: &str) -> Result<()> {
+    async fn install(
+        &self,
+        account: &Account,
+        host: &str,
+        chain: &str,
+        key_pem: &str,
+    ) -> Result<()> {
         let now = unix_now();
         let pattern = HostPattern::parse(host)
             .map_err(|e| AcmeError::Unanswerable(format!("domain: {e}")))?;
@@ -329,13 +385,7 @@ impl Acme {
             now,
         )
         .map_err(AcmeError::Certificate)?;
-        let renew_before = self.config.renew_before;
-        let renew_at = timing::renew_at(
-            prepared.leaf.not_before,
-            prepared.leaf.not_after,
-            renew_before,
-            timing::jitter(),
-        );
+        let renew_at = self.renewal_time(account, &prepared).await;
         let not_after = prepared.leaf.not_after;
         let h = host.to_owned();
         let certs = self.certs.clone();

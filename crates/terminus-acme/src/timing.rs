@@ -26,6 +26,9 @@ pub fn renew_at(
         None if lifetime < SHORT_LIVED => lifetime / 3,
         None => MONTH,
     };
+    // Never sooner than a third into the lifetime: a renew_before longer than the CA's
+    // lifetime must not renew the moment a certificate arrives, again and again.
+    let before = before.min(lifetime * 2 / 3);
     let spread = (lifetime / 30).min(86_400) as f64;
     let jitter = (spread * jitter.clamp(0.0, 1.0)) as i64;
     not_after.saturating_sub(before).saturating_sub(jitter)
@@ -82,6 +85,8 @@ mod tests {
             (6, None, 2),
             (45, None, 15),
             (90, Some(Duration::from_secs(10 * 86_400)), 10),
+            // Longer than the lifetime: two thirds before expiry at most.
+            (30, Some(Duration::from_secs(365 * 86_400)), 20),
         ];
         for (days, before, want) in cases {
             let nb = 1_000_000;
