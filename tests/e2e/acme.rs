@@ -843,3 +843,100 @@ async fn kill_9_mid_order_then_restart_resumes_the_same_order() {
     assert!(conn.served.is_some());
     run2.kill9().await;
 }
+
+/// Adds `count` domains to `web` (ACM on) as fast as the API takes them; returns when all are
+/// issued, checking on the way that no more than `in_flight` orders ever run at once.
+async fn burst(r: &TestRouter, count: usize, in_flight: usize, within: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    let api = r.api_client();
+    for i in 0..count {
+        api.add_domain(&terminus_api::DomainCreate {
+            hostname: format!("d{i}.burst.acme.test"),
+            app: "web".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let deadline = started + within;
+    loop {
+        let list = api.acm_status(Some("web")).await.unwrap();
+        let running = list
+            .iter()
+            .filter(|d| d.status == "In Progress" || d.status == "DNS Verified")
+            .count();
+        assert!(
+            running <= in_flight,
+            "{running} orders at once, limit {in_flight}"
+        );
+        let issued = list
+            .iter()
+            .filter(|d| d.hostname.ends_with(".burst.acme.test") && d.status == "Cert issued")
+            .count();
+        if count > 100 {
+            eprintln!("{:?}: {issued} of {count} issued", started.elapsed());
+        }
+        if issued == count {
+            return started.elapsed();
+        }
+        let stuck: Vec<_> = list.iter().filter(|d| d.reason.is_some()).collect();
+        assert!(stuck.is_empty(), "failures: {stuck:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{issued} of {count} issued within {within:?}"
+        );
+        // Each look lists every domain: look less often when there are many.
+        tokio::time::sleep(Duration::from_millis(if count > 100 { 1000 } else { 100 })).await;
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_domains_is_issued_with_bounded_orders_in_flight() {
+    let Some((r, pebble, _echo)) =
+        router_with_pebble("challenges = [\"http-01\"]\nmax_in_flight = 3").await
+    else {
+        return;
+    };
+    let root = pebble.root().await;
+    r.api("POST", "/v1/apps/web/acm", None).await;
+    burst(&r, 30, 3, Duration::from_secs(120)).await;
+    for i in [0, 29] {
+        let host = format!("d{i}.burst.acme.test");
+        assert_eq!(https_get(&r, &root, &host).await.status, 200);
+    }
+}
+
+/// The README's figures: enable → first handshake serving the issued certificate, and the
+/// issuance rate for 1,000 domains, against pebble on this machine. Run on purpose:
+/// `cargo test --test e2e acme::bench -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn bench_enable_to_first_handshake_and_1000_domains() {
+    let Some((r, pebble, _echo)) =
+        router_with_pebble("challenges = [\"http-01\"]\nmax_in_flight = 16").await
+    else {
+        return;
+    };
+    let root = pebble.root().await;
+    r.api(
+        "POST",
+        "/v1/domains",
+        Some(json!({"hostname": "first.acme.test", "app": "web"})),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    r.api("POST", "/v1/apps/web/acm", None).await;
+    let client = TlsClient::new(ClientOptions::sni("first.acme.test").roots(vec![root]));
+    while client.connect(r.https()).await.is_err() {
+        assert!(started.elapsed() < ISSUE);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = started.elapsed();
+    let n = 1000;
+    let took = burst(&r, n, 16, Duration::from_secs(1800)).await;
+    println!(
+        "enable -> first verified handshake: {} ms; {n} domains issued in {:.1} s ({:.1}/s)",
+        first.as_millis(),
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+}

@@ -24,6 +24,10 @@ tokio::task_local! {
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// A CA that has not answered a request (head) within this is treated as unreachable: the
+/// attempt fails and backs off instead of holding an order slot forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(crate) struct AcmeHttp {
     client: Client<Https, BodyWrapper<Bytes>>,
 }
@@ -64,11 +68,13 @@ impl AcmeHttp {
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // HTTP/1.1 only: each request in flight gets its own pooled connection, so one
+        // stalled answer never holds a shared HTTP/2 connection's flow-control window (and
+        // with it every other domain's order).
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
-            .enable_http2()
             .build();
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -83,8 +89,9 @@ impl HttpClient for AcmeHttp {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
         let fut = self.client.request(req);
         Box::pin(async move {
-            let rsp = fut
+            let rsp = tokio::time::timeout(REQUEST_TIMEOUT, fut)
                 .await
+                .map_err(|_| instant_acme::Error::Str("the CA did not answer within 30 s"))?
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
             if let Some(wait) = rsp
                 .headers()

@@ -28,6 +28,11 @@ const RESCAN: Duration = Duration::from_secs(3600);
 /// After this many failures in a row a domain is `Failed`: a week or more of retries at the
 /// default backoff; `certs:auto:refresh` starts again.
 const GIVE_UP_AFTER: u32 = 40;
+/// One attempt never holds an order slot longer than this, whatever hangs (the order stays
+/// stored and the next attempt resumes it).
+const ATTEMPT_LIMIT: Duration = Duration::from_secs(600);
+/// Attempts in a row when the CA rejects a nonce.
+const BAD_NONCE_ATTEMPTS: usize = 5;
 
 /// What the manager works with.
 #[derive(Debug)]
@@ -326,9 +331,23 @@ impl Acme {
     /// One attempt for one domain, its outcome written to the store.
     async fn attempt(self: &Arc<Self>, host: &str) {
         let retry_after = Arc::new(Mutex::new(None));
-        let result = crate::http::RETRY_AFTER
-            .scope(retry_after.clone(), self.issue(host))
-            .await;
+        let mut result = Err(AcmeError::Gone);
+        // instant-acme retries a rejected nonce twice with the fresh one; a CA that rejects
+        // nonces at random (pebble: 5%) still makes that run out now and then over thousands
+        // of requests. A badNonce is never the domain's fault: the attempt resumes at once.
+        for _ in 0..BAD_NONCE_ATTEMPTS {
+            let issue = tokio::time::timeout(ATTEMPT_LIMIT, self.issue(host));
+            result = crate::http::RETRY_AFTER
+                .scope(retry_after.clone(), issue)
+                .await
+                .unwrap_or(Err(AcmeError::Timeout));
+            match &result {
+                Err(e) if e.problem_type() == Some("badNonce") => {
+                    tracing::debug!(domain = host, "badNonce: resuming the attempt");
+                }
+                _ => break,
+            }
+        }
         let now = unix_now();
         match result {
             Ok(()) => self.metrics.order("issued"),

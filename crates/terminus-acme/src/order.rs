@@ -26,7 +26,12 @@ use crate::timing;
 
 /// How long validation and issuance may take before the attempt ends (the order stays open
 /// and the next attempt resumes it).
-const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+/// Problems a poll can meet that say nothing of the validation itself.
+const NOT_VALIDATION: [Option<&str>; 3] = [
+    Some("urn:ietf:params:acme:error:rateLimited"),
+    Some("urn:ietf:params:acme:error:badNonce"),
+    Some("urn:ietf:params:acme:error:serverInternal"),
+];
 
 const POLL: RetryPolicy = RetryPolicy::new()
     .initial_delay(Duration::from_millis(250))
@@ -274,7 +279,7 @@ impl Acme {
         }
         // An order whose validation failed comes back with the CA's problem as its error.
         let status = order.poll_ready(&POLL).await.map_err(|e| match e {
-            instant_acme::Error::Api(p) if p.r#type.as_deref() != Some(RATE_LIMITED) => {
+            instant_acme::Error::Api(p) if !NOT_VALIDATION.contains(&p.r#type.as_deref()) => {
                 AcmeError::Invalid(problem_text(&p))
             }
             e => AcmeError::from_client(e, None),
