@@ -512,6 +512,22 @@ async fn domains_added_later_are_ordered_and_removed_ones_retired() {
     assert_eq!(s, 404, "the certificate is retired with its domain");
     let (_, list) = r.api("GET", "/v1/apps/web/acm", None).await;
     assert_eq!(list, json!([]));
+
+    // A wildcard cannot validate without a DNS hook: Failed at once, saying what to set.
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "*.nohook.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let d = wait_status(&r, "web", "*.nohook.acme.test", "Failed").await;
+    assert!(
+        d["reason"].as_str().unwrap().contains("acme.dns_hook"),
+        "{d}"
+    );
+    assert!(d["next_retry"].is_null(), "{d}");
 }
 
 #[tokio::test]
@@ -938,5 +954,32 @@ async fn bench_enable_to_first_handshake_and_1000_domains() {
         first.as_millis(),
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_directory_root_stops_the_start_and_check_config() {
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw("[acme]\ndirectory = \"https://localhost:1/dir\"\nterms_accepted = true\ndirectory_roots = \"missing-ca.pem\"\n");
+    let path = b.write_config();
+    let config = terminus_config::Config::load(&path).unwrap();
+    let e = terminus::start(&config, terminus_metrics::MetricsRegistry::default())
+        .await
+        .err()
+        .expect("the start fails");
+    let text = e.to_string();
+    assert!(
+        text.contains("acme.directory_roots") && text.contains("missing-ca.pem"),
+        "{text}"
+    );
+    let report = terminus::check::check_config(&config);
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|l| l.contains("acme.directory_roots")),
+        "{:?}",
+        report.errors
     );
 }

@@ -20,6 +20,10 @@ pub enum AcmeError {
     Timeout,
     #[error("{0}")]
     Unanswerable(String),
+    /// No configured challenge type can validate this name (a wildcard without a DNS hook):
+    /// retrying cannot help until the config changes.
+    #[error("{0}")]
+    NoChallenge(String),
     #[error("the issued certificate was refused: {0}")]
     Certificate(#[source] terminus_tls::CertError),
     #[error("the store failed: {0}")]
@@ -54,10 +58,11 @@ impl AcmeError {
     /// The CA refused the name itself: retrying will not help until the operator changes
     /// something, so the domain goes to `Failed`.
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self.problem_type(),
-            Some("rejectedIdentifier" | "unsupportedIdentifier" | "badCSR")
-        )
+        matches!(self, Self::NoChallenge(_))
+            || matches!(
+                self.problem_type(),
+                Some("rejectedIdentifier" | "unsupportedIdentifier" | "badCSR")
+            )
     }
 
     pub fn retry_after(&self) -> Option<Duration> {

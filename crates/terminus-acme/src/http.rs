@@ -93,12 +93,16 @@ impl HttpClient for AcmeHttp {
                 .await
                 .map_err(|_| instant_acme::Error::Str("the CA did not answer within 30 s"))?
                 .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
-            if let Some(wait) = rsp
+            // Only a refusal's Retry-After is a floor for the next attempt; the one on an
+            // order still processing is how soon to poll, which the client already honours.
+            let refused = rsp.status().is_client_error() || rsp.status().is_server_error();
+            let wait = rsp
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
-            {
+                .filter(|_| refused);
+            if let Some(wait) = wait {
                 let _ = RETRY_AFTER.try_with(|slot| {
                     if let Ok(mut s) = slot.lock() {
                         *s = Some(Duration::from_secs(wait));

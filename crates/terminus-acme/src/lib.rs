@@ -16,4 +16,13 @@ mod order;
 pub mod timing;
 
 pub use error::{AcmeError, Result};
+
+/// Checks what `[acme]` names on disk (the directory's extra roots) as a start would use it,
+/// so a bad file stops the start instead of failing every order later.
+pub fn check_config(
+    config: &terminus_config::AcmeConfig,
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+) -> Result<()> {
+    http::AcmeHttp::new(provider, config.directory_roots.as_deref()).map(drop)
+}
 pub use manager::{unix_now, Acme, Parts};

@@ -299,8 +299,8 @@ impl Acme {
             {
                 Ok(ChallengeKind::Dns01)
             } else {
-                Err(AcmeError::Unanswerable(
-                    "a wildcard domain validates only by dns-01: set acme.dns_hook".into(),
+                Err(AcmeError::NoChallenge(
+                    "a wildcard domain validates only by dns-01: set acme.dns_hook (and dns-01 in acme.challenges), then certs:auto:refresh".into(),
                 ))
             };
         }
@@ -310,7 +310,7 @@ impl Acme {
             .copied()
             .find(|k| offered.contains(&challenge_type(*k)))
             .ok_or_else(|| {
-                AcmeError::Unanswerable(
+                AcmeError::NoChallenge(
                     "the CA offers none of the challenge types in acme.challenges".into(),
                 )
             })

@@ -52,6 +52,12 @@ pub enum StartError {
         #[source]
         source: RootsError,
     },
+    #[error("{file}: {source}")]
+    Acme {
+        file: String,
+        #[source]
+        source: terminus_acme::AcmeError,
+    },
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
     TokenFile {
         file: String,
@@ -212,6 +218,12 @@ pub async fn start_with(
     let challenges = Arc::new(terminus_tls::AcmeChallenges::default());
     let acme = match (&config.acme, &store) {
         (Some(acme_config), Some(store)) => {
+            terminus_acme::check_config(acme_config, certs.provider().clone()).map_err(
+                |source| StartError::Acme {
+                    file: origin.clone(),
+                    source,
+                },
+            )?;
             let acme = terminus_acme::Acme::new(terminus_acme::Parts {
                 config: acme_config.clone(),
                 store: store.clone(),
