@@ -966,8 +966,7 @@ async fn an_unreadable_directory_root_stops_the_start_and_check_config() {
     let config = terminus_config::Config::load(&path).unwrap();
     let e = terminus::start(&config, terminus_metrics::MetricsRegistry::default())
         .await
-        .err()
-        .expect("the start fails");
+        .expect_err("the start fails");
     let text = e.to_string();
     assert!(
         text.contains("acme.directory_roots") && text.contains("missing-ca.pem"),

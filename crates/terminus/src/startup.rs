@@ -56,7 +56,7 @@ pub enum StartError {
     Acme {
         file: String,
         #[source]
-        source: terminus_acme::AcmeError,
+        source: Box<terminus_acme::AcmeError>,
     },
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
     TokenFile {
@@ -221,7 +221,7 @@ pub async fn start_with(
             terminus_acme::check_config(acme_config, certs.provider().clone()).map_err(
                 |source| StartError::Acme {
                     file: origin.clone(),
-                    source,
+                    source: Box::new(source),
                 },
             )?;
             let acme = terminus_acme::Acme::new(terminus_acme::Parts {
