@@ -982,3 +982,167 @@ async fn an_unreadable_directory_root_stops_the_start_and_check_config() {
         report.errors
     );
 }
+
+/// A stand-in for ARI (RFC 9773) in front of pebble, which offers none: it serves pebble's
+/// directory with a `renewalInfo` URL added, and answers that URL with a fixed window. Every
+/// other request goes to pebble itself, as the directory's other URLs point there.
+struct AriStandIn {
+    addr: SocketAddr,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    window: (i64, i64),
+}
+
+impl AriStandIn {
+    async fn start(ports: &PebblePorts, window: (i64, i64)) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let leaf = ports.ca.leaf(&["localhost"], KeyType::EcdsaP256);
+        let cert = rustls::pki_types::CertificateDer::from(leaf.cert_der.to_vec());
+        use rustls::pki_types::pem::PemObject;
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(terminus_tls::provider(false)))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let pebble = ports.listen;
+        let ca = ports.ca.cert_der.clone();
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, hits, ca) = (acceptor.clone(), counted.clone(), ca.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let (hits, ca) = (hits.clone(), ca.clone());
+                            async move {
+                                let path = req.uri().path().to_owned();
+                                let (body, retry) = if path == "/dir" {
+                                    let conn = TlsClient::new(
+                                        ClientOptions::sni("localhost").http1().roots(vec![ca]),
+                                    )
+                                    .connect(pebble)
+                                    .await
+                                    .unwrap();
+                                    let dir = send_h1(
+                                        conn.stream,
+                                        vec![get(&format!("localhost:{}", pebble.port()), "/dir")],
+                                    )
+                                    .await
+                                    .unwrap()
+                                    .remove(0);
+                                    let mut v: serde_json::Value =
+                                        serde_json::from_str(&dir.text()).unwrap();
+                                    v["renewalInfo"] = json!(format!(
+                                        "https://localhost:{}/renewal-info",
+                                        addr.port()
+                                    ));
+                                    (v.to_string(), None)
+                                } else {
+                                    hits.fetch_add(1, Ordering::SeqCst);
+                                    let fmt = |t: i64| {
+                                        time::OffsetDateTime::from_unix_timestamp(t)
+                                            .unwrap()
+                                            .format(&time::format_description::well_known::Rfc3339)
+                                            .unwrap()
+                                    };
+                                    (
+                                    json!({"suggestedWindow": {"start": fmt(window.0), "end": fmt(window.1)}}).to_string(),
+                                    Some("3600"),
+                                )
+                                };
+                                let mut rsp = http::Response::new(Full::new(Bytes::from(body)));
+                                rsp.headers_mut()
+                                    .insert("content-type", "application/json".parse().unwrap());
+                                if let Some(r) = retry {
+                                    rsp.headers_mut().insert("retry-after", r.parse().unwrap());
+                                }
+                                Ok::<_, std::convert::Infallible>(rsp)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, hits, window }
+    }
+}
+
+#[tokio::test]
+async fn ari_window_sets_the_renewal_time_and_renewals_ask_it() {
+    use std::sync::atomic::Ordering;
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let now = terminus::unix_now();
+    let ari = AriStandIn::start(&ports, (now + 10 * 86_400, now + 11 * 86_400)).await;
+    let echo = Backend::echo("acme-ari").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&format!(
+        "[acme]\ndirectory = \"https://localhost:{}/dir\"\nterms_accepted = true\ndirectory_roots = \"{}\"\nchallenges = [\"http-01\"]\n",
+        ari.addr.port(),
+        ports.listener_ca().display()
+    ));
+    b.app("web", &[echo.addr]);
+    b.domain("ari.acme.test", "web", None);
+    let r = b.start().await;
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    let root = pebble.root().await;
+    r.api("POST", "/v1/apps/web/acm", None).await;
+    let d = wait_status(&r, "web", "ari.acme.test", "Cert issued").await;
+    assert!(
+        ari.hits.load(Ordering::SeqCst) >= 1,
+        "the window was asked for"
+    );
+    // The renewal time is inside the window the CA suggested, not the lifetime rule's.
+    let deadline = tokio::time::Instant::now() + ISSUE;
+    loop {
+        let at = r
+            .metric("terminus_acme_next_renewal_timestamp_seconds")
+            .await as i64;
+        if at != 0 {
+            assert!(
+                (ari.window.0..=ari.window.1).contains(&at),
+                "{at} {:?} {d}",
+                ari.window
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal scheduled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A renewal asks for the window of the certificate it replaces (and names it in the order).
+    let before = ari.hits.load(Ordering::SeqCst);
+    r.api("POST", "/v1/apps/web/acm/refresh", None).await;
+    let cert = d["cert"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + ISSUE;
+    loop {
+        let (_, v) = r.api("GET", &format!("/v1/certs/{cert}"), None).await;
+        if v["version"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not renewed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ari.hits.load(Ordering::SeqCst) >= before + 2);
+    assert_eq!(https_get(&r, &root, "ari.acme.test").await.status, 200);
+}

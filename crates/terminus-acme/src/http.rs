@@ -92,7 +92,7 @@ impl HttpClient for AcmeHttp {
             let rsp = tokio::time::timeout(REQUEST_TIMEOUT, fut)
                 .await
                 .map_err(|_| instant_acme::Error::Str("the CA did not answer within 30 s"))?
-                .map_err(|e| instant_acme::Error::Other(Box::new(e)))?;
+                .map_err(|e| instant_acme::Error::Other(chain(&e).into()))?;
             // Only a refusal's Retry-After is a floor for the next attempt; the one on an
             // order still processing is how soon to poll, which the client already honours.
             let refused = rsp.status().is_client_error() || rsp.status().is_server_error();
@@ -112,4 +112,17 @@ impl HttpClient for AcmeHttp {
             Ok(BytesResponse::from(rsp))
         })
     }
+}
+
+/// An error with its causes, one line: hyper's own message ("client error (Connect)") says
+/// nothing of why; the operator needs the refused connection or the certificate problem.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
