@@ -986,6 +986,8 @@ async fn an_unreadable_directory_root_stops_the_start_and_check_config() {
 /// A stand-in for ARI (RFC 9773) in front of pebble, which offers none: it serves pebble's
 /// directory with a `renewalInfo` URL added, and answers that URL with a fixed window. Every
 /// other request goes to pebble itself, as the directory's other URLs point there.
+/// With `rate_limited`, it also takes pebble's `newOrder` and refuses every order with a
+/// `rateLimited` problem and `Retry-After: 120`.
 struct AriStandIn {
     addr: SocketAddr,
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -994,6 +996,10 @@ struct AriStandIn {
 
 impl AriStandIn {
     async fn start(ports: &PebblePorts, window: (i64, i64)) -> Self {
+        Self::start_with(ports, window, false).await
+    }
+
+    async fn start_with(ports: &PebblePorts, window: (i64, i64), rate_limited: bool) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         use std::sync::Arc;
         let leaf = ports.ca.leaf(&["localhost"], KeyType::EcdsaP256);
@@ -1048,7 +1054,31 @@ impl AriStandIn {
                                         "https://localhost:{}/renewal-info",
                                         addr.port()
                                     ));
+                                    if rate_limited {
+                                        v["newOrder"] = json!(format!(
+                                            "https://localhost:{}/new-order",
+                                            addr.port()
+                                        ));
+                                    }
                                     (v.to_string(), None)
+                                } else if path == "/new-order" {
+                                    let problem = json!({
+                                        "type": "urn:ietf:params:acme:error:rateLimited",
+                                        "detail": "too many new orders recently",
+                                        "status": 429
+                                    });
+                                    let mut rsp = http::Response::new(Full::new(Bytes::from(
+                                        problem.to_string(),
+                                    )));
+                                    *rsp.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                                    let h = rsp.headers_mut();
+                                    h.insert(
+                                        "content-type",
+                                        "application/problem+json".parse().unwrap(),
+                                    );
+                                    h.insert("retry-after", "120".parse().unwrap());
+                                    h.insert("replay-nonce", "stand-in-nonce".parse().unwrap());
+                                    return Ok::<_, std::convert::Infallible>(rsp);
                                 } else {
                                     hits.fetch_add(1, Ordering::SeqCst);
                                     let fmt = |t: i64| {
@@ -1145,4 +1175,49 @@ async fn ari_window_sets_the_renewal_time_and_renewals_ask_it() {
     }
     assert!(ari.hits.load(Ordering::SeqCst) >= before + 2);
     assert_eq!(https_get(&r, &root, "ari.acme.test").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_rate_limited_order_waits_for_the_cas_retry_after() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let now = terminus::unix_now();
+    let standin = AriStandIn::start_with(&ports, (now, now + 1), true).await;
+    let echo = Backend::echo("acme-ratelimit").await;
+    let mut b = Builder::new();
+    b.with_store();
+    // retry_min is 1 s: only the CA's Retry-After (120 s) can push the next try that far.
+    b.raw(&format!(
+        "[acme]\ndirectory = \"https://localhost:{}/dir\"\nterms_accepted = true\ndirectory_roots = \"{}\"\nretry_min = \"1s\"\nretry_max = \"10s\"\n",
+        standin.addr.port(),
+        ports.listener_ca().display()
+    ));
+    b.app("web", &[echo.addr]);
+    b.domain("limited.acme.test", "web", None);
+    let r = b.start().await;
+    let _pebble = ports.start(r.http().port(), r.https().port()).await;
+    let before = terminus::unix_now();
+    r.api("POST", "/v1/apps/web/acm", None).await;
+    let d = wait_status(&r, "web", "limited.acme.test", "Failing").await;
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rateLimited: too many new orders"),
+        "{d}"
+    );
+    let metrics = r.metrics().await;
+    assert!(
+        metrics.contains("terminus_acme_orders_total{result=\"rate_limited\"} 1"),
+        "{metrics}"
+    );
+    // The next try is the CA's 120 s away, not retry_min's 1 s.
+    let next = d["next_retry_at"].as_i64().unwrap();
+    assert!(
+        next >= before + 120 && next <= terminus::unix_now() + 121,
+        "next try at {next}, {} s after the order",
+        next - before
+    );
 }

@@ -31,6 +31,7 @@ fn view(d: AcmeDomainRecord) -> AcmDomainView {
         last_updated_at: d.last_updated,
         reason: d.reason.filter(|_| failing),
         next_retry: d.next_retry.filter(|_| failing).map(format_time_short),
+        next_retry_at: d.next_retry.filter(|_| failing),
         cert: d.cert_name,
         renews_at: d
             .renew_at

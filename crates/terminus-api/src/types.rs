@@ -292,6 +292,9 @@ pub struct AcmDomainView {
     /// The next attempt, while `Failing`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_retry: Option<String>,
+    /// The same as Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<i64>,
     /// The ACM certificate serving the domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<String>,
