@@ -102,7 +102,10 @@ async fn client_address(
     peer: SocketAddr,
     proxy: &ProxyListener,
 ) -> Result<SocketAddr, Rejected> {
-    if !proxy.trusted.iter().any(|net| net.contains(&peer.ip())) {
+    // A dual-stack listener sees IPv4 balancers as ::ffff:a.b.c.d; proxy_trusted names them
+    // as IPv4.
+    let source = peer.ip().to_canonical();
+    if !proxy.trusted.iter().any(|net| net.contains(&source)) {
         return Err(Rejected::Untrusted);
     }
     let deadline = Instant::now() + shared.settings.handshake_timeout;
