@@ -141,11 +141,12 @@ impl Proxy {
         let tracker = shutdown::Tracker::default();
         let current = Live(Arc::new(ArcSwap::new(shared.clone())));
         let mut accept = JoinSet::new();
-        for l in listeners {
+        for (index, l) in listeners.into_iter().enumerate() {
             accept.spawn(accept::accept_loop(
                 current.0.clone(),
                 l.listener,
                 accept::ListenerOptions {
+                    index,
                     tls: l.tls,
                     max_connections: l.max_connections,
                     proxy: l.proxy,

@@ -42,6 +42,8 @@ pub struct Settings {
     pub access_log: bool,
     /// How long shutdown waits for open connections.
     pub shutdown_grace: Duration,
+    /// Each listener's `max_connections`, in config order.
+    pub max_connections: Vec<usize>,
 }
 
 impl Settings {
@@ -68,6 +70,7 @@ impl Settings {
             default_app: config.router.default_app.clone().map(String::from),
             access_log: config.router.access_log,
             shutdown_grace: config.timeouts.shutdown_grace,
+            max_connections: config.listeners.iter().map(|l| l.max_connections).collect(),
         }
     }
 }

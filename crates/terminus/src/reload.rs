@@ -169,8 +169,12 @@ impl Reloader {
             domains: config.domains.len(),
         };
         self.control.set_statics(statics_of(&config, loaded));
-        self.live
-            .reconfigure(Settings::from_config(&config), policy);
+        let mut settings = Settings::from_config(&config);
+        if !same_listeners(&self.started, &config) {
+            // The listeners stay as started, and so do their limits.
+            settings.max_connections = current.settings.max_connections.clone();
+        }
+        self.live.reconfigure(settings, policy);
         Ok(ReloadReport {
             file,
             applied,
@@ -205,8 +209,8 @@ pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
         }
     };
     check(
-        started.listeners != new.listeners,
-        "[[listener]] (address, tls, max_connections, proxy_protocol)",
+        !same_listeners(started, new),
+        "[[listener]] (the list, address, tls, proxy_protocol, proxy_trusted)",
     );
     check(started.admin.address != new.admin.address, "admin.address");
     check(
@@ -231,4 +235,15 @@ pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
         "proxy.resolve_interval",
     );
     out
+}
+
+/// The same listeners, but for `max_connections` (which a reload applies).
+fn same_listeners(started: &Config, new: &Config) -> bool {
+    started.listeners.len() == new.listeners.len()
+        && started.listeners.iter().zip(&new.listeners).all(|(a, b)| {
+            terminus_config::Listener {
+                max_connections: a.max_connections,
+                ..b.clone()
+            } == *a
+        })
 }
