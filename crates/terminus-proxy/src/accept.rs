@@ -183,20 +183,10 @@ pub(crate) async fn accept_loop(
         let stop = stop.clone();
         let port = port.clone();
         let tracker = tracker.clone();
-        let proxy = options.proxy.clone();
+        let options = options.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            crate::conn::serve(
-                shared,
-                tcp,
-                peer,
-                port,
-                (options.tls, proxy),
-                tracker,
-                stop,
-                slot,
-            )
-            .await;
+            crate::conn::serve(shared, tcp, peer, port, options, tracker, stop, slot).await;
         });
     }
 }

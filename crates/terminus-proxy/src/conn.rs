@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::accept::{ProxyListener, Slot};
+use crate::accept::{ListenerOptions, ProxyListener, Slot};
 use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watch};
 use crate::fault::Fault;
 use crate::info::ConnInfo;
@@ -29,15 +29,16 @@ pub(crate) async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
     port: HeaderValue,
-    (tls, proxy): (bool, Option<Arc<ProxyListener>>),
+    listener: ListenerOptions,
     tracker: Tracker,
     mut stop: watch::Receiver<bool>,
     slot: Slot,
 ) {
+    let tls = listener.tls;
     let _open = shared
         .metrics
         .open_connection(if tls { "https" } else { "http" });
-    let peer = match proxy {
+    let peer = match listener.proxy {
         None => peer,
         Some(proxy) => {
             let read = tokio::select! {
