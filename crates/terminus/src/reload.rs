@@ -123,7 +123,7 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
-        // API changes and other reloads wait: the route table and index change in one piece.
+        // API changes and other reloads wait, so that none interleaves with this one.
         let _write = self.control.write_lock();
         let config = self.source.load()?;
         let file = config.origin().display().to_string();
