@@ -13,7 +13,7 @@ use terminus_metrics::{
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
 use terminus_route::{BackendAddr, RouteTable};
 use terminus_store::{ConfigLoad, RecoverOutcome, Reserved, Store, StoreError};
-use terminus_tls::{CertIndex, Roots, TlsPolicy, DEFAULT_KEY_CACHE};
+use terminus_tls::{CertIndex, Roots, TicketKeys, Ticketer, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -52,6 +52,8 @@ pub enum StartError {
         #[source]
         source: RootsError,
     },
+    #[error("cannot make session-ticket keys: {0}")]
+    TicketKeys(#[source] terminus_tls::TicketKeyError),
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
     TokenFile {
         file: String,
@@ -122,6 +124,7 @@ pub struct Router {
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
     resolve: tokio::task::JoinHandle<()>,
+    tickets: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     grace: Duration,
@@ -199,6 +202,13 @@ pub async fn start_with(
         }
     };
     app_backends.extend(stored_apps);
+    let ticket_keys = start_ticket_keys(store.as_deref(), unix_now())?;
+    policy
+        .tickets()
+        .set_keys(&ticket_keys)
+        .map_err(StartError::TicketKeys)?;
+    let ticketer = policy.tickets().clone();
+    let rotations = metrics.ticket_key_rotations.clone();
     let statics = statics_of(config, from_config);
     certs.set_default(config.tls.default_certificate.as_deref());
     ExpiryCollector::register(
@@ -270,6 +280,12 @@ pub async fn start_with(
     ));
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
+    let tickets = tokio::spawn(rotate_ticket_keys(
+        control.clone(),
+        ticketer,
+        ticket_keys,
+        rotations,
+    ));
     Ok(Router {
         shared,
         listeners,
@@ -281,6 +297,7 @@ pub async fn start_with(
         proxy,
         cleanup,
         resolve,
+        tickets,
         admin_stop,
         admin_task,
         grace: config.timeouts.shutdown_grace,
@@ -493,6 +510,73 @@ async fn resolve_backends(control: &Arc<Control>, apps: Vec<(String, Vec<Backend
     .await;
 }
 
+/// The session-ticket keys to start with: with a store, the stored ones (rotated if due, see
+/// [`terminus_store::tickets`]), so clients resume across a restart or an upgrade; without one,
+/// new keys kept in memory only, as a store-less router keeps everything.
+fn start_ticket_keys(store: Option<&Store>, now: i64) -> Result<TicketKeys, StartError> {
+    use terminus_store::TicketKeysOrigin as Origin;
+    let Some(store) = store else {
+        return TicketKeys::generate(now).map_err(StartError::TicketKeys);
+    };
+    let loaded = terminus_store::load_ticket_keys(store, now).map_err(StartError::TicketKeys)?;
+    let next_rotation = loaded.keys.next_rotation();
+    match &loaded.origin {
+        Origin::Stored => tracing::info!(next_rotation, "session-ticket keys loaded from the store"),
+        Origin::Rotated => tracing::info!(next_rotation, "session-ticket keys loaded from the store and rotated (their period had ended)"),
+        Origin::Created => tracing::info!(next_rotation, "session-ticket keys created and stored"),
+        Origin::Expired => tracing::info!(next_rotation, "stored session-ticket keys were older than the ticket lifetime; new keys created and stored"),
+        Origin::Replaced(e) => tracing::warn!(error = %e, "stored session-ticket keys cannot be used; new keys created and stored (clients make one full handshake)"),
+    }
+    if let Some(e) = &loaded.save_error {
+        tracing::warn!(error = %e, "cannot store the session-ticket keys: they are used from memory, and a restart before the next rotation loses them");
+    }
+    Ok(loaded.keys)
+}
+
+/// Rotates the session-ticket keys when their period ends: the new state is written to the
+/// store first (when this process holds one), so that a restart finds the key its tickets are
+/// under, then installed in the ticketer.
+async fn rotate_ticket_keys(
+    control: Arc<Control>,
+    ticketer: Arc<Ticketer>,
+    mut keys: TicketKeys,
+    rotations: terminus_metrics::Counter,
+) {
+    loop {
+        let wait = keys.next_rotation().saturating_sub(unix_now()).max(1);
+        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(1))).await;
+        let now = unix_now();
+        if !keys.rotation_due(now) {
+            continue;
+        }
+        let next = match keys.rotated(now) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rotate the session-ticket keys; trying again in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+        };
+        if let Some(store) = control.store() {
+            let stored = next.clone();
+            let saved = tokio::task::spawn_blocking(move || store.put_ticket_keys(&stored)).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "cannot store the rotated session-ticket keys: they are used from memory");
+            }
+        }
+        if let Err(e) = ticketer.set_keys(&next) {
+            tracing::error!(error = %e, "cannot install the rotated session-ticket keys");
+            continue;
+        }
+        rotations.inc();
+        tracing::info!(
+            next_rotation = next.next_rotation(),
+            "session-ticket keys rotated"
+        );
+        keys = next;
+    }
+}
+
 /// Resolves backend host names again every `interval` (only apps that have names do work).
 async fn resolve_loop(control: Arc<Control>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
@@ -600,6 +684,7 @@ impl Router {
     pub async fn shutdown(self) -> Drained {
         self.cleanup.abort();
         self.resolve.abort();
+        self.tickets.abort();
         let drained = self.proxy.shutdown(self.grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
