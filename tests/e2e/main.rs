@@ -27,5 +27,6 @@ mod swap;
 mod tickets;
 mod tls_edges;
 mod tools;
+mod upgrade;
 mod validation;
 mod websocket;

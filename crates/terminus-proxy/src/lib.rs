@@ -24,6 +24,8 @@ mod upgrade;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +52,39 @@ pub struct BoundListener {
 }
 
 impl BoundListener {
+    /// Binds one listener, or fails naming its address.
+    pub async fn bind(l: &terminus_config::Listener) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| BindError {
+                address: l.address,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            tls: l.tls,
+            max_connections: l.max_connections,
+        })
+    }
+
+    /// Serves `l` on a socket already listening, handed over by the process this one replaces
+    /// (see the binary's upgrade module). Needs a tokio runtime.
+    pub fn adopt(
+        listener: std::net::TcpListener,
+        l: &terminus_config::Listener,
+    ) -> Result<Self, BindError> {
+        let fail = |source| BindError {
+            address: l.address,
+            source,
+        };
+        listener.set_nonblocking(true).map_err(fail)?;
+        Ok(Self {
+            listener: TcpListener::from_std(listener).map_err(fail)?,
+            tls: l.tls,
+            max_connections: l.max_connections,
+        })
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -65,19 +100,16 @@ pub async fn bind(
 ) -> Result<Vec<BoundListener>, BindError> {
     let mut bound = Vec::with_capacity(listeners.len());
     for l in listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|source| BindError {
-                address: l.address,
-                source,
-            })?;
-        bound.push(BoundListener {
-            listener,
-            tls: l.tls,
-            max_connections: l.max_connections,
-        });
+        bound.push(BoundListener::bind(l).await?);
     }
     Ok(bound)
+}
+
+/// The listening socket, to hand it to a new process in a binary upgrade.
+impl AsFd for BoundListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +123,7 @@ pub struct BindError {
 /// The running data plane.
 #[derive(Debug)]
 pub struct Proxy {
+    shared: Arc<Shared>,
     stop: watch::Sender<bool>,
     accept: JoinSet<()>,
     reaper: tokio::task::JoinHandle<()>,
@@ -122,7 +155,9 @@ impl Proxy {
             ));
         }
         let every = REAP_EVERY.min(shared.settings.pool_idle_timeout / 2);
+        let reaped = shared.clone();
         let reaper = tokio::spawn(async move {
+            let shared = reaped;
             let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
             loop {
                 tick.tick().await;
@@ -130,6 +165,7 @@ impl Proxy {
             }
         });
         Self {
+            shared,
             stop,
             accept,
             reaper,
@@ -144,7 +180,24 @@ impl Proxy {
 
     /// Stops accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1 close after
     /// the in-flight response), and waits up to `grace` for them.
-    pub async fn shutdown(mut self, grace: Duration) -> Drained {
+    pub async fn shutdown(self, grace: Duration) -> Drained {
+        self.stop_and_drain(grace).await
+    }
+
+    /// Stops accepting after a binary upgrade (the new process accepts on the same sockets) and
+    /// drains so that no client sees an error it could not have avoided:
+    /// - a TLS handshake in progress completes and its connection is served;
+    /// - HTTP/2 connections get GOAWAY, which tells the client which streams were processed;
+    /// - an HTTP/1 connection is not closed while idle (a request may be on its way: closing
+    ///   then would fail it); its next response carries `Connection: close` and the connection
+    ///   closes after it, as HAProxy's `idle-close-on-response` does. An HTTP/1 connection
+    ///   that stays idle is closed by the idle timeout, or at the end of `grace`.
+    pub async fn hand_over(self, grace: Duration) -> Drained {
+        self.shared.handing_over.store(true, Ordering::Release);
+        self.stop_and_drain(grace).await
+    }
+
+    async fn stop_and_drain(mut self, grace: Duration) -> Drained {
         let _ = self.stop.send(true);
         while self.accept.join_next().await.is_some() {}
         let _ = tokio::time::timeout(grace, self.tracker.wait_idle()).await;

@@ -5,7 +5,9 @@ pub mod check;
 pub mod cli;
 pub mod logging;
 pub mod startup;
+pub mod upgrade;
 
 pub use startup::{
-    start, start_with, unix_now, CertLoadError, Router, StartError, StartOptions, StoreStatus,
+    start, start_inheriting, start_with, unix_now, CertLoadError, Inherited, Router, StartError,
+    StartOptions, StoreStatus,
 };

@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Run the router.
     #[command(
-        after_help = "Examples:\n  terminus serve --config config/terminus.toml\n  terminus serve --listen 127.0.0.1:8443 --cert c.pem --key k.pem --backend 127.0.0.1:9000\n  TERMINUS_TOKEN=... terminus serve --listen 127.0.0.1:8443 --backend 127.0.0.1:9000 --data-dir ./data\n\nThe admin API's token comes from TERMINUS_TOKEN or admin.token_file, never from the command line.\n\nExit codes: 0 stopped by SIGTERM/SIGINT after draining; 1 could not start (e.g. a port in use); 2 bad command-line usage; 64 bad configuration."
+        after_help = "Examples:\n  terminus serve --config config/terminus.toml\n  terminus serve --listen 127.0.0.1:8443 --cert c.pem --key k.pem --backend 127.0.0.1:9000\n  TERMINUS_TOKEN=... terminus serve --listen 127.0.0.1:8443 --backend 127.0.0.1:9000 --data-dir ./data\n\nThe admin API's token comes from TERMINUS_TOKEN or admin.token_file, never from the command line.\n\nSIGUSR2 upgrades without dropping a connection: the binary at the path this one was started from is started with the same arguments, takes over the listening sockets and the store, and this process drains and exits 0 (if the new one fails, this one keeps serving).\n\nExit codes: 0 stopped by SIGTERM/SIGINT after draining, or replaced by an upgrade; 1 could not start (e.g. a port in use); 2 bad command-line usage; 64 bad configuration."
     )]
     Serve(ServeArgs),
     /// Validate a config file and load its certificates, then exit.
@@ -246,7 +246,15 @@ fn serve(args: ServeArgs) -> ExitCode {
     let options = terminus::StartOptions {
         store_recover: args.store_recover,
     };
-    let result = runtime.block_on(run(config, options, args.ready_file));
+    // Started by a running terminus to replace it: take its sockets first.
+    let take_over = match terminus::upgrade::take_over() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(config, options, args.ready_file, take_over));
     terminus::logging::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -301,9 +309,17 @@ async fn run(
     config: Config,
     options: terminus::StartOptions,
     ready_file: Option<PathBuf>,
+    take_over: Option<(terminus::upgrade::TakeOver, terminus::Inherited)>,
 ) -> anyhow::Result<()> {
+    // The binary to run on an upgrade: the path this one was started from, read now (later,
+    // once the file is replaced, the kernel names this process's image "... (deleted)").
+    let exe = std::env::current_exe().context("cannot find the path of this binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let registry = terminus_metrics::MetricsRegistry::default();
-    let router = terminus::start_with(&config, registry, &options).await?;
+    let (take_over, inherited) = take_over.unzip();
+    let router =
+        terminus::start_inheriting(&config, registry, &options, inherited.unwrap_or_default())
+            .await?;
     if config.source.is_none() && !router.cert_errors.is_empty() {
         // The quick start has one certificate: without it there is nothing to serve.
         let _ = router.shutdown().await;
@@ -314,32 +330,78 @@ async fn run(
     }
     tracing::info!(address = %router.admin, certificates = router.shared.certs.len(), "admin listening");
     // Handlers first: whoever reads the ready file may send SIGTERM at once.
-    let signals = Signals::install().context("cannot install signal handlers")?;
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     if let Some(path) = &ready_file {
         if let Err(e) = terminus::startup::write_ready_file(path, &router) {
             let _ = router.shutdown().await;
             return Err(e).with_context(|| format!("cannot write --ready-file {}", path.display()));
         }
     }
-    signals.wait().await;
+    if let Some(take_over) = take_over {
+        let from = take_over.from_pid;
+        match take_over.ready() {
+            Ok(()) => tracing::info!(
+                from_pid = from,
+                "upgrade: serving; the previous process drains and exits"
+            ),
+            // It gave up waiting and serves on: this process would only compete with it.
+            Err(e) => {
+                let _ = router.shutdown().await;
+                return Err(e)
+                    .context("upgrade: the previous process stopped waiting for this one");
+            }
+        }
+    }
+    loop {
+        match signals.next().await {
+            Event::Stop => break,
+            Event::Upgrade => match terminus::upgrade::upgrade(&router, &exe, &args).await {
+                Ok(pid) => {
+                    tracing::info!(
+                        new_pid = pid,
+                        "upgrade: the new process serves; no new connections here, draining"
+                    );
+                    // The ready file is the new process's now: left in place.
+                    let drained = router.hand_over().await;
+                    log_drained(drained);
+                    return Ok(());
+                }
+                Err(e) => tracing::error!(error = %e, "upgrade failed; this process keeps serving"),
+            },
+        }
+    }
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("shutting down: no new connections, draining");
-    let drained = router.shutdown().await;
+    log_drained(router.shutdown().await);
+    Ok(())
+}
+
+fn log_drained(drained: terminus_proxy::Drained) {
     if drained.abandoned > 0 {
         tracing::warn!(
             connections = drained.abandoned,
             "grace period over; closing the remaining connections"
         );
+    } else {
+        tracing::info!("drained; exiting");
     }
-    Ok(())
 }
 
-/// SIGTERM and SIGINT, caught from the moment they are installed.
+/// What a signal asks for.
+enum Event {
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop,
+    /// SIGUSR2: hand the sockets to a new process of the binary (see terminus::upgrade).
+    Upgrade,
+}
+
+/// SIGTERM, SIGINT and SIGUSR2, caught from the moment they are installed.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -348,13 +410,15 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
-    async fn wait(mut self) {
+    async fn next(&mut self) -> Event {
         tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
+            _ = self.term.recv() => Event::Stop,
+            _ = self.int.recv() => Event::Stop,
+            _ = self.usr2.recv() => Event::Upgrade,
         }
     }
 }

@@ -52,6 +52,12 @@ pub enum StartError {
         #[source]
         source: RootsError,
     },
+    #[error("cannot keep a copy of the listener {address} for upgrades: {source}")]
+    Handoff {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot make session-ticket keys: {0}")]
     TicketKeys(#[source] terminus_tls::TicketKeyError),
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
@@ -128,6 +134,11 @@ pub struct Router {
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
     grace: Duration,
+    /// Copies of the listening sockets for an upgrade; closed as the router stops, so that a
+    /// stopped router refuses connections rather than leaving them in the backlog.
+    pub(crate) handoff: Handoff,
+    /// To open the store again after an upgrade that did not happen.
+    pub(crate) store_config: Option<StoreConfig>,
 }
 
 pub fn unix_now() -> i64 {
@@ -145,8 +156,103 @@ pub async fn start(config: &Config, registry: MetricsRegistry) -> Result<Router,
 /// [`start`] with the options of `serve`.
 pub async fn start_with(
     config: &Config,
+    registry: MetricsRegistry,
+    options: &StartOptions,
+) -> Result<Router, StartError> {
+    start_inheriting(config, registry, options, Inherited::default()).await
+}
+
+/// Listening sockets handed over by the process this one replaces (a binary upgrade, see
+/// [`crate::upgrade`]).
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub listeners: Vec<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Inherited {
+    /// Takes the inherited listener for `wanted`: the same address, or, where the config asks
+    /// for port 0 (any port), the same IP.
+    fn take(
+        list: &mut Vec<std::net::TcpListener>,
+        wanted: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        let at = list.iter().position(|l| {
+            l.local_addr().is_ok_and(|have| {
+                have == wanted || (wanted.port() == 0 && have.ip() == wanted.ip())
+            })
+        })?;
+        Some(list.swap_remove(at))
+    }
+}
+
+/// Copies of the listening sockets, kept to hand them to a new process on an upgrade.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    pub(crate) listeners: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
+    pub(crate) admin: (SocketAddr, std::os::fd::OwnedFd),
+}
+
+fn dup(
+    address: SocketAddr,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> Result<std::os::fd::OwnedFd, StartError> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| StartError::Handoff {
+        address,
+        source: e.into(),
+    })
+}
+
+/// Binds the listeners, or adopts the inherited sockets for the same addresses.
+async fn listen(
+    config: &Config,
+    mut inherited: Inherited,
+) -> Result<(Vec<BoundListener>, TcpListener), StartError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for l in &config.listeners {
+        bound.push(match Inherited::take(&mut inherited.listeners, l.address) {
+            Some(socket) => {
+                tracing::info!(address = ?socket.local_addr().ok(), "listener taken over from the previous process");
+                BoundListener::adopt(socket, l)?
+            }
+            None => BoundListener::bind(l).await?,
+        });
+    }
+    for left in &inherited.listeners {
+        tracing::warn!(address = ?left.local_addr().ok(), "a listener handed over is not in the config any more: closed");
+    }
+    let admin_address = config.admin.address;
+    let admin_fail = |source| StartError::AdminBind {
+        address: admin_address,
+        source,
+    };
+    let admin = match inherited.admin.take() {
+        Some(socket)
+            if socket.local_addr().is_ok_and(|have| {
+                have == admin_address
+                    || (admin_address.port() == 0 && have.ip() == admin_address.ip())
+            }) =>
+        {
+            tracing::info!(address = ?socket.local_addr().ok(), "admin listener taken over from the previous process");
+            socket.set_nonblocking(true).map_err(admin_fail)?;
+            TcpListener::from_std(socket).map_err(admin_fail)?
+        }
+        other => {
+            if let Some(left) = other {
+                tracing::warn!(address = ?left.local_addr().ok(), "the admin listener handed over is not the configured one: closed");
+            }
+            TcpListener::bind(admin_address).await.map_err(admin_fail)?
+        }
+    };
+    Ok((bound, admin))
+}
+
+/// [`start_with`] on sockets handed over by the process this one replaces.
+pub async fn start_inheriting(
+    config: &Config,
     mut registry: MetricsRegistry,
     options: &StartOptions,
+    inherited: Inherited,
 ) -> Result<Router, StartError> {
     let origin = config.origin().display().to_string();
     let policy = TlsPolicy::new(&config.tls).map_err(|source| StartError::Policy {
@@ -240,18 +346,27 @@ pub async fn start_with(
     );
     resolve_backends(&control, app_backends).await;
 
-    let bound: Vec<BoundListener> = terminus_proxy::bind(&config.listeners).await?;
-    let listeners = bound
+    let (bound, admin_listener) = listen(config, inherited).await?;
+    let listeners: Vec<(SocketAddr, bool)> = bound
         .iter()
         .filter_map(|l| l.local_addr().ok().map(|a| (a, l.is_tls())))
         .collect();
-    let admin_listener = TcpListener::bind(config.admin.address)
-        .await
-        .map_err(|source| StartError::AdminBind {
+    let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
+    let mut handed = Vec::with_capacity(bound.len());
+    for l in &bound {
+        let address = l.local_addr().map_err(|source| StartError::Handoff {
             address: config.admin.address,
             source,
         })?;
-    let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
+        handed.push((address, dup(address, std::os::fd::AsFd::as_fd(l))?));
+    }
+    let handoff = Handoff {
+        listeners: handed,
+        admin: (
+            admin,
+            dup(admin, std::os::fd::AsFd::as_fd(&admin_listener))?,
+        ),
+    };
 
     let shared = Shared::new(
         terminus_proxy::Settings::from_config(config),
@@ -301,6 +416,8 @@ pub async fn start_with(
         admin_stop,
         admin_task,
         grace: config.timeouts.shutdown_grace,
+        handoff,
+        store_config: config.store.clone(),
     })
 }
 
@@ -682,6 +799,7 @@ impl Router {
     /// Stops accepting, drains connections for up to the configured grace period, then stops
     /// the admin listener.
     pub async fn shutdown(self) -> Drained {
+        drop(self.handoff);
         self.cleanup.abort();
         self.resolve.abort();
         self.tickets.abort();
@@ -689,5 +807,19 @@ impl Router {
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
         drained
+    }
+
+    /// After a binary upgrade: the new process serves on the same sockets now. Stops the admin
+    /// listener at once (the new process answers the API), stops accepting, and drains for up
+    /// to the grace period without closing an HTTP/1 connection while a request may be on its
+    /// way (see [`terminus_proxy::Proxy::hand_over`]).
+    pub async fn hand_over(self) -> Drained {
+        drop(self.handoff);
+        self.cleanup.abort();
+        self.resolve.abort();
+        self.tickets.abort();
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_task.await;
+        self.proxy.hand_over(self.grace).await
     }
 }
