@@ -434,7 +434,7 @@ async fn a_failed_upgrade_leaves_the_old_process_serving_with_its_store() {
     assert_eq!(code, 0, "{out}");
     let ready =
         terminus_test_support::ready_file(&old.ready_path, Duration::from_secs(1), || false).await;
-    assert_eq!(ready.pid, old_pid);
+    assert_eq!(ready.pid, old_pid, "the ready file names the old process");
     drop(taken);
     assert_eq!(old.stop().await, Some(0));
 }

@@ -344,12 +344,13 @@ async fn run(
                 from_pid = from,
                 "upgrade: serving; the previous process drains and exits"
             ),
-            // It gave up waiting and serves on: this process would only compete with it.
-            Err(e) => {
-                let _ = router.shutdown().await;
-                return Err(e)
-                    .context("upgrade: the previous process stopped waiting for this one");
-            }
+            // The previous process is gone (killed during the upgrade): this one serves. Had it
+            // only given up waiting, it kills this process itself.
+            Err(e) => tracing::warn!(
+                from_pid = from,
+                error = %e,
+                "upgrade: the previous process did not take the ready answer; serving"
+            ),
         }
     }
     loop {
@@ -366,7 +367,15 @@ async fn run(
                     log_drained(drained);
                     return Ok(());
                 }
-                Err(e) => tracing::error!(error = %e, "upgrade failed; this process keeps serving"),
+                Err(e) => {
+                    tracing::error!(error = %e, "upgrade failed; this process keeps serving");
+                    // The new process may have written the ready file before it failed.
+                    if let Some(path) = &ready_file {
+                        if let Err(e) = terminus::startup::write_ready_file(path, &router) {
+                            tracing::warn!(error = %e, path = %path.display(), "cannot rewrite the ready file");
+                        }
+                    }
+                }
             },
         }
     }
