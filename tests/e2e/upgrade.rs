@@ -1,6 +1,6 @@
 //! Zero-downtime binary upgrade, against the real binary: under continuous load (keep-alive
-//! HTTP/1.1, HTTP/2 streams, fresh TLS handshakes from several client tasks) `SIGUSR2` makes
-//! a new process of the binary take over the sockets and the store; no request fails and no
+//! HTTP/1.1, HTTP/2 streams, fresh TLS handshakes from several client tasks) `terminus
+//! upgrade` (SIGUSR2 to the pid in the ready file) makes a new process of the binary take over the sockets and the store; no request fails and no
 //! connection is refused, the old process exits 0, the new one serves (sessions resume, the
 //! store takes changes). And an upgrade whose new process fails leaves the old one serving,
 //! with its store back.
@@ -223,6 +223,25 @@ fn replace_binary(exe: &Path, from: &Path) {
     std::fs::rename(&tmp, exe).unwrap();
 }
 
+/// `terminus upgrade --ready-file PATH`: its exit code and output.
+async fn upgrade_command(ready_file: &Path) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_terminus"))
+        .arg("upgrade")
+        .arg("--ready-file")
+        .arg(ready_file)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 async fn cli(admin: std::net::SocketAddr, args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_terminus"))
         .args(args)
@@ -299,7 +318,9 @@ async fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
 
     // The operator installs the new binary and asks the running process to upgrade.
     replace_binary(&exe, Path::new(env!("CARGO_BIN_EXE_terminus")));
-    signal(old_pid, Signal::USR2);
+    let (code, out) = upgrade_command(&old.ready_path).await;
+    assert_eq!(code, 0, "{out}\n{}", old.log_text());
+    assert!(out.contains(&format!("pid {old_pid} drains")), "{out}");
     let status = tokio::time::timeout(Duration::from_secs(40), old.child.wait())
         .await
         .unwrap_or_else(|_| panic!("the old process did not exit: {}", old.log_text()))
@@ -393,17 +414,17 @@ async fn a_failed_upgrade_leaves_the_old_process_serving_with_its_store() {
         taken.local_addr().unwrap()
     ));
     std::fs::write(&config, text).unwrap();
-    signal(old_pid, Signal::USR2);
-    eventually(
-        Duration::from_secs(30),
-        "the old process gives up on the upgrade",
-        || {
-            old.log_text()
-                .contains("upgrade failed; this process keeps serving")
-        },
-    )
-    .await;
+    let (code, out) = upgrade_command(&old.ready_path).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("upgrade failed: pid {old_pid} keeps serving")),
+        "{out}"
+    );
     let log = old.log_text();
+    assert!(
+        log.contains("upgrade failed; this process keeps serving"),
+        "{log}"
+    );
     assert!(
         log.contains("closed the hand-over before it was ready"),
         "{log}"

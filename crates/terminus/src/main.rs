@@ -58,6 +58,19 @@ enum Command {
         #[arg(long, short, env = "TERMINUS_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Upgrade a running router without downtime: SIGUSR2 to the pid in its ready file, then
+    /// wait until the new process serves (or the old one gives up and serves on).
+    #[command(
+        after_help = "Example:\n  terminus upgrade --ready-file /run/terminus/ready.json\n\nThe running router starts the binary at the path it was started from (install the new one there first), hands it its sockets and store, drains and exits 0. Its log says why an upgrade failed.\n\nExit codes: 0 the new process serves; 1 the upgrade failed (the old process keeps serving), no outcome within --wait, or no router to signal; 2 bad command-line usage."
+    )]
+    Upgrade {
+        /// The --ready-file the running router was started with.
+        #[arg(long, value_name = "PATH")]
+        ready_file: PathBuf,
+        /// Seconds to wait for the outcome.
+        #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+        wait: u64,
+    },
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(
         after_help = "Example:\n  terminus completions bash > /etc/bash_completion.d/terminus\n\nExit codes: 0 printed; 2 bad command-line usage."
@@ -131,6 +144,25 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Upgrade { ready_file, wait } => {
+            let wait = std::time::Duration::from_secs(wait);
+            match terminus::upgrade::request(&ready_file, wait) {
+                Ok(terminus::upgrade::Requested::Upgraded { old, new }) => {
+                    println!(
+                        "upgraded: pid {new} serves; pid {old} drains its connections and exits"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(terminus::upgrade::Requested::Failed { pid }) => {
+                    eprintln!("upgrade failed: pid {pid} keeps serving; its log says why");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -401,3 +401,93 @@ impl TakeOver {
         (&self.stream).write_all(READY_LINE)
     }
 }
+
+/// How `terminus upgrade` ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Requested {
+    /// The new process serves (it wrote the ready file); the old one drains and exits.
+    Upgraded { old: u32, new: u32 },
+    /// The old process abandoned the upgrade and serves on (it wrote the ready file again).
+    Failed { pid: u32 },
+}
+
+/// Why `terminus upgrade` could not ask, or saw no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot read the ready file {path}: {source}; give the --ready-file the router was started with")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a terminus ready file: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "cannot signal pid {pid} (from {path}): {source}; is the router running, as this user?"
+    )]
+    Signal {
+        pid: u32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no outcome within {}s: pid {pid} is still the one in the ready file; its log says what it is doing", .wait.as_secs())]
+    NoOutcome { pid: u32, wait: Duration },
+}
+
+/// `terminus upgrade`: sends SIGUSR2 to the router that wrote `ready_file` and waits, up to
+/// `wait`, for the file to be written again: by a new process (upgraded) or by the old one
+/// (the upgrade failed). Each write replaces the file, so a new inode is the signal.
+pub fn request(ready_file: &Path, wait: Duration) -> Result<Requested, RequestError> {
+    use std::os::unix::fs::MetadataExt;
+    let read = |path: &Path| -> Result<(u64, crate::startup::Ready), RequestError> {
+        let fail = |source| RequestError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let inode = std::fs::metadata(path).map_err(fail)?.ino();
+        let text = std::fs::read(path).map_err(fail)?;
+        let ready = serde_json::from_slice(&text).map_err(|source| RequestError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok((inode, ready))
+    };
+    let (inode, before) = read(ready_file)?;
+    let pid = before.pid;
+    let signal_failed = |source: std::io::Error| RequestError::Signal {
+        pid,
+        path: ready_file.to_path_buf(),
+        source,
+    };
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| signal_failed(std::io::ErrorKind::InvalidData.into()))?;
+    rustix::process::kill_process(target, rustix::process::Signal::USR2)
+        .map_err(|e| signal_failed(e.into()))?;
+    let deadline = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < deadline {
+        // Polled: the file is replaced whole by rename, so each look sees an old or a new one.
+        std::thread::sleep(Duration::from_millis(50));
+        match read(ready_file) {
+            Ok((now, ready)) if now != inode => {
+                return Ok(if ready.pid == pid {
+                    Requested::Failed { pid }
+                } else {
+                    Requested::Upgraded {
+                        old: pid,
+                        new: ready.pid,
+                    }
+                });
+            }
+            // Unchanged, or between a removal and a rename: look again.
+            _ => {}
+        }
+    }
+    Err(RequestError::NoOutcome { pid, wait })
+}
