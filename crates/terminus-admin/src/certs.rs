@@ -28,7 +28,7 @@ fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) ->
     let quarantine = (!served).then(|| {
         if !v.checksum_ok() {
             "checksum error (R17): the stored bundle does not match its checksum; upload the certificate again with certs:update".to_owned()
-        } else if c.statics.certs.contains_key(&rec.name) {
+        } else if c.statics().certs.contains_key(&rec.name) {
             "a certificate in the config file has this name, and the config file wins".to_owned()
         } else {
             "its private key could not be loaded (the log says why): upload it again with certs:update".to_owned()
@@ -70,7 +70,8 @@ fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) ->
 }
 
 fn static_view(c: &Control, name: &str, now: i64, domains: Vec<String>) -> Option<CertView> {
-    let s = c.statics.certs.get(name)?;
+    let statics = c.statics();
+    let s = statics.certs.get(name)?;
     let i = &s.info;
     let served = c.certs.get(name).is_some();
     Some(CertView {
@@ -187,7 +188,7 @@ impl Control {
         }
         let after = |name: &str| cursor.is_none_or(|c| name > c);
         let mut listed: Vec<Listed> = self
-            .statics
+            .statics()
             .certs
             .keys()
             .filter(|n| after(n))
@@ -197,7 +198,7 @@ impl Control {
             let mut taken = 0usize;
             store.read()?.certs_after(cursor, |rec| {
                 match rec {
-                    Ok(rec) if !self.statics.certs.contains_key(&rec.name) => {
+                    Ok(rec) if !self.statics().certs.contains_key(&rec.name) => {
                         listed.push(Listed::Stored(Box::new(rec)));
                         taken += 1;
                     }
@@ -264,7 +265,7 @@ impl Control {
     }
 
     fn refuse_static(&self, name: &str) -> ApiResult<()> {
-        if self.statics.certs.contains_key(name) {
+        if self.statics().certs.contains_key(name) {
             return Err(ApiError::conflict(
                 "defined_in_config",
                 format!("certificate '{name}' comes from the config file; change it there"),
@@ -368,7 +369,7 @@ impl Control {
                     format!("domain '{d}' is not attached to any app: add it first with `terminus domains:add {d} --app APP`"),
                 ));
             }
-            if self.statics.domains.contains_key(d) {
+            if self.statics().domains.contains_key(d) {
                 warnings.push(format!(
                     "domain '{d}' comes from the config file; pin it there"
                 ));
@@ -385,7 +386,7 @@ impl Control {
         let reader = store.read()?;
         for _ in 0..100 {
             let name = terminus_store::names::certificate_name();
-            if !self.statics.certs.contains_key(&name) && reader.cert(&name)?.is_none() {
+            if !self.statics().certs.contains_key(&name) && reader.cert(&name)?.is_none() {
                 return Ok(name);
             }
         }

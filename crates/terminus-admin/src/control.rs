@@ -124,7 +124,8 @@ pub struct Control {
     pub(crate) provider: Arc<CryptoProvider>,
     /// What "trusted" means: the Mozilla roots and `[tls] trusted_roots`.
     pub(crate) trust: Roots,
-    pub(crate) statics: Statics,
+    /// Swapped whole by a config reload.
+    statics: arc_swap::ArcSwap<Statics>,
     pub(crate) metrics: ControlMetrics,
     pub(crate) retention: Duration,
     pub(crate) backends: Backends,
@@ -155,7 +156,7 @@ impl Control {
             store: RwLock::new(store.map_or(StoreSlot::None, StoreSlot::Open)),
             certs,
             routes,
-            statics,
+            statics: arc_swap::ArcSwap::from_pointee(statics),
             metrics,
             retention,
             backends: Backends::default(),
@@ -188,6 +189,22 @@ impl Control {
             StoreSlot::None => Ok(None),
             StoreSlot::HandedOver => Err(handed_over()),
         }
+    }
+
+    /// What "trusted" is checked against.
+    pub fn roots(&self) -> &Roots {
+        &self.trust
+    }
+
+    /// What the config file defines now.
+    pub fn statics(&self) -> Arc<Statics> {
+        self.statics.load_full()
+    }
+
+    /// Publishes what a reloaded config file defines (the caller holds [`Control::write_lock`]
+    /// and has already served it).
+    pub fn set_statics(&self, statics: Statics) {
+        self.statics.store(Arc::new(statics));
     }
 
     /// The store and the change lock, or 503 when there is no store to make changes durable.
@@ -237,7 +254,8 @@ impl Control {
         matches!(self.slot(), StoreSlot::HandedOver)
     }
 
-    pub(crate) fn write_lock(&self) -> MutexGuard<'_, ()> {
+    /// The lock every change holds: API changes and config reloads never interleave.
+    pub fn write_lock(&self) -> MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -321,7 +339,7 @@ impl Control {
                         .map(|o| o.app.to_string()),
                     HostPattern::Wildcard(_) => None,
                 }
-                .or_else(|| self.statics.default_app.clone())
+                .or_else(|| self.statics().default_app.clone())
             } else {
                 Some(d.app.to_string())
             };

@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource};
+pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource, ReloadLabels};
 pub use prometheus_client::encoding::text::encode as encode_text;
 pub use prometheus_client::registry::Registry as MetricsRegistry;
 
@@ -55,6 +55,12 @@ pub struct AcceptErrorLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyProtocolLabels {
+    /// `untrusted`, `missing`, `malformed`, `wrong_version`, `too_large`, `timeout`, `closed`.
+    pub reason: &'static str,
+}
+
 /// One listener's series, looked up once when it starts so that accepting allocates nothing.
 #[derive(Clone, Debug)]
 pub struct ListenerMetrics {
@@ -85,6 +91,8 @@ pub struct ProxyMetrics {
     pub listener_refused: Family<ListenerLabels, Counter>,
     pub accept_errors: Family<AcceptErrorLabels, Counter>,
     pub certificates_loaded: Gauge,
+    /// Connections closed before TLS for their PROXY protocol header (or source), by reason.
+    pub proxy_protocol_rejected: Family<ProxyProtocolLabels, Counter>,
 }
 
 impl ProxyMetrics {
@@ -101,7 +109,13 @@ impl ProxyMetrics {
             listener_refused: Family::default(),
             accept_errors: Family::default(),
             certificates_loaded: Gauge::default(),
+            proxy_protocol_rejected: Family::default(),
         };
+        registry.register(
+            names::PROXY_PROTOCOL_REJECTED,
+            "Connections closed before TLS for their PROXY protocol header or an untrusted source, by reason",
+            m.proxy_protocol_rejected.clone(),
+        );
         registry.register(
             names::TLS_HANDSHAKES,
             "TLS handshakes by result, protocol version and failure reason",

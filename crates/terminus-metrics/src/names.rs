@@ -18,3 +18,6 @@ pub const STORE_QUARANTINED: &str = "terminus_store_quarantined";
 pub const STORE_AVAILABLE: &str = "terminus_store_available";
 pub const CERTIFICATE_EXPIRY: &str = "terminus_certificate_expiry_seconds";
 pub const CERTIFICATES_EXPIRING: &str = "terminus_certificates_expiring";
+pub const CONFIG_RELOADS: &str = "terminus_config_reloads";
+pub const CONFIG_LAST_RELOAD: &str = "terminus_config_last_reload_success_timestamp_seconds";
+pub const PROXY_PROTOCOL_REJECTED: &str = "terminus_proxy_protocol_rejected";

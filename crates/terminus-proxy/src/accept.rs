@@ -26,10 +26,19 @@ const BACKOFF: Duration = Duration::from_millis(50);
 /// Repeated accept failures or refusals are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ListenerOptions {
     pub tls: bool,
     pub max_connections: usize,
+    /// The listener reads a PROXY protocol header before anything else.
+    pub proxy: Option<Arc<ProxyListener>>,
+}
+
+/// A listener's `proxy_protocol` and `proxy_trusted`.
+#[derive(Debug)]
+pub(crate) struct ProxyListener {
+    pub mode: terminus_config::ProxyProtocol,
+    pub trusted: Vec<ipnet::IpNet>,
 }
 
 /// The connections a listener holds, against its limit.
@@ -102,7 +111,7 @@ fn is_fd_limit(e: &io::Error) -> bool {
 }
 
 pub(crate) async fn accept_loop(
-    shared: Arc<Shared>,
+    current: Arc<arc_swap::ArcSwap<Shared>>,
     listener: TcpListener,
     options: ListenerOptions,
     tracker: Tracker,
@@ -113,10 +122,11 @@ pub(crate) async fn accept_loop(
         .map(|a| HeaderValue::from(a.port()))
         .unwrap_or_else(|| HeaderValue::from_static("0"));
     let address = local.map(|a| a.to_string()).unwrap_or_default();
+    let metrics = current.load().metrics.listener(&address);
     let slots = Arc::new(Slots {
         live: AtomicUsize::new(0),
         max: options.max_connections,
-        metrics: shared.metrics.listener(&address),
+        metrics,
     });
     let mut failures = Throttle::default();
     let mut refusals = Throttle::default();
@@ -160,13 +170,25 @@ pub(crate) async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let guard = tracker.enter();
-        let shared = shared.clone();
+        // The settings and TLS policy of the moment: a reload applies to the next connection.
+        let shared = current.load_full();
         let stop = stop.clone();
         let port = port.clone();
         let tracker = tracker.clone();
+        let proxy = options.proxy.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            crate::conn::serve(shared, tcp, peer, port, options.tls, tracker, stop, slot).await;
+            crate::conn::serve(
+                shared,
+                tcp,
+                peer,
+                port,
+                (options.tls, proxy),
+                tracker,
+                stop,
+                slot,
+            )
+            .await;
         });
     }
 }

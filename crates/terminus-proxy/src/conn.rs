@@ -8,15 +8,17 @@ use std::sync::Arc;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use terminus_metrics::ProxyProtocolLabels;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::accept::Slot;
+use crate::accept::{ProxyListener, Slot};
 use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watch};
 use crate::fault::Fault;
 use crate::info::ConnInfo;
+use crate::proxy_header::Rejected;
 use crate::shutdown::Tracker;
 use crate::state::Shared;
 use crate::tls_io::TlsIo;
@@ -24,10 +26,10 @@ use crate::tls_io::TlsIo;
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     port: HeaderValue,
-    tls: bool,
+    (tls, proxy): (bool, Option<Arc<ProxyListener>>),
     tracker: Tracker,
     mut stop: watch::Receiver<bool>,
     slot: Slot,
@@ -35,6 +37,38 @@ pub(crate) async fn serve(
     let _open = shared
         .metrics
         .open_connection(if tls { "https" } else { "http" });
+    let peer = match proxy {
+        None => peer,
+        Some(proxy) => {
+            let read = client_address(&shared, &mut tcp, peer, &proxy);
+            tokio::pin!(read);
+            let read = tokio::select! {
+                _ = stop.changed() => {
+                    // After an upgrade the header is read (bounded as always) and the
+                    // connection served, as a handshake in progress is below.
+                    if !shared.handing_over() {
+                        return;
+                    }
+                    read.await
+                }
+                read = &mut read => read,
+            };
+            match read {
+                Ok(client) => client,
+                Err(why) => {
+                    shared
+                        .metrics
+                        .proxy_protocol_rejected
+                        .get_or_create(&ProxyProtocolLabels {
+                            reason: why.label(),
+                        })
+                        .inc();
+                    tracing::debug!(%peer, reason = why.label(), "connection closed before TLS: {why}");
+                    return;
+                }
+            }
+        }
+    };
     let trusted = shared
         .settings
         .trusted_proxies
@@ -75,6 +109,24 @@ pub(crate) async fn serve(
         let stream = TlsIo::new(stream);
         serve_http(shared.clone(), stream, info, stop, tls_last_words).await;
     }
+}
+
+/// The client's address on a PROXY protocol listener: the header's, or the connection's own when
+/// the header carries none (or, with `optional`, there is none). Untrusted sources are refused
+/// before a byte is read.
+async fn client_address(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    proxy: &ProxyListener,
+) -> Result<SocketAddr, Rejected> {
+    if !proxy.trusted.iter().any(|net| net.contains(&peer.ip())) {
+        return Err(Rejected::Untrusted);
+    }
+    let deadline = Instant::now() + shared.settings.handshake_timeout;
+    Ok(crate::proxy_header::read(tcp, proxy.mode, deadline)
+        .await?
+        .unwrap_or(peer))
 }
 
 /// Plaintext: whatever the socket takes now.

@@ -16,6 +16,7 @@ mod handshake;
 pub mod headers;
 mod info;
 mod pool;
+pub mod proxy_header;
 mod service;
 mod shutdown;
 mod state;
@@ -29,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -49,6 +51,7 @@ pub struct BoundListener {
     listener: TcpListener,
     tls: bool,
     max_connections: usize,
+    proxy: Option<Arc<accept::ProxyListener>>,
 }
 
 impl BoundListener {
@@ -64,6 +67,7 @@ impl BoundListener {
             listener,
             tls: l.tls,
             max_connections: l.max_connections,
+            proxy: proxy_of(l),
         })
     }
 
@@ -82,6 +86,7 @@ impl BoundListener {
             listener: TcpListener::from_std(listener).map_err(fail)?,
             tls: l.tls,
             max_connections: l.max_connections,
+            proxy: proxy_of(l),
         })
     }
 
@@ -92,6 +97,16 @@ impl BoundListener {
     pub fn is_tls(&self) -> bool {
         self.tls
     }
+}
+
+/// The PROXY protocol settings of a listener, if it reads the header.
+fn proxy_of(l: &terminus_config::Listener) -> Option<Arc<accept::ProxyListener>> {
+    l.proxy_protocol.map(|mode| {
+        Arc::new(accept::ProxyListener {
+            mode,
+            trusted: l.proxy_trusted.clone(),
+        })
+    })
 }
 
 /// Binds every listener, or fails naming the address that could not be bound.
@@ -120,10 +135,31 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// What new connections use: settings, TLS policy, and the certificates, routes and backend
+/// pool every generation shares. A config reload publishes a new value with one store; each
+/// accept loads the current one without a lock.
+#[derive(Debug, Clone)]
+pub struct Live(Arc<ArcSwap<Shared>>);
+
+impl Live {
+    /// What a connection accepted now uses.
+    pub fn load(&self) -> Arc<Shared> {
+        self.0.load_full()
+    }
+
+    /// Publishes new settings and a new TLS policy in one swap: connections accepted from now
+    /// on use them; open connections keep the ones they were accepted with, so their requests
+    /// in flight are not disturbed.
+    pub fn reconfigure(&self, settings: Settings, policy: terminus_tls::TlsPolicy) {
+        let next = self.0.load().reconfigured(settings, policy);
+        self.0.store(next);
+    }
+}
+
 /// The running data plane.
 #[derive(Debug)]
 pub struct Proxy {
-    shared: Arc<Shared>,
+    current: Live,
     stop: watch::Sender<bool>,
     accept: JoinSet<()>,
     reaper: tokio::task::JoinHandle<()>,
@@ -141,23 +177,23 @@ impl Proxy {
     pub fn start(shared: Arc<Shared>, listeners: Vec<BoundListener>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
         let tracker = shutdown::Tracker::default();
+        let current = Live(Arc::new(ArcSwap::new(shared.clone())));
         let mut accept = JoinSet::new();
         for l in listeners {
             accept.spawn(accept::accept_loop(
-                shared.clone(),
+                current.0.clone(),
                 l.listener,
                 accept::ListenerOptions {
                     tls: l.tls,
                     max_connections: l.max_connections,
+                    proxy: l.proxy,
                 },
                 tracker.clone(),
                 stop_rx.clone(),
             ));
         }
         let every = REAP_EVERY.min(shared.settings.pool_idle_timeout / 2);
-        let reaped = shared.clone();
         let reaper = tokio::spawn(async move {
-            let shared = reaped;
             let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
             loop {
                 tick.tick().await;
@@ -165,12 +201,17 @@ impl Proxy {
             }
         });
         Self {
-            shared,
+            current,
             stop,
             accept,
             reaper,
             tracker,
         }
+    }
+
+    /// The handle a config reload publishes through.
+    pub fn live(&self) -> Live {
+        self.current.clone()
     }
 
     /// Connections currently open.
@@ -193,7 +234,10 @@ impl Proxy {
     ///   closes after it, as HAProxy's `idle-close-on-response` does. An HTTP/1 connection
     ///   that stays idle is closed by the idle timeout, or at the end of `grace`.
     pub async fn hand_over(self, grace: Duration) -> Drained {
-        self.shared.handing_over.store(true, Ordering::Release);
+        self.current
+            .load()
+            .handing_over
+            .store(true, Ordering::Release);
         self.stop_and_drain(grace).await
     }
 

@@ -297,6 +297,11 @@ impl Reader {
         })
     }
 
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>> {
+        let t = self.tx.open_table(APPS)?;
+        t.get(name)?.map(|v| decode(v.value())).transpose()
+    }
+
     pub fn domain(&self, host: &str) -> Result<Option<DomainRecord>> {
         let t = self.tx.open_table(DOMAINS)?;
         t.get(host)?.map(|v| decode(v.value())).transpose()

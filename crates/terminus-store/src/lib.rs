@@ -32,9 +32,9 @@ pub use checksum::{parse as parse_checksum, sha256};
 pub use db::{Reader, Store, Undecodable, Writer, STORE_FILE};
 pub use error::{Result, StoreError};
 pub use load::{
-    app_backends, domain_from, load_config, load_store, publish_app, publish_cert, publish_domain,
-    CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport, Quarantine, RecordError, Reserved,
-    Skipped, R17,
+    app_backends, apply_config, domain_from, load_config, load_store, prepare_config, publish_app,
+    publish_cert, publish_domain, CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport,
+    PreparedConfig, Quarantine, RecordError, Reserved, Skipped, R17,
 };
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
 pub use recover::{recover, Lost, RecoverOutcome, Recovery};

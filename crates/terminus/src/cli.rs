@@ -210,6 +210,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Read the router's config file again and apply it (as SIGHUP does). A file that does
+    /// not validate, or whose certificates do not load, is rejected whole: the router keeps
+    /// its running config and the reason is printed.
+    #[command(name = "reload", after_help = help!("terminus reload"))]
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 impl Command {
@@ -228,7 +236,8 @@ impl Command {
             | Self::Apps { api }
             | Self::AppsCreate { api, .. }
             | Self::AppsUpdate { api, .. }
-            | Self::AppsDestroy { api, .. } => api,
+            | Self::AppsDestroy { api, .. }
+            | Self::Reload { api } => api,
         }
     }
 }
@@ -440,6 +449,18 @@ fn execute(command: Command, api: &ApiArgs) -> Result<(), Failure> {
             let v = b.block_on(c.update_app(&name, &AppUpdate { backends }))?;
             show(&v, &|| {
                 println!("Updated {}: backends {}", v.name, backends_of(&v))
+            });
+        }
+        Command::Reload { .. } => {
+            let v = b.block_on(c.reload())?;
+            show(&v, &|| {
+                println!(
+                    "Reloaded {}: {} certificates, {} apps, {} domains from the file",
+                    v.file, v.applied.certificates, v.applied.apps, v.applied.domains
+                );
+                for setting in &v.needs_restart {
+                    println!("Needs a restart to apply (the running value is kept): {setting}");
+                }
             });
         }
         Command::AppsDestroy { name, confirm, .. } => {

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod cli;
 pub mod logging;
+pub mod reload;
 pub mod startup;
 pub mod upgrade;
 

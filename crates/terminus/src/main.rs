@@ -211,15 +211,7 @@ fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
     if let Some(path) = &args.config {
         let mut config = Config::load(path)?;
         if let Some(dir) = &args.data_dir {
-            let mut store = terminus_config::StoreConfig::in_dir(dir.clone());
-            if let Some(from_file) = &config.store {
-                store = terminus_config::StoreConfig {
-                    dir: dir.clone(),
-                    key_file: store.key_file,
-                    ..from_file.clone()
-                };
-            }
-            config.store = Some(store);
+            config.store = Some(with_data_dir(config.store.take(), dir));
         }
         return Ok(config);
     }
@@ -242,6 +234,44 @@ fn load_config(args: &ServeArgs) -> Result<Config, ServeConfigError> {
         args.admin,
         args.data_dir.clone(),
     ))
+}
+
+/// How a reload reads the config: the file again, with this command line's overrides.
+fn reload_source(args: &ServeArgs) -> Option<terminus::reload::ConfigSource> {
+    let path = args.config.clone()?;
+    let data_dir = args.data_dir.clone();
+    let admin = args.admin;
+    let no_access_log = args.no_access_log;
+    Some(terminus::reload::ConfigSource::new(move || {
+        let mut config = Config::load(&path)?;
+        if let Some(dir) = &data_dir {
+            config.store = Some(with_data_dir(config.store.take(), dir));
+        }
+        if let Some(admin) = admin {
+            config.admin.address = admin;
+        }
+        if no_access_log {
+            config.router.access_log = false;
+        }
+        Ok(config)
+    }))
+}
+
+/// `--data-dir` over the file's `[store]`: the directory (and its key file) from the flag, the
+/// other settings from the file.
+fn with_data_dir(
+    from_file: Option<terminus_config::StoreConfig>,
+    dir: &std::path::Path,
+) -> terminus_config::StoreConfig {
+    let store = terminus_config::StoreConfig::in_dir(dir.to_path_buf());
+    match from_file {
+        Some(from_file) => terminus_config::StoreConfig {
+            dir: dir.to_path_buf(),
+            key_file: store.key_file,
+            ..from_file
+        },
+        None => store,
+    }
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -277,6 +307,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     let options = terminus::StartOptions {
         store_recover: args.store_recover,
+        reload_from: reload_source(&args),
     };
     // Started by a running terminus to replace it: take its sockets first.
     let take_over = match terminus::upgrade::take_over() {
@@ -388,6 +419,7 @@ async fn run(
     loop {
         match signals.next().await {
             Event::Stop => break,
+            Event::Reload => reload(router.reloader.as_ref()).await,
             Event::Upgrade => match terminus::upgrade::upgrade(&router, &exe, &args).await {
                 Ok(pid) => {
                     tracing::info!(
@@ -430,18 +462,38 @@ fn log_drained(drained: terminus_proxy::Drained) {
     }
 }
 
+/// SIGHUP: reloads the config file (one at a time; signals that arrive during a reload are
+/// merged into one more).
+async fn reload(reloader: Option<&std::sync::Arc<terminus::reload::Reloader>>) {
+    match reloader {
+        Some(r) => {
+            tracing::info!("SIGHUP: reloading the config file");
+            let r = r.clone();
+            // The outcome is logged and counted by the reload itself.
+            let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+        }
+        None => tracing::warn!(
+            "SIGHUP ignored: started from the command line, there is no config file to read again"
+        ),
+    }
+}
+
 /// What a signal asks for.
 enum Event {
     /// SIGTERM or SIGINT: drain and exit.
     Stop,
+    /// SIGHUP: read the config file again.
+    Reload,
     /// SIGUSR2: hand the sockets to a new process of the binary (see terminus::upgrade).
     Upgrade,
 }
 
-/// SIGTERM, SIGINT and SIGUSR2, caught from the moment they are installed.
+/// SIGTERM and SIGINT (stop), SIGHUP (reload), SIGUSR2 (upgrade), caught from the moment they
+/// are installed.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
     usr2: tokio::signal::unix::Signal,
 }
 
@@ -451,6 +503,7 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
             usr2: signal(SignalKind::user_defined2())?,
         })
     }
@@ -459,6 +512,7 @@ impl Signals {
         tokio::select! {
             _ = self.term.recv() => Event::Stop,
             _ = self.int.recv() => Event::Stop,
+            _ = self.hup.recv() => Event::Reload,
             _ = self.usr2.recv() => Event::Upgrade,
         }
     }

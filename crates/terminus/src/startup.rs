@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use terminus_admin::{Admin, Api, Control, StaticCert, Statics, Token};
+use terminus_admin::{Admin, Api, Control, Readiness, Stage, StaticCert, Statics, Token};
 use terminus_config::{Config, StoreConfig};
 use terminus_metrics::{
     ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
@@ -16,6 +16,8 @@ use terminus_store::{ConfigLoad, RecoverOutcome, Reserved, Store, StoreError};
 use terminus_tls::{CertIndex, Roots, TicketKeys, Ticketer, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+use crate::reload::{ConfigSource, Reloader};
 
 /// The environment variable holding the admin API's bearer token.
 pub const TOKEN_ENV: &str = "TERMINUS_TOKEN";
@@ -100,6 +102,8 @@ pub type CertLoadError = terminus_store::CertFileError;
 pub struct StartOptions {
     /// `--store-recover`: if the store is damaged, salvage it into a new file first.
     pub store_recover: bool,
+    /// How a reload reads the config again; default: the file the config came from.
+    pub reload_from: Option<ConfigSource>,
 }
 
 /// The store as this start found it.
@@ -117,6 +121,9 @@ pub enum StoreStatus {
 /// A running router.
 #[derive(Debug)]
 pub struct Router {
+    /// What the data plane started with. Its certificate index, route table and backend pool
+    /// are the ones every later generation shares; its settings and TLS policy are those of
+    /// the start (a reload publishes new ones to new connections).
     pub shared: Arc<Shared>,
     /// Bound data-plane addresses, in config order, with whether each is TLS.
     pub listeners: Vec<(SocketAddr, bool)>,
@@ -127,13 +134,16 @@ pub struct Router {
     pub quarantined: Vec<terminus_store::Quarantine>,
     pub store: StoreStatus,
     pub control: Arc<Control>,
+    /// Applies the config file again (SIGHUP, `POST /v1/reload`); `None` for the quick start.
+    pub reloader: Option<Arc<Reloader>>,
+    /// What `/readyz` answers.
+    pub readiness: Arc<Readiness>,
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
     resolve: tokio::task::JoinHandle<()>,
     tickets: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
-    grace: Duration,
     /// Copies of the listening sockets for an upgrade; closed as the router stops, so that a
     /// stopped router refuses connections rather than leaving them in the backlog.
     pub(crate) handoff: Handoff,
@@ -154,6 +164,9 @@ pub async fn start(config: &Config, registry: MetricsRegistry) -> Result<Router,
 }
 
 /// [`start`] with the options of `serve`.
+///
+/// The admin listener comes up first, so that `/healthz` answers and `/readyz` says what the
+/// router is waiting for (certificates, then listeners) while a large store loads.
 pub async fn start_with(
     config: &Config,
     registry: MetricsRegistry,
@@ -206,11 +219,11 @@ fn dup(
 /// Binds the listeners, or adopts the inherited sockets for the same addresses.
 async fn listen(
     config: &Config,
-    mut inherited: Inherited,
-) -> Result<(Vec<BoundListener>, TcpListener), StartError> {
+    mut inherited: Vec<std::net::TcpListener>,
+) -> Result<Vec<BoundListener>, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for l in &config.listeners {
-        bound.push(match Inherited::take(&mut inherited.listeners, l.address) {
+        bound.push(match Inherited::take(&mut inherited, l.address) {
             Some(socket) => {
                 tracing::info!(address = ?socket.local_addr().ok(), "listener taken over from the previous process");
                 BoundListener::adopt(socket, l)?
@@ -218,33 +231,37 @@ async fn listen(
             None => BoundListener::bind(l).await?,
         });
     }
-    for left in &inherited.listeners {
+    for left in &inherited {
         tracing::warn!(address = ?left.local_addr().ok(), "a listener handed over is not in the config any more: closed");
     }
-    let admin_address = config.admin.address;
-    let admin_fail = |source| StartError::AdminBind {
-        address: admin_address,
-        source,
-    };
-    let admin = match inherited.admin.take() {
-        Some(socket)
-            if socket.local_addr().is_ok_and(|have| {
-                have == admin_address
-                    || (admin_address.port() == 0 && have.ip() == admin_address.ip())
-            }) =>
-        {
-            tracing::info!(address = ?socket.local_addr().ok(), "admin listener taken over from the previous process");
-            socket.set_nonblocking(true).map_err(admin_fail)?;
-            TcpListener::from_std(socket).map_err(admin_fail)?
-        }
-        other => {
-            if let Some(left) = other {
-                tracing::warn!(address = ?left.local_addr().ok(), "the admin listener handed over is not the configured one: closed");
-            }
-            TcpListener::bind(admin_address).await.map_err(admin_fail)?
-        }
-    };
-    Ok((bound, admin))
+    Ok(bound)
+}
+
+/// Binds the admin listener, or adopts the inherited one if it is for the same address (then
+/// `true`).
+async fn listen_admin(
+    config: &Config,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<(TcpListener, bool), StartError> {
+    let address = config.admin.address;
+    let fail = |source| StartError::AdminBind { address, source };
+    let mut list: Vec<_> = inherited.into_iter().collect();
+    if let Some(socket) = Inherited::take(&mut list, address) {
+        tracing::info!(address = ?socket.local_addr().ok(), "admin listener taken over from the previous process");
+        socket.set_nonblocking(true).map_err(fail)?;
+        return Ok((TcpListener::from_std(socket).map_err(fail)?, true));
+    }
+    for left in &list {
+        tracing::warn!(address = ?left.local_addr().ok(), "the admin listener handed over is not the configured one: closed");
+    }
+    Ok((TcpListener::bind(address).await.map_err(fail)?, false))
+}
+
+/// The admin listener, served from the start, or (when it was handed over) once this process
+/// is ready.
+enum AdminServing {
+    Started(tokio::task::JoinHandle<()>),
+    Deferred(TcpListener),
 }
 
 /// [`start_with`] on sockets handed over by the process this one replaces.
@@ -252,7 +269,7 @@ pub async fn start_inheriting(
     config: &Config,
     mut registry: MetricsRegistry,
     options: &StartOptions,
-    inherited: Inherited,
+    mut inherited: Inherited,
 ) -> Result<Router, StartError> {
     let origin = config.origin().display().to_string();
     let policy = TlsPolicy::new(&config.tls).map_err(|source| StartError::Policy {
@@ -281,8 +298,47 @@ pub async fn start_inheriting(
                 );
             }),
     );
-
+    ExpiryCollector::register(
+        &mut registry,
+        CertsExpiry(certs.clone()),
+        config.admin.expiry_metrics_limit,
+        unix_now,
+    );
     let roots = trusted_roots(config, &origin)?;
+    let token = read_token(config, &origin)?;
+
+    let readiness = Arc::new(Readiness::new(Stage::LoadingCertificates));
+    let (admin_listener, admin_inherited) = listen_admin(config, inherited.admin.take()).await?;
+    let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
+    let admin_dup = (
+        admin,
+        dup(admin, std::os::fd::AsFd::as_fd(&admin_listener))?,
+    );
+    let admin_server = Admin::starting(registry, readiness.clone());
+    // Dropping the sender (a start that fails below) stops the admin listener too.
+    let (admin_stop, admin_rx) = watch::channel(false);
+    let limits = terminus_admin::Limits {
+        header_timeout: config.admin.header_timeout,
+        idle_timeout: config.admin.idle_timeout,
+        max_connections: config.admin.max_connections,
+    };
+    let admin_for_serving = admin_server.clone();
+    let spawn_admin = move |listener| {
+        tokio::spawn(terminus_admin::serve(
+            listener,
+            admin_for_serving.clone(),
+            limits,
+            admin_rx.clone(),
+        ))
+    };
+    // A socket handed over by the process this one replaces is served only once this one is
+    // ready: until then that process answers on it, and this one would only say "not ready".
+    let admin_serving = if admin_inherited {
+        AdminServing::Deferred(admin_listener)
+    } else {
+        AdminServing::Started(spawn_admin(admin_listener))
+    };
+
     let mut from_config = terminus_store::load_config(config, &certs, &routes, &roots, unix_now());
     let mut app_backends = std::mem::take(&mut from_config.apps);
     let cert_errors = std::mem::take(&mut from_config.errors);
@@ -315,16 +371,10 @@ pub async fn start_inheriting(
         .map_err(StartError::TicketKeys)?;
     let ticketer = policy.tickets().clone();
     let rotations = metrics.ticket_key_rotations.clone();
+    let reserved = from_config.reserved.clone();
     let statics = statics_of(config, from_config);
     certs.set_default(config.tls.default_certificate.as_deref());
-    ExpiryCollector::register(
-        &mut registry,
-        CertsExpiry(certs.clone()),
-        config.admin.expiry_metrics_limit,
-        unix_now,
-    );
 
-    let token = read_token(config, &origin)?;
     if token.is_none() {
         tracing::warn!("admin API disabled: set {TOKEN_ENV} or admin.token_file to manage certificates, domains and apps");
     }
@@ -334,7 +384,7 @@ pub async fn start_inheriting(
             certs.clone(),
             routes.clone(),
             statics,
-            control_metrics,
+            control_metrics.clone(),
             config
                 .store
                 .as_ref()
@@ -346,26 +396,19 @@ pub async fn start_inheriting(
     );
     resolve_backends(&control, app_backends).await;
 
-    let (bound, admin_listener) = listen(config, inherited).await?;
+    readiness.set(Stage::Binding);
+    let bound = listen(config, std::mem::take(&mut inherited.listeners)).await?;
     let listeners: Vec<(SocketAddr, bool)> = bound
         .iter()
         .filter_map(|l| l.local_addr().ok().map(|a| (a, l.is_tls())))
         .collect();
-    let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
     let mut handed = Vec::with_capacity(bound.len());
-    for l in &bound {
-        let address = l.local_addr().map_err(|source| StartError::Handoff {
-            address: config.admin.address,
-            source,
-        })?;
+    for (l, &(address, _)) in bound.iter().zip(&listeners) {
         handed.push((address, dup(address, std::os::fd::AsFd::as_fd(l))?));
     }
     let handoff = Handoff {
         listeners: handed,
-        admin: (
-            admin,
-            dup(admin, std::os::fd::AsFd::as_fd(&admin_listener))?,
-        ),
+        admin: admin_dup,
     };
 
     let shared = Shared::new(
@@ -376,23 +419,26 @@ pub async fn start_inheriting(
         metrics,
     );
     let proxy = Proxy::start(shared.clone(), bound);
-    let (admin_stop, admin_rx) = watch::channel(false);
-    let api = Api {
+    let reloader = reload_source(config, options).map(|source| {
+        Arc::new(Reloader::new(
+            source,
+            config.clone(),
+            reserved,
+            proxy.live(),
+            control.clone(),
+            control_metrics.clone(),
+        ))
+    });
+    control_metrics.config_last_reload.set(unix_now());
+    admin_server.set_api(Some(Api {
         control: control.clone(),
         token,
         max_body: config.admin.max_body_bytes,
         now: unix_now,
-    };
-    let admin_task = tokio::spawn(terminus_admin::serve(
-        admin_listener,
-        Admin::new(registry, Some(api)),
-        terminus_admin::Limits {
-            header_timeout: config.admin.header_timeout,
-            idle_timeout: config.admin.idle_timeout,
-            max_connections: config.admin.max_connections,
-        },
-        admin_rx,
-    ));
+        reload: reloader
+            .clone()
+            .map(|r| r as Arc<dyn terminus_admin::Reload>),
+    }));
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
     let tickets = tokio::spawn(rotate_ticket_keys(
@@ -401,6 +447,11 @@ pub async fn start_inheriting(
         ticket_keys,
         rotations,
     ));
+    let admin_task = match admin_serving {
+        AdminServing::Started(task) => task,
+        AdminServing::Deferred(listener) => spawn_admin(listener),
+    };
+    readiness.set(Stage::Ready);
     Ok(Router {
         shared,
         listeners,
@@ -409,16 +460,27 @@ pub async fn start_inheriting(
         quarantined,
         store: status,
         control,
+        reloader,
+        readiness,
         proxy,
         cleanup,
         resolve,
         tickets,
         admin_stop,
         admin_task,
-        grace: config.timeouts.shutdown_grace,
         handoff,
         store_config: config.store.clone(),
     })
+}
+
+/// Where a reload reads the config from: `serve`'s own loader (the file with its command-line
+/// overrides), else the file the config came from; none for the command-line quick start.
+fn reload_source(config: &Config, options: &StartOptions) -> Option<ConfigSource> {
+    if let Some(source) = &options.reload_from {
+        return Some(source.clone());
+    }
+    let path = config.source.clone()?;
+    Some(ConfigSource::new(move || Config::load(&path)))
 }
 
 fn log_key_origin(store: &Store) {
@@ -570,7 +632,7 @@ fn recover_store(config: &StoreConfig) {
 }
 
 /// What the config file defines, for the API (read-only there).
-fn statics_of(config: &Config, loaded: ConfigLoad) -> Statics {
+pub(crate) fn statics_of(config: &Config, loaded: ConfigLoad) -> Statics {
     let mut statics = Statics {
         certs: loaded
             .certs
@@ -800,10 +862,12 @@ impl Router {
     /// the admin listener.
     pub async fn shutdown(self) -> Drained {
         drop(self.handoff);
+        self.readiness.set(Stage::Draining);
         self.cleanup.abort();
         self.resolve.abort();
         self.tickets.abort();
-        let drained = self.proxy.shutdown(self.grace).await;
+        let grace = self.proxy.live().load().settings.shutdown_grace;
+        let drained = self.proxy.shutdown(grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
         drained
@@ -818,8 +882,10 @@ impl Router {
         self.cleanup.abort();
         self.resolve.abort();
         self.tickets.abort();
+        self.readiness.set(Stage::Draining);
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
-        self.proxy.hand_over(self.grace).await
+        let grace = self.proxy.live().load().settings.shutdown_grace;
+        self.proxy.hand_over(grace).await
     }
 }
