@@ -6,7 +6,7 @@
 //!    the binary at the path it was itself started from (so a binary replaced on disk is the
 //!    one that runs), with its own arguments and `TERMINUS_UPGRADE_SOCKET` naming that socket;
 //! 2. accepts the new process's connection only if the peer's pid (`SO_PEERCRED`) is the child
-//!    it started;
+//!    it started (and the new process checks that the socket is its parent's);
 //! 3. lets go of the store (changes answer 503 meanwhile; one process at a time opens the redb
 //!    file), and waits until its last reader has closed it;
 //! 4. sends the addresses of its listeners and admin listener, with the sockets themselves
@@ -306,6 +306,8 @@ async fn take_store_back(router: &Router) {
 pub enum TakeOverError {
     #[error("{SOCKET_ENV}: cannot connect to the running terminus ({0}); it sets this variable itself when it starts its replacement, so unset it to start normally")]
     Connect(#[source] std::io::Error),
+    #[error("{SOCKET_ENV}: the socket is held by pid {pid}, not by the process that started this one; unset it to start normally")]
+    NotParent { pid: i32 },
     #[error("{SOCKET_ENV}: receiving the sockets failed: {0}")]
     Receive(#[source] std::io::Error),
     #[error("{SOCKET_ENV}: the hand-over message is malformed: {0}")]
@@ -333,6 +335,14 @@ pub fn take_over() -> Result<Option<(TakeOver, Inherited)>, TakeOverError> {
     let stream = UnixAddr::from_abstract_name(name.as_encoded_bytes())
         .and_then(|addr| UnixStream::connect_addr(&addr))
         .map_err(TakeOverError::Connect)?;
+    // Only the process that started this one hands it sockets.
+    let peer = rustix::net::sockopt::socket_peercred(&stream)
+        .map_err(|e| TakeOverError::Connect(e.into()))?;
+    if Some(peer.pid) != rustix::process::getppid() {
+        return Err(TakeOverError::NotParent {
+            pid: peer.pid.as_raw_nonzero().get(),
+        });
+    }
     stream
         .set_read_timeout(Some(READY_TIMEOUT))
         .map_err(TakeOverError::Receive)?;
