@@ -1,5 +1,6 @@
 //! Zero-downtime binary upgrade, against the real binary: under continuous load (keep-alive
-//! HTTP/1.1, HTTP/2 streams, fresh TLS handshakes from several client tasks) `terminus
+//! HTTP/1.1 over TLS and in cleartext, HTTP/2 streams, fresh TLS handshakes from several client
+//! tasks) `terminus
 //! upgrade` (SIGUSR2 to the pid in the ready file) makes a new process of the binary take over the sockets and the store; no request fails and no
 //! connection is refused, the old process exits 0, the new one serves (sessions resume, the
 //! store takes changes). And an upgrade whose new process fails leaves the old one serving,
@@ -54,6 +55,8 @@ enum Load {
     Streams,
     /// A new TCP connection and full TLS handshake for every request.
     Handshakes,
+    /// Keep-alive HTTP/1.1 in cleartext, on the plain listener at this address.
+    Plain(std::net::SocketAddr),
 }
 
 async fn load(
@@ -64,6 +67,13 @@ async fn load(
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Acquire) {
+        if let Load::Plain(plain) = kind {
+            match tokio::net::TcpStream::connect(plain).await {
+                Ok(tcp) => keep_alive(tcp, kind, &stats, &stop).await,
+                Err(e) => stats.fail(format!("{kind:?}: connect: {e}")),
+            }
+            continue;
+        }
         let conn = match ca.connect(addr).await {
             Ok(c) => c,
             Err(e) => {
@@ -79,33 +89,8 @@ async fn load(
                 Ok(r) => stats.fail(format!("{kind:?}: status {}", r[0].status)),
                 Err(e) => stats.fail(format!("{kind:?}: {e}")),
             },
-            Load::KeepAlive => {
-                let (mut sender, task) =
-                    match hyper::client::conn::http1::handshake(TokioIo::new(conn.stream)).await {
-                        Ok(ok) => ok,
-                        Err(e) => {
-                            stats.fail(format!("{kind:?}: http/1.1: {e}"));
-                            continue;
-                        }
-                    };
-                tokio::spawn(task);
-                while !stop.load(Ordering::Acquire) {
-                    // Closed after a `Connection: close` answer: reconnect.
-                    if sender.ready().await.is_err() {
-                        break;
-                    }
-                    if !request(
-                        &mut |r| sender.try_send_request(r),
-                        get(HOST, "/"),
-                        kind,
-                        &stats,
-                    )
-                    .await
-                    {
-                        break;
-                    }
-                }
-            }
+            Load::KeepAlive => keep_alive(conn.stream, kind, &stats, &stop).await,
+            Load::Plain(_) => {}
             Load::Streams => {
                 let (sender, task) = match hyper::client::conn::http2::handshake(
                     TokioExecutor::new(),
@@ -143,6 +128,38 @@ async fn load(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Keep-alive HTTP/1.1 requests on one connection until the server closes it (after a
+/// `Connection: close` answer) or the load stops.
+async fn keep_alive<S>(io: S, kind: Load, stats: &Stats, stop: &AtomicBool)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, task) = match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            stats.fail(format!("{kind:?}: http/1.1: {e}"));
+            return;
+        }
+    };
+    tokio::spawn(task);
+    while !stop.load(Ordering::Acquire) {
+        // Closed after a `Connection: close` answer: reconnect.
+        if sender.ready().await.is_err() {
+            return;
+        }
+        if !request(
+            &mut |r| sender.try_send_request(r),
+            get(HOST, "/"),
+            kind,
+            stats,
+        )
+        .await
+        {
+            return;
         }
     }
 }
@@ -277,6 +294,13 @@ async fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
     let mut old = serve(&exe, &config, b.dir.path(), "old").await;
     let old_pid = old.pid();
     let https = old.ready.https();
+    let plain = old
+        .ready
+        .listeners
+        .iter()
+        .find(|(_, tls)| !tls)
+        .map(|(a, _)| *a)
+        .expect("a plain listener");
     let roots = vec![b.ca.cert_der.clone()];
     let resuming = TlsClient::new(ClientOptions {
         resumption: true,
@@ -296,6 +320,7 @@ async fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
         Load::Streams,
         Load::Handshakes,
         Load::Handshakes,
+        Load::Plain(plain),
     ] {
         let options = match kind {
             Load::Streams => ClientOptions::sni(HOST).http2(),
