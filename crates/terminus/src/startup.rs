@@ -185,17 +185,35 @@ pub struct Inherited {
 
 impl Inherited {
     /// Takes the inherited listener for `wanted`: the same address, or, where the config asks
-    /// for port 0 (any port), the same IP.
+    /// for port 0 (any port), the first one on the same IP, in the order handed over.
     fn take(
         list: &mut Vec<std::net::TcpListener>,
         wanted: SocketAddr,
     ) -> Option<std::net::TcpListener> {
-        let at = list.iter().position(|l| {
-            l.local_addr().is_ok_and(|have| {
-                have == wanted || (wanted.port() == 0 && have.ip() == wanted.ip())
-            })
-        })?;
-        Some(list.swap_remove(at))
+        Self::take_exact(list, wanted).or_else(|| Self::take_any_port(list, wanted))
+    }
+
+    fn take_exact(
+        list: &mut Vec<std::net::TcpListener>,
+        wanted: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        let at = list
+            .iter()
+            .position(|l| l.local_addr().is_ok_and(|have| have == wanted))?;
+        Some(list.remove(at))
+    }
+
+    fn take_any_port(
+        list: &mut Vec<std::net::TcpListener>,
+        wanted: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        if wanted.port() != 0 {
+            return None;
+        }
+        let at = list
+            .iter()
+            .position(|l| l.local_addr().is_ok_and(|have| have.ip() == wanted.ip()))?;
+        Some(list.remove(at))
     }
 }
 
@@ -219,11 +237,13 @@ fn dup(
 /// Binds the listeners, or adopts the inherited sockets for the same addresses.
 async fn listen(
     config: &Config,
-    mut inherited: Vec<std::net::TcpListener>,
+    inherited: Vec<std::net::TcpListener>,
 ) -> Result<Vec<BoundListener>, StartError> {
+    let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    let (sockets, left) = match_inherited(&wanted, inherited);
     let mut bound = Vec::with_capacity(config.listeners.len());
-    for l in &config.listeners {
-        bound.push(match Inherited::take(&mut inherited, l.address) {
+    for (socket, l) in sockets.into_iter().zip(&config.listeners) {
+        bound.push(match socket {
             Some(socket) => {
                 tracing::info!(address = ?socket.local_addr().ok(), "listener taken over from the previous process");
                 BoundListener::adopt(socket, l)?
@@ -231,10 +251,32 @@ async fn listen(
             None => BoundListener::bind(l).await?,
         });
     }
-    for left in &inherited {
+    for left in &left {
         tracing::warn!(address = ?left.local_addr().ok(), "a listener handed over is not in the config any more: closed");
     }
     Ok(bound)
+}
+
+/// The handed-over socket for each wanted address (exact addresses first, so that a `:0`
+/// listener cannot take a socket another listener names by its port; then `:0` ones by IP,
+/// in the order handed over), and the sockets nothing wants.
+fn match_inherited(
+    wanted: &[SocketAddr],
+    mut inherited: Vec<std::net::TcpListener>,
+) -> (
+    Vec<Option<std::net::TcpListener>>,
+    Vec<std::net::TcpListener>,
+) {
+    let mut sockets: Vec<Option<std::net::TcpListener>> = wanted
+        .iter()
+        .map(|&address| Inherited::take_exact(&mut inherited, address))
+        .collect();
+    for (socket, &address) in sockets.iter_mut().zip(wanted) {
+        if socket.is_none() {
+            *socket = Inherited::take_any_port(&mut inherited, address);
+        }
+    }
+    (sockets, inherited)
 }
 
 /// Binds the admin listener, or adopts the inherited one if it is for the same address (then
@@ -887,5 +929,33 @@ impl Router {
         let _ = self.admin_task.await;
         let grace = self.proxy.live().load().settings.shutdown_grace;
         self.proxy.hand_over(grace).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handed_sockets_match_exact_addresses_first_then_port_zero_in_order() {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, b, c) = (bind(), bind(), bind());
+        let [pa, pb, pc] = [&a, &b, &c].map(|l| l.local_addr().unwrap());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let elsewhere: SocketAddr = "127.0.0.2:0".parse().unwrap();
+        // `:0` first in the config, yet the exact address keeps its socket.
+        let (got, left) = match_inherited(&[any, pb, any, elsewhere, any], vec![a, b, c]);
+        let got: Vec<Option<SocketAddr>> = got
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.local_addr().unwrap()))
+            .collect();
+        assert_eq!(got, [Some(pa), Some(pb), Some(pc), None, None]);
+        assert!(left.is_empty());
+
+        let d = bind();
+        let pd = d.local_addr().unwrap();
+        let (got, left) = match_inherited(&["127.0.0.1:1".parse().unwrap()], vec![d]);
+        assert!(got[0].is_none(), "a fixed port takes only its own socket");
+        assert_eq!(left[0].local_addr().unwrap(), pd);
     }
 }
