@@ -1,5 +1,5 @@
-//! The terminus binary's library half: startup from a config and logging, shared by `main`
-//! and the end-to-end tests.
+//! The terminus binary's library half: startup from a config, reload, the zero-downtime
+//! upgrade hand-over ([`upgrade`]) and logging, shared by `main` and the end-to-end tests.
 
 pub mod check;
 pub mod cli;
