@@ -958,4 +958,51 @@ mod tests {
         assert!(got[0].is_none(), "a fixed port takes only its own socket");
         assert_eq!(left[0].local_addr().unwrap(), pd);
     }
+
+    /// A rotation that falls due while running is written to the store before it is
+    /// installed, so a restart finds the key the latest tickets are under.
+    #[tokio::test]
+    async fn a_due_rotation_is_stored_and_installed() {
+        let dir = std::env::temp_dir().join(format!("terminus-rotation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(Store::open(&StoreConfig::in_dir(dir.join("data"))).unwrap());
+        let mut registry = MetricsRegistry::default();
+        let provider = Arc::new(terminus_tls::provider(true));
+        let control = Arc::new(Control::new(
+            Some(store.clone()),
+            Arc::new(CertIndex::new(provider, 1)),
+            Arc::new(RouteTable::default()),
+            Statics::default(),
+            ControlMetrics::register(&mut registry),
+            Duration::from_secs(1),
+        ));
+        // Keys whose period ends within a second.
+        let keys =
+            TicketKeys::generate(unix_now() - terminus_tls::TICKET_ROTATION_SECS + 1).unwrap();
+        store.put_ticket_keys(&keys).unwrap();
+        let ticketer = Ticketer::new(&keys).unwrap();
+        let ticket = rustls::server::ProducesTickets::encrypt(&*ticketer, b"state").unwrap();
+        let rotations = terminus_metrics::Counter::default();
+        let task = tokio::spawn(rotate_ticket_keys(
+            control,
+            ticketer.clone(),
+            keys.clone(),
+            rotations.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rotations.get() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no rotation");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        let stored = store.ticket_keys().unwrap().unwrap();
+        assert_ne!(stored.current, keys.current);
+        assert_eq!(stored.previous.as_ref(), Some(&keys.current));
+        // Installed: new tickets are under the new key, the old ticket still opens.
+        let fresh = rustls::server::ProducesTickets::encrypt(&*ticketer, b"new").unwrap();
+        assert_ne!(fresh[..16], ticket[..16]);
+        assert!(rustls::server::ProducesTickets::decrypt(&*ticketer, &ticket).is_some());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
