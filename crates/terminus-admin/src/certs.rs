@@ -194,7 +194,7 @@ impl Control {
             .filter(|n| after(n))
             .map(|n| Listed::Config(n.clone()))
             .collect();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store_for_api()? {
             let mut taken = 0usize;
             store.read()?.certs_after(cursor, |rec| {
                 match rec {
@@ -254,8 +254,7 @@ impl Control {
 
     fn stored(&self, name: &str) -> Result<CertRecord, Stored> {
         let store = self
-            .store
-            .as_ref()
+            .store_for_api()?
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
         match store.read()?.cert(name) {
             Ok(Some(rec)) => Ok(rec),
@@ -321,7 +320,7 @@ impl Control {
                 }
                 name
             }
-            None => self.fresh_name(store)?,
+            None => self.fresh_name(&store)?,
         };
         let mut warnings = prepared.warnings.clone();
         let pin = self.pinnable_domains(&domains, &prepared, &mut warnings)?;
@@ -340,7 +339,7 @@ impl Control {
             }
             Ok(())
         })?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         for d in &pin {
             self.routes.set_pin(d, Some(&name));
         }
@@ -472,7 +471,7 @@ impl Control {
         version.upload_checksum = Some(upload_checksum);
         record.previous = Some(std::mem::replace(&mut record.current, version));
         store.write(|w| w.put_cert(&record))?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         Ok(CertChange {
             certificate: self.cert(name, now)?,
             dropped: dropped(&prepared),
@@ -519,7 +518,7 @@ impl Control {
         }
         record.previous = Some(std::mem::replace(&mut record.current, previous));
         store.write(|w| w.put_cert(&record))?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         self.cert(name, now)
     }
 
@@ -589,7 +588,7 @@ impl Control {
     /// have been expired for the retention period, and drops expired previous versions.
     /// Returns the names deleted.
     pub fn cleanup_expired(&self, now: i64) -> ApiResult<Vec<String>> {
-        let Some(store) = self.store.as_deref() else {
+        let Some(store) = self.store() else {
             return Ok(Vec::new());
         };
         let cutoff = now - i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
@@ -612,7 +611,7 @@ impl Control {
         if delete.is_empty() && trim.is_empty() {
             return Ok(Vec::new());
         }
-        let _lock = self.writable()?.1;
+        let (store, _lock) = self.writable()?;
         store.write(|w| {
             for name in &delete {
                 w.delete_cert(name)?;

@@ -60,7 +60,7 @@ impl Control {
             .filter(|h| after(h))
             .map(|h| (h, None))
             .collect();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store_for_api()? {
             let reader = store.read()?;
             let mut from = cursor.map(str::to_owned);
             // Stored domains the config shadows are skipped: read on until the page is full.
@@ -123,7 +123,7 @@ impl Control {
             .routes
             .domain(pattern)
             .ok_or_else(|| ApiError::not_found("domain", &pattern.to_string()))?;
-        let record = match &self.store {
+        let record = match self.store_for_api()? {
             Some(s) => s.read()?.domain(&pattern.to_string())?,
             None => None,
         };

@@ -3,6 +3,8 @@
 //! exactly what a scrape shows (counters gain `_total`, units gain their suffix).
 
 pub const TLS_HANDSHAKES: &str = "terminus_tls_handshakes";
+pub const TLS_RESUMED: &str = "terminus_tls_resumed_handshakes";
+pub const TICKET_KEY_ROTATIONS: &str = "terminus_tls_ticket_key_rotations";
 pub const HTTP_REQUESTS: &str = "terminus_http_requests";
 pub const BACKEND_CONNECT: &str = "terminus_backend_connect";
 pub const BACKEND_RESPONSE: &str = "terminus_backend_response";

@@ -1,6 +1,7 @@
 //! What every connection shares: the settings taken from the config, the certificate index,
 //! the route table, the TLS policy, metrics, the backend pool and the HTTP server builders.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +90,10 @@ pub struct Shared {
     pub(crate) http1: auto::Builder<TokioExecutor>,
     /// ALPN said `h2`.
     pub(crate) http2: auto::Builder<TokioExecutor>,
+    /// Set when another process has taken over the listeners (binary upgrade): the drain
+    /// then closes HTTP/1 connections after a response rather than while idle. Shared by
+    /// every generation a reload makes, so connections accepted before a reload see it too.
+    pub(crate) handing_over: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -155,6 +160,7 @@ impl Shared {
             http1,
             http2,
             http,
+            handing_over: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -178,7 +184,13 @@ impl Shared {
             http1,
             http2,
             http,
+            handing_over: self.handing_over.clone(),
         })
+    }
+
+    /// Whether this process is draining after handing its listeners to a new one.
+    pub(crate) fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     /// Idle backend connections in the pool.

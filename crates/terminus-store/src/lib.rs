@@ -10,6 +10,8 @@
 //!   integrity check; a damaged file is an error ([`StoreError::is_corruption`]), never a panic
 //!   (the engine's calls are guarded). [`check_store`] checks a store without writing it;
 //!   [`recover`] salvages a damaged one into a new file.
+//! - Session-ticket keys and their rotation state are kept sealed too ([`tickets`]), so
+//!   clients resume after a restart.
 //! - [`load`] turns the config file's objects and stored records into what the router serves.
 
 mod check;
@@ -23,6 +25,7 @@ mod records;
 mod recover;
 pub mod seal;
 mod sealed;
+pub mod tickets;
 
 pub use check::{check_store, StoreCheck};
 pub use checksum::{parse as parse_checksum, sha256};
@@ -36,3 +39,4 @@ pub use load::{
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
 pub use recover::{recover, Lost, RecoverOutcome, Recovery};
 pub use sealed::SealedKey;
+pub use tickets::{load_ticket_keys, LoadedTicketKeys, TicketKeysOrigin};

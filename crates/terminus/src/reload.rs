@@ -58,6 +58,8 @@ pub enum ReloadError {
     Certificate(#[from] CertFileError),
     #[error("the store could not be read: {0}")]
     Store(#[source] StoreError),
+    #[error("the store is being handed to a new terminus process (binary upgrade): reload the new one once it serves")]
+    Upgrading,
 }
 
 /// Applies the config file again; one at a time, and never during an API change.
@@ -125,6 +127,10 @@ impl Reloader {
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
         // API changes and other reloads wait, so that none interleaves with this one.
         let _write = self.control.write_lock();
+        // Without the store, names it defines could not be told from the file's.
+        if self.control.store_handed_over() {
+            return Err(ReloadError::Upgrading);
+        }
         let config = self.source.load()?;
         let file = config.origin().display().to_string();
         let current = self.live.load();
@@ -144,13 +150,14 @@ impl Reloader {
         )?;
         let needs_restart = needs_restart(&self.started, &config);
         let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let store = self.control.store();
         let mut loaded = terminus_store::apply_config(
             prepared,
             &config,
             &reserved,
             &current.certs,
             &current.routes,
-            self.control.store().map(|s| &**s),
+            store.as_deref(),
         )
         .map_err(ReloadError::Store)?;
         current
@@ -186,6 +193,7 @@ impl Reloader {
 impl terminus_admin::Reload for Reloader {
     fn reload(&self) -> ApiResult<ReloadReport> {
         Reloader::reload(self).map_err(|e| match e {
+            ReloadError::Upgrading => ApiError::new(503, "upgrading", e.to_string()),
             ReloadError::Store(_) => ApiError::new(
                 500,
                 "store_error",
