@@ -188,7 +188,10 @@ async fn restart(keep: TempDir, dir: &Path, store_recover: bool) -> TestRouter {
     let router = terminus::start_with(
         &config,
         terminus_metrics::MetricsRegistry::default(),
-        &terminus::StartOptions { store_recover },
+        &terminus::StartOptions {
+            store_recover,
+            ..Default::default()
+        },
     )
     .await
     .expect("router starts");

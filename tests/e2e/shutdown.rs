@@ -62,3 +62,50 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn readyz_is_ready_once_started_and_not_while_draining() {
+    let echo = Backend::echo("web").await;
+    let mut b = Builder::new();
+    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
+    b.app("web", &[echo.addr])
+        .domain("*.example.com", "web", None);
+    let r = b.start().await;
+    let admin = r.router.admin;
+    assert_eq!(
+        crate::harness::admin_get(admin, "/readyz").await.unwrap(),
+        (200, "ready\n".to_owned())
+    );
+
+    // A request in flight keeps the router draining, and the admin listener up, for a while.
+    let h1 = TlsClient::new(ClientOptions::sni("a.example.com").http1())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let slow = tokio::spawn(send_h1(
+        h1.stream,
+        vec![get("a.example.com", "/slow?ms=1500")],
+    ));
+    echo.wait_for_requests(1).await;
+    let stopping = tokio::spawn(r.shutdown());
+    terminus_test_support::eventually_async(
+        Duration::from_secs(5),
+        "/readyz answers 503 while draining",
+        || async {
+            crate::harness::admin_get(admin, "/readyz")
+                .await
+                .is_ok_and(|(status, body)| status == 503 && body.contains("shutting down"))
+        },
+    )
+    .await;
+    assert_eq!(
+        crate::harness::admin_get(admin, "/healthz")
+            .await
+            .unwrap()
+            .0,
+        200,
+        "still alive while draining"
+    );
+    assert_eq!(slow.await.unwrap().unwrap()[0].status, 200);
+    stopping.await.unwrap();
+}

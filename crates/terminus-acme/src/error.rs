@@ -34,6 +34,9 @@ pub enum AcmeError {
     Roots { path: String, message: String },
     #[error("the DNS hook failed: {0}")]
     Hook(String),
+    /// The store is handed over to a new process (a binary upgrade).
+    #[error("the store is handed over to a new process")]
+    StoreHandedOver,
     /// The domain left ACM while its order ran (ACM disabled, domain removed): nothing to do.
     #[error("the domain is no longer under ACM")]
     Gone,

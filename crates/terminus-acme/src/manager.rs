@@ -48,7 +48,8 @@ pub struct Parts {
 
 pub struct Acme {
     pub(crate) config: AcmeConfig,
-    pub(crate) store: Arc<Store>,
+    /// Behind a lock only to be let go of for a binary upgrade (one process holds the file).
+    store: std::sync::RwLock<Option<Arc<Store>>>,
     pub(crate) certs: Arc<CertIndex>,
     pub(crate) challenges: Arc<AcmeChallenges>,
     pub(crate) metrics: AcmeMetrics,
@@ -74,7 +75,7 @@ impl Acme {
             provider: parts.certs.provider().clone(),
             slots: Arc::new(Semaphore::new(parts.config.max_in_flight)),
             config: parts.config,
-            store: parts.store,
+            store: std::sync::RwLock::new(Some(parts.store)),
             certs: parts.certs,
             challenges: parts.challenges,
             metrics: parts.metrics,
@@ -82,6 +83,27 @@ impl Acme {
             wake: Notify::new(),
             running: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The store, unless it is handed over to a new process (a binary upgrade).
+    pub(crate) fn store(&self) -> Result<Arc<Store>> {
+        self.store
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(AcmeError::StoreHandedOver)
+    }
+
+    /// Lets go of the store for a binary upgrade: orders in flight fail at their next step
+    /// (their state is on disk, and the new process resumes them).
+    pub fn release_store(&self) {
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Takes the store back after an upgrade that did not happen.
+    pub fn reinstate_store(&self, store: Option<Arc<Store>>) {
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) = store;
+        self.wake();
     }
 
     pub fn directory(&self) -> &str {
@@ -102,13 +124,13 @@ impl Acme {
     // ---- The operator's actions (blocking: they write the store; call from a blocking task).
 
     pub fn is_enabled(&self, app: &str) -> Result<bool> {
-        Ok(self.store.read()?.acme_app(app)?.is_some())
+        Ok(self.store()?.read()?.acme_app(app)?.is_some())
     }
 
     /// ACM on for `app`: each of `hosts` is queued (a domain already issued keeps its
     /// certificate and schedule).
     pub fn enable(&self, app: &str, hosts: &[String], now: i64) -> Result<()> {
-        self.store.write(|w| {
+        self.store()?.write(|w| {
             if w.acme_app(app)?.is_none() {
                 w.put_acme_app(&AcmeAppRecord {
                     app: app.to_owned(),
@@ -134,7 +156,7 @@ impl Acme {
             .into_iter()
             .map(|d| d.host)
             .collect();
-        let was = self.store.write(|w| {
+        let was = self.store()?.write(|w| {
             let was = w.delete_acme_app(app)?;
             for host in &hosts {
                 w.delete_acme_domain(host)?;
@@ -148,7 +170,7 @@ impl Acme {
     /// those `Failed`.
     pub fn refresh(&self, app: &str, now: i64) -> Result<usize> {
         let hosts: Vec<String> = self
-            .store
+            .store()?
             .read()?
             .acme_state()?
             .domains
@@ -156,7 +178,7 @@ impl Acme {
             .filter(|d| d.app == app)
             .map(|d| d.host)
             .collect();
-        self.store.write(|w| {
+        self.store()?.write(|w| {
             for host in &hosts {
                 if let Some(mut d) = w.acme_domain(host)? {
                     d.status = AcmStatus::Waiting;
@@ -175,7 +197,7 @@ impl Acme {
 
     /// A domain was added to `app`: queued when ACM is on for it. True when queued.
     pub fn domain_added(&self, host: &str, app: &str, now: i64) -> Result<bool> {
-        let queued = self.store.write(|w| {
+        let queued = self.store()?.write(|w| {
             if w.acme_app(app)?.is_none() {
                 return Ok(false);
             }
@@ -191,7 +213,7 @@ impl Acme {
     /// A domain was removed: it leaves ACM and its certificate is retired (deleted and no
     /// longer served). Returns the retired certificate's name.
     pub fn domain_removed(&self, host: &str) -> Result<Option<String>> {
-        let retired = self.store.write(|w| {
+        let retired = self.store()?.write(|w| {
             let Some(d) = w.acme_domain(host)? else {
                 return Ok(None);
             };
@@ -214,7 +236,7 @@ impl Acme {
     /// its two transactions (the domain's and ACM's): domains of ACM apps without a record
     /// are queued, records of domains that are gone are retired.
     pub fn reconcile(&self, domains: &[(String, String)], now: i64) -> Result<()> {
-        let state = self.store.read()?.acme_state()?;
+        let state = self.store()?.read()?.acme_state()?;
         let apps: HashSet<&str> = state.apps.iter().map(|a| a.app.as_str()).collect();
         let known: HashSet<&str> = state.domains.iter().map(|d| d.host.as_str()).collect();
         let served: HashSet<&str> = domains.iter().map(|(h, _)| h.as_str()).collect();
@@ -234,7 +256,7 @@ impl Acme {
     /// Every ACM domain, or those of `app`, in host order.
     pub fn status(&self, app: Option<&str>) -> Result<Vec<AcmeDomainRecord>> {
         let mut domains: Vec<AcmeDomainRecord> = self
-            .store
+            .store()?
             .read()?
             .acme_state()?
             .domains
@@ -251,6 +273,8 @@ impl Acme {
         loop {
             let next = match self.schedule().await {
                 Ok(next) => next,
+                // A binary upgrade took the store: the new process schedules from now on.
+                Err(AcmeError::StoreHandedOver) => Duration::from_secs(1),
                 Err(e) => {
                     tracing::error!(error = %e, "ACM scheduler: cannot read its state; trying again in a minute");
                     Duration::from_secs(60)
@@ -270,7 +294,7 @@ impl Acme {
     /// Starts an order for every due domain not already running; returns how long until the
     /// next one is due.
     async fn schedule(self: &Arc<Self>) -> Result<Duration> {
-        let store = self.store.clone();
+        let store = self.store()?;
         let state = tokio::task::spawn_blocking(move || store.read()?.acme_state())
             .await
             .map_err(|e| AcmeError::Unanswerable(format!("scheduler task: {e}")))??;
@@ -360,7 +384,7 @@ impl Acme {
         let now = unix_now();
         match result {
             Ok(()) => self.metrics.order("issued"),
-            Err(AcmeError::Gone) => {}
+            Err(AcmeError::Gone | AcmeError::StoreHandedOver) => {}
             Err(e) => {
                 let e = match (e, retry_after.lock().ok().and_then(|r| *r)) {
                     (
@@ -436,7 +460,7 @@ impl Acme {
         &self,
         f: impl FnOnce(&Store) -> Result<T, terminus_store::StoreError> + Send + 'static,
     ) -> Result<T> {
-        let store = self.store.clone();
+        let store = self.store()?;
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| AcmeError::Unanswerable(format!("store task: {e}")))?

@@ -58,7 +58,7 @@ impl Acme {
             Some(rec) => {
                 let aad = AcmeAccountRecord::aad(&directory);
                 let json = self
-                    .store
+                    .store()?
                     .open_secret(&rec.sealed_credentials, &aad)
                     .map_err(|_| {
                         AcmeError::Unanswerable(
@@ -113,7 +113,7 @@ impl Acme {
         let json = serde_json::to_vec(&creds)
             .map_err(|e| AcmeError::Unanswerable(format!("account credentials: {e}")))?;
         let sealed = self
-            .store
+            .store()?
             .seal_secret(&json, &AcmeAccountRecord::aad(&directory))?;
         let record = AcmeAccountRecord {
             directory,
@@ -335,7 +335,7 @@ impl Acme {
                 .and_then(|d| d.pending_key)
                 .or_else(|| record.pending_key.clone());
             if let Some(sealed) = sealed {
-                let der = self.store.open_secret(&sealed, &aad)?;
+                let der = self.store()?.open_secret(&sealed, &aad)?;
                 let key = KeyPair::try_from(der.as_slice()).map_err(AcmeError::Key)?;
                 return Ok(key.serialize_pem());
             }
@@ -351,7 +351,7 @@ impl Acme {
             }
         }
         .map_err(AcmeError::Key)?;
-        let sealed = self.store.seal_secret(&key.serialize_der(), &aad)?;
+        let sealed = self.store()?.seal_secret(&key.serialize_der(), &aad)?;
         self.set_status(host, AcmStatus::DnsVerified, move |d| {
             d.pending_key = Some(sealed);
         })
@@ -400,7 +400,7 @@ impl Acme {
         let Some(record) = record else {
             return Err(AcmeError::Gone);
         };
-        terminus_store::publish_cert(&self.store, &self.certs, &record)
+        terminus_store::publish_cert(&*self.store()?, &self.certs, &record)
             .map_err(|q| AcmeError::Unanswerable(q.to_string()))?;
         tracing::info!(
             domain = host,

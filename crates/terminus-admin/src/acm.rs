@@ -195,7 +195,7 @@ impl Control {
     /// certs:update and certs:remove of a certificate ACM manages are refused while its
     /// domain is under ACM.
     pub(crate) fn refuse_acm_cert(&self, name: &str, what: &str) -> ApiResult<()> {
-        let Some(store) = &self.store else {
+        let Some(store) = self.store_for_api()? else {
             return Ok(());
         };
         if self.acme.is_none() {
@@ -219,7 +219,7 @@ impl Control {
 
     /// Marks the views of certificates ACM issued as Type `ACM`.
     pub(crate) fn mark_acm(&self, views: &mut [CertView]) -> ApiResult<()> {
-        let Some(store) = &self.store else {
+        let Some(store) = self.store_for_api()? else {
             return Ok(());
         };
         let names = store.read()?.acme_cert_names()?;

@@ -45,6 +45,14 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Reads the router's config file again and applies it (`POST /v1/reload`, `SIGHUP`).
+/// Implemented by the binary, which knows where the config came from.
+pub trait Reload: Send + Sync + std::fmt::Debug {
+    /// Applies the config file as it is now, or changes nothing and says why (422). Blocks on
+    /// the disk and on name resolution: call it from a blocking task.
+    fn reload(&self) -> ApiResult<terminus_api::ReloadReport>;
+}
+
 /// The API as served by the admin listener.
 #[derive(Debug)]
 pub struct Api {
@@ -52,6 +60,8 @@ pub struct Api {
     pub token: Option<Token>,
     pub max_body: usize,
     pub now: fn() -> i64,
+    /// `None`: the router was started from the command line, with no file to read again.
+    pub reload: Option<Arc<dyn Reload>>,
 }
 
 pub(crate) type Reply = Response<Full<Bytes>>;
@@ -278,6 +288,21 @@ impl Api {
                     format!("{method} is not allowed here"),
                 ))
             }
+            (["v1", "reload"], &Method::POST) => match &self.reload {
+                Some(r) => {
+                    let r = r.clone();
+                    blocking(move || r.reload()).await.map(|v| json(ok, &v))
+                }
+                None => Err(ApiError::conflict(
+                    "no_config_file",
+                    "this router was started from the command line (serve --listen ...), not from a config file: there is nothing to read again; restart it with other flags",
+                )),
+            },
+            (["v1", "reload"], _) => Err(ApiError::new(
+                405,
+                "method_not_allowed",
+                format!("{method} is not allowed here: POST /v1/reload"),
+            )),
             (["v1", "certs"] | ["v1", "domains"] | ["v1", "apps"], _)
             | (["v1", "certs" | "domains" | "apps", _], _)
             | (["v1", "certs", _, "rollback"], _) => Err(ApiError::new(

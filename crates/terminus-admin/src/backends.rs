@@ -122,7 +122,8 @@ impl Control {
             .map(|a| a.specs.iter().map(|s| s.to_string()).collect())
     }
 
-    pub(crate) fn forget_backends(&self, app: &str) {
+    /// Stops resolving an app's backend names (the app is gone).
+    pub fn forget_backends(&self, app: &str) {
         self.backends
             .apps
             .lock()

@@ -28,7 +28,7 @@ fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) ->
     let quarantine = (!served).then(|| {
         if !v.checksum_ok() {
             "checksum error (R17): the stored bundle does not match its checksum; upload the certificate again with certs:update".to_owned()
-        } else if c.statics.certs.contains_key(&rec.name) {
+        } else if c.statics().certs.contains_key(&rec.name) {
             "a certificate in the config file has this name, and the config file wins".to_owned()
         } else {
             "its private key could not be loaded (the log says why): upload it again with certs:update".to_owned()
@@ -70,7 +70,8 @@ fn stored_view(c: &Control, rec: &CertRecord, now: i64, domains: Vec<String>) ->
 }
 
 fn static_view(c: &Control, name: &str, now: i64, domains: Vec<String>) -> Option<CertView> {
-    let s = c.statics.certs.get(name)?;
+    let statics = c.statics();
+    let s = statics.certs.get(name)?;
     let i = &s.info;
     let served = c.certs.get(name).is_some();
     Some(CertView {
@@ -187,17 +188,17 @@ impl Control {
         }
         let after = |name: &str| cursor.is_none_or(|c| name > c);
         let mut listed: Vec<Listed> = self
-            .statics
+            .statics()
             .certs
             .keys()
             .filter(|n| after(n))
             .map(|n| Listed::Config(n.clone()))
             .collect();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store_for_api()? {
             let mut taken = 0usize;
             store.read()?.certs_after(cursor, |rec| {
                 match rec {
-                    Ok(rec) if !self.statics.certs.contains_key(&rec.name) => {
+                    Ok(rec) if !self.statics().certs.contains_key(&rec.name) => {
                         listed.push(Listed::Stored(Box::new(rec)));
                         taken += 1;
                     }
@@ -260,8 +261,7 @@ impl Control {
 
     fn stored(&self, name: &str) -> Result<CertRecord, Stored> {
         let store = self
-            .store
-            .as_ref()
+            .store_for_api()?
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
         match store.read()?.cert(name) {
             Ok(Some(rec)) => Ok(rec),
@@ -272,7 +272,7 @@ impl Control {
     }
 
     fn refuse_static(&self, name: &str) -> ApiResult<()> {
-        if self.statics.certs.contains_key(name) {
+        if self.statics().certs.contains_key(name) {
             return Err(ApiError::conflict(
                 "defined_in_config",
                 format!("certificate '{name}' comes from the config file; change it there"),
@@ -328,7 +328,7 @@ impl Control {
                 }
                 name
             }
-            None => self.fresh_name(store)?,
+            None => self.fresh_name(&store)?,
         };
         let mut warnings = prepared.warnings.clone();
         let pin = self.pinnable_domains(&domains, &prepared, &mut warnings)?;
@@ -347,7 +347,7 @@ impl Control {
             }
             Ok(())
         })?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         for d in &pin {
             self.routes.set_pin(d, Some(&name));
         }
@@ -377,7 +377,7 @@ impl Control {
                     format!("domain '{d}' is not attached to any app: add it first with `terminus domains:add {d} --app APP`"),
                 ));
             }
-            if self.statics.domains.contains_key(d) {
+            if self.statics().domains.contains_key(d) {
                 warnings.push(format!(
                     "domain '{d}' comes from the config file; pin it there"
                 ));
@@ -394,7 +394,7 @@ impl Control {
         let reader = store.read()?;
         for _ in 0..100 {
             let name = terminus_store::names::certificate_name();
-            if !self.statics.certs.contains_key(&name) && reader.cert(&name)?.is_none() {
+            if !self.statics().certs.contains_key(&name) && reader.cert(&name)?.is_none() {
                 return Ok(name);
             }
         }
@@ -480,7 +480,7 @@ impl Control {
         version.upload_checksum = Some(upload_checksum);
         record.previous = Some(std::mem::replace(&mut record.current, version));
         store.write(|w| w.put_cert(&record))?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         Ok(CertChange {
             certificate: self.cert(name, now)?,
             dropped: dropped(&prepared),
@@ -527,7 +527,7 @@ impl Control {
         }
         record.previous = Some(std::mem::replace(&mut record.current, previous));
         store.write(|w| w.put_cert(&record))?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         self.cert(name, now)
     }
 
@@ -599,7 +599,7 @@ impl Control {
     /// have been expired for the retention period, and drops expired previous versions.
     /// Returns the names deleted.
     pub fn cleanup_expired(&self, now: i64) -> ApiResult<Vec<String>> {
-        let Some(store) = self.store.as_deref() else {
+        let Some(store) = self.store() else {
             return Ok(Vec::new());
         };
         let cutoff = now - i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
@@ -622,7 +622,7 @@ impl Control {
         if delete.is_empty() && trim.is_empty() {
             return Ok(Vec::new());
         }
-        let _lock = self.writable()?.1;
+        let (store, _lock) = self.writable()?;
         store.write(|w| {
             for name in &delete {
                 w.delete_cert(name)?;

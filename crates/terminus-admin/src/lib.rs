@@ -1,17 +1,18 @@
-//! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, and the JSON
-//! API under `/v1/` for certificates, domains and apps (bearer token). Loopback by default; a
-//! separate listener so the data plane never serves it.
+//! The admin listener: Prometheus metrics at `/metrics`, liveness at `/healthz`, readiness at
+//! `/readyz`, and the JSON API under `/v1/` for certificates, domains, apps and config reloads
+//! (bearer token). Loopback by default; a separate listener so the data plane never serves it.
 
 mod acm;
 mod api;
 mod backends;
 mod certs;
 mod control;
+mod ready;
 mod routing;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,8 +26,9 @@ use terminus_metrics::MetricsRegistry;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-pub use api::{Api, Token};
+pub use api::{Api, Reload, Token};
 pub use control::{ApiError, ApiResult, Control, StaticCert, Statics, AUDIT_TARGET};
+pub use ready::{Readiness, Stage};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -34,20 +36,41 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 #[derive(Debug)]
 pub struct Admin {
     registry: MetricsRegistry,
-    api: Option<Arc<Api>>,
+    /// Set once the router has loaded what the API manages; until then `/v1/` answers 503.
+    api: OnceLock<Option<Arc<Api>>>,
+    readiness: Arc<Readiness>,
 }
 
 impl Admin {
+    /// An admin listener that is ready, with its API (or none) from the start.
     pub fn new(registry: MetricsRegistry, api: Option<Api>) -> Arc<Self> {
+        let admin = Self::starting(registry, Arc::new(Readiness::new(Stage::Ready)));
+        admin.set_api(api);
+        admin
+    }
+
+    /// An admin listener served while the router starts: `/healthz` and `/metrics` answer at
+    /// once, `/readyz` follows `readiness`, and `/v1/` answers 503 until [`Admin::set_api`].
+    pub fn starting(registry: MetricsRegistry, readiness: Arc<Readiness>) -> Arc<Self> {
         Arc::new(Self {
             registry,
-            api: api.map(Arc::new),
+            api: OnceLock::new(),
+            readiness,
         })
+    }
+
+    /// Turns the API on (or, with `None`, says it is disabled); only the first call counts.
+    pub fn set_api(&self, api: Option<Api>) {
+        let _ = self.api.set(api.map(Arc::new));
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+            (&Method::GET, "/readyz") => match self.readiness.stage() {
+                Stage::Ready => text(StatusCode::OK, "ready\n"),
+                stage => text(StatusCode::SERVICE_UNAVAILABLE, stage.reason()),
+            },
             (&Method::GET, "/metrics") => {
                 let mut out = String::with_capacity(16 * 1024);
                 match terminus_metrics::encode_text(&mut out, &self.registry) {
@@ -65,9 +88,13 @@ impl Admin {
                     ),
                 }
             }
-            (_, path) if path == "/v1" || path.starts_with("/v1/") => match &self.api {
-                Some(api) => api.clone().handle(req).await,
-                None => text(StatusCode::NOT_FOUND, "not found\n"),
+            (_, path) if path == "/v1" || path.starts_with("/v1/") => match self.api.get() {
+                Some(Some(api)) => api.clone().handle(req).await,
+                Some(None) => text(StatusCode::NOT_FOUND, "not found\n"),
+                None => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the router is starting: try again once /readyz answers 200\n",
+                ),
             },
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }

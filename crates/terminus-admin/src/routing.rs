@@ -53,14 +53,14 @@ impl Control {
         }
         let after = |host: &str| cursor.is_none_or(|c| host > c);
         let mut hosts: Vec<(String, Option<DomainRecord>)> = self
-            .statics
+            .statics()
             .domains
             .keys()
             .map(|p| p.to_string())
             .filter(|h| after(h))
             .map(|h| (h, None))
             .collect();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store_for_api()? {
             let reader = store.read()?;
             let mut from = cursor.map(str::to_owned);
             // Stored domains the config shadows are skipped: read on until the page is full.
@@ -71,12 +71,12 @@ impl Control {
                 for r in batch {
                     from = Some(r.host.clone());
                     let shadowed = HostPattern::parse(&r.host)
-                        .is_ok_and(|p| self.statics.domains.contains_key(&p));
+                        .is_ok_and(|p| self.statics().domains.contains_key(&p));
                     if !shadowed {
                         hosts.push((r.host.clone(), Some(r)));
                     }
                 }
-                if done || hosts.len() > limit.saturating_add(self.statics.domains.len()) {
+                if done || hosts.len() > limit.saturating_add(self.statics().domains.len()) {
                     break;
                 }
             }
@@ -123,7 +123,7 @@ impl Control {
             .routes
             .domain(pattern)
             .ok_or_else(|| ApiError::not_found("domain", &pattern.to_string()))?;
-        let record = match &self.store {
+        let record = match self.store_for_api()? {
             Some(s) => s.read()?.domain(&pattern.to_string())?,
             None => None,
         };
@@ -131,7 +131,7 @@ impl Control {
     }
 
     fn refuse_static_domain(&self, pattern: &HostPattern) -> ApiResult<()> {
-        if self.statics.domains.contains_key(pattern) {
+        if self.statics().domains.contains_key(pattern) {
             return Err(ApiError::conflict(
                 "defined_in_config",
                 format!("domain '{pattern}' comes from the config file; change it there"),
@@ -264,7 +264,7 @@ impl Control {
     }
 
     fn app_view_of(&self, a: &App, domains: Vec<String>) -> AppView {
-        let statics = self.statics.apps.contains(a.name());
+        let statics = self.statics().apps.contains(a.name());
         let addresses: Vec<String> = a.backends().iter().map(|b| b.to_string()).collect();
         AppView {
             name: a.name().to_owned(),
@@ -273,12 +273,12 @@ impl Control {
                 .unwrap_or_else(|| addresses.clone()),
             addresses,
             domains,
-            source: match (statics, self.statics.command_line) {
+            source: match (statics, self.statics().command_line) {
                 (false, _) => Source::Store,
                 (true, false) => Source::Config,
                 (true, true) => Source::CommandLine,
             },
-            note: (statics && self.statics.command_line).then(|| CATCH_ALL_NOTE.to_owned()),
+            note: (statics && self.statics().command_line).then(|| CATCH_ALL_NOTE.to_owned()),
         }
     }
 
@@ -298,8 +298,8 @@ impl Control {
     }
 
     fn refuse_static_app(&self, name: &str) -> ApiResult<()> {
-        if self.statics.apps.contains(name) {
-            let there = if self.statics.command_line {
+        if self.statics().apps.contains(name) {
+            let there = if self.statics().command_line {
                 "the command line (serve --backend); restart with other --backend flags"
             } else {
                 "the config file; change it there"
@@ -386,7 +386,7 @@ impl Control {
         self.refuse_static_app(name)?;
         let view = self.app_view(name)?;
         if let Some(d) = self
-            .statics
+            .statics()
             .domains
             .keys()
             .find(|d| self.routes.domain(d).is_some_and(|r| &*r.app == name))

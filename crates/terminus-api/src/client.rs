@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::types::{
     AcmChange, AcmDomainView, AppCreate, AppDestroyed, AppUpdate, AppView, CertChange, CertRemoved,
     CertReplace, CertUpload, CertView, DomainCreate, DomainUpdate, DomainView, ErrorBody,
-    NEXT_CURSOR_HEADER,
+    ReloadReport, NEXT_CURSOR_HEADER,
 };
 
 /// How long one request may take by default, connect to last byte.
@@ -408,6 +408,23 @@ impl Client {
     ) -> Result<AppDestroyed, ClientError> {
         let path = format!("/v1/apps/{}{}", encode(name), confirm_query(confirm));
         Ok(self.call(Method::DELETE, &path, None::<&()>).await?.0)
+    }
+
+    /// Reads the router's config file again and applies it (422 with the reason if it is
+    /// rejected; the running config then stays).
+    pub async fn reload(&self) -> Result<ReloadReport, ClientError> {
+        Ok(self.call(Method::POST, "/v1/reload", None::<&()>).await?.0)
+    }
+
+    /// `GET /readyz`: 200 and `ready`, or 503 and the reason the router is not ready.
+    pub async fn ready(&self) -> Result<(bool, String), ClientError> {
+        let (status, _, body) = self
+            .send(Method::GET, "/readyz", Bytes::new(), None)
+            .await?;
+        Ok((
+            status == StatusCode::OK,
+            String::from_utf8_lossy(&body).trim().to_owned(),
+        ))
     }
 }
 

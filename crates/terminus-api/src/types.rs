@@ -313,3 +313,28 @@ pub struct AcmChange {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
 }
+
+/// `POST /v1/reload`: the config file was read again and applied (a config that fails is
+/// answered 422 instead, and nothing changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadReport {
+    /// The config file that was read.
+    pub file: String,
+    /// What the reload applied: certificates, apps and domains of the file, TLS policy,
+    /// timeouts and limits.
+    pub applied: ReloadCounts,
+    /// Settings that changed in the file but apply only after a restart (e.g. a listener
+    /// address); the running router keeps the old ones.
+    #[serde(default)]
+    pub needs_restart: Vec<String>,
+}
+
+/// How many of the config file's objects are served after a reload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadCounts {
+    pub certificates: usize,
+    pub apps: usize,
+    pub domains: usize,
+}

@@ -180,6 +180,22 @@ pub struct Listener {
     pub tls: bool,
     /// Connections held at once; over it, new ones are accepted and closed at once.
     pub max_connections: usize,
+    /// A PROXY protocol header is read before TLS; `None`: not expected.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Where PROXY protocol connections may come from (never empty when `proxy_protocol` is
+    /// set); a connection from anywhere else is closed.
+    pub proxy_trusted: Vec<IpNet>,
+}
+
+/// Which PROXY protocol headers a listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    /// The text header (HAProxy `send-proxy`), required.
+    V1,
+    /// The binary header (HAProxy `send-proxy-v2`), required.
+    V2,
+    /// Either version, or none: the connection's own address is used without one.
+    Optional,
 }
 
 impl Listener {
@@ -188,6 +204,8 @@ impl Listener {
             address,
             tls,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            proxy_protocol: None,
+            proxy_trusted: Vec::new(),
         }
     }
 }

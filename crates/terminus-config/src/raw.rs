@@ -44,6 +44,8 @@ pub(crate) struct RawListener {
     pub address: String,
     pub tls: Option<bool>,
     pub max_connections: Option<usize>,
+    pub proxy_protocol: Option<String>,
+    pub proxy_trusted: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -11,6 +11,7 @@ mod config;
 mod headers;
 mod host;
 mod pem;
+mod proxy_header;
 pub mod smoke;
 
 pub use access_log::access_log;
@@ -18,6 +19,7 @@ pub use config::config_toml;
 pub use headers::header_rewrite;
 pub use host::host_pattern;
 pub use pem::{pem_intake, pem_outcome};
+pub use proxy_header::proxy_header;
 
 /// A fuzz target: its name (also its cargo-fuzz binary and corpus directory), its body, and
 /// tokens the smoke test's mutator splices in (libFuzzer finds such tokens on its own).
@@ -29,7 +31,7 @@ pub struct Target {
 }
 
 /// Every target, in the order the smoke test runs them.
-pub const TARGETS: [Target; 5] = [
+pub const TARGETS: [Target; 6] = [
     Target {
         name: "host_pattern",
         run: host_pattern,
@@ -54,6 +56,11 @@ pub const TARGETS: [Target; 5] = [
         name: "access_log",
         run: access_log,
         tokens: access_log::TOKENS,
+    },
+    Target {
+        name: "proxy_header",
+        run: proxy_header,
+        tokens: proxy_header::TOKENS,
     },
 ];
 

@@ -68,6 +68,11 @@ fn access_log() {
 }
 
 #[test]
+fn proxy_header() {
+    run("proxy_header", 300_000);
+}
+
+#[test]
 fn every_target_is_tested_here_and_has_a_binary() {
     let fuzz = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
     let manifest = std::fs::read_to_string(fuzz.join("Cargo.toml")).unwrap();

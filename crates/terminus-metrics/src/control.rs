@@ -21,8 +21,18 @@ pub struct ApiChangeLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `rejected`.
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug)]
 pub struct ControlMetrics {
+    /// Config reloads (SIGHUP, `terminus reload`), by result.
+    pub config_reloads: Family<ReloadLabels, Counter>,
+    /// When the config file was last applied (start or reload), in Unix seconds.
+    pub config_last_reload: Gauge,
     pub api_changes: Family<ApiChangeLabels, Counter>,
     /// Stored certificates not served because their checksum failed (R17).
     pub quarantined: Counter,
@@ -34,6 +44,8 @@ pub struct ControlMetrics {
 impl ControlMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            config_reloads: Family::default(),
+            config_last_reload: Gauge::default(),
             api_changes: Family::default(),
             quarantined: Counter::default(),
             store_available: Gauge::default(),
@@ -53,7 +65,32 @@ impl ControlMetrics {
             "1 while the store is open and loaded; 0 when it is damaged or unreadable, or none is configured",
             m.store_available.clone(),
         );
+        registry.register(
+            names::CONFIG_RELOADS,
+            "Config reloads (SIGHUP or POST /v1/reload), by result: ok, or rejected (the running config stayed)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            names::CONFIG_LAST_RELOAD,
+            "When the config file was last applied, at start or by a reload (Unix seconds)",
+            m.config_last_reload.clone(),
+        );
+        // Both results exist from the start, so a rate() over them never starts from nothing.
+        for result in ["ok", "rejected"] {
+            let _ = m.config_reloads.get_or_create(&ReloadLabels { result });
+        }
         m
+    }
+
+    /// Counts a reload; a successful one also sets the last-success time.
+    pub fn reload(&self, ok: bool, now: i64) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+        if ok {
+            self.config_last_reload.set(now);
+        }
     }
 
     pub fn change(&self, kind: &'static str, result: &'static str) {

@@ -10,14 +10,14 @@ pub mod names;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 pub use acme::{AcmeMetrics, AcmeOrderLabels, AcmeStatusLabels};
-pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource};
+pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource, ReloadLabels};
 pub use prometheus_client::encoding::text::encode as encode_text;
 pub use prometheus_client::registry::Registry as MetricsRegistry;
 
@@ -57,6 +57,12 @@ pub struct AcceptErrorLabels {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyProtocolLabels {
+    /// `untrusted`, `missing`, `malformed`, `wrong_version`, `too_large`, `timeout`, `closed`.
+    pub reason: &'static str,
+}
+
 /// One listener's series, looked up once when it starts so that accepting allocates nothing.
 #[derive(Clone, Debug)]
 pub struct ListenerMetrics {
@@ -74,6 +80,11 @@ pub struct ListenerMetrics {
 #[derive(Clone, Debug)]
 pub struct ProxyMetrics {
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Completed handshakes that resumed a session (a ticket or a TLS 1.2 session id) instead
+    /// of a full handshake; also counted in `handshakes`.
+    pub resumed: Counter,
+    /// Session-ticket keys rotated while running (a start that rotates does not count).
+    pub ticket_key_rotations: Counter,
     pub requests: Family<RequestLabels, Counter>,
     pub backend_connect: Histogram,
     pub backend_response: Histogram,
@@ -82,12 +93,16 @@ pub struct ProxyMetrics {
     pub listener_refused: Family<ListenerLabels, Counter>,
     pub accept_errors: Family<AcceptErrorLabels, Counter>,
     pub certificates_loaded: Gauge,
+    /// Connections closed before TLS for their PROXY protocol header (or source), by reason.
+    pub proxy_protocol_rejected: Family<ProxyProtocolLabels, Counter>,
 }
 
 impl ProxyMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             handshakes: Family::default(),
+            resumed: Counter::default(),
+            ticket_key_rotations: Counter::default(),
             requests: Family::default(),
             backend_connect: latency_histogram(),
             backend_response: latency_histogram(),
@@ -96,11 +111,27 @@ impl ProxyMetrics {
             listener_refused: Family::default(),
             accept_errors: Family::default(),
             certificates_loaded: Gauge::default(),
+            proxy_protocol_rejected: Family::default(),
         };
+        registry.register(
+            names::PROXY_PROTOCOL_REJECTED,
+            "Connections closed before TLS for their PROXY protocol header or an untrusted source, by reason",
+            m.proxy_protocol_rejected.clone(),
+        );
         registry.register(
             names::TLS_HANDSHAKES,
             "TLS handshakes by result, protocol version and failure reason",
             m.handshakes.clone(),
+        );
+        registry.register(
+            names::TLS_RESUMED,
+            "Completed TLS handshakes that resumed an earlier session",
+            m.resumed.clone(),
+        );
+        registry.register(
+            names::TICKET_KEY_ROTATIONS,
+            "Session-ticket key rotations while running",
+            m.ticket_key_rotations.clone(),
         );
         registry.register(
             names::HTTP_REQUESTS,

@@ -26,17 +26,28 @@ const BACKOFF: Duration = Duration::from_millis(50);
 /// Repeated accept failures or refusals are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct ListenerOptions {
+    /// The listener's place in the config, where a reload's `max_connections` is looked up.
+    pub index: usize,
     pub tls: bool,
+    /// The limit at start (used if a reload's settings have none for this listener).
     pub max_connections: usize,
+    /// The listener reads a PROXY protocol header before anything else.
+    pub proxy: Option<Arc<ProxyListener>>,
+}
+
+/// A listener's `proxy_protocol` and `proxy_trusted`.
+#[derive(Debug)]
+pub(crate) struct ProxyListener {
+    pub mode: terminus_config::ProxyProtocol,
+    pub trusted: Vec<ipnet::IpNet>,
 }
 
 /// The connections a listener holds, against its limit.
 #[derive(Debug)]
 struct Slots {
     live: AtomicUsize,
-    max: usize,
     metrics: ListenerMetrics,
 }
 
@@ -45,8 +56,9 @@ struct Slots {
 pub(crate) struct Slot(Arc<Slots>);
 
 impl Slots {
-    fn take(self: &Arc<Self>) -> Option<Slot> {
-        if self.live.fetch_add(1, Ordering::AcqRel) >= self.max {
+    /// A place under `max` (the listener's limit now: a reload may change it).
+    fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        if self.live.fetch_add(1, Ordering::AcqRel) >= max {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -102,7 +114,7 @@ fn is_fd_limit(e: &io::Error) -> bool {
 }
 
 pub(crate) async fn accept_loop(
-    shared: Arc<Shared>,
+    current: Arc<arc_swap::ArcSwap<Shared>>,
     listener: TcpListener,
     options: ListenerOptions,
     tracker: Tracker,
@@ -113,10 +125,10 @@ pub(crate) async fn accept_loop(
         .map(|a| HeaderValue::from(a.port()))
         .unwrap_or_else(|| HeaderValue::from_static("0"));
     let address = local.map(|a| a.to_string()).unwrap_or_default();
+    let metrics = current.load().metrics.listener(&address);
     let slots = Arc::new(Slots {
         live: AtomicUsize::new(0),
-        max: options.max_connections,
-        metrics: shared.metrics.listener(&address),
+        metrics,
     });
     let mut failures = Throttle::default();
     let mut refusals = Throttle::default();
@@ -154,19 +166,27 @@ pub(crate) async fn accept_loop(
                 }
             }
         };
-        let Some(slot) = slots.take() else {
-            refuse(tcp, peer, &slots, &mut refusals, &address);
+        // The settings and TLS policy of the moment: a reload applies to the next connection.
+        let shared = current.load_full();
+        let max = shared
+            .settings
+            .max_connections
+            .get(options.index)
+            .copied()
+            .unwrap_or(options.max_connections);
+        let Some(slot) = slots.take(max) else {
+            refuse(tcp, peer, (&slots, max), &mut refusals, &address);
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let guard = tracker.enter();
-        let shared = shared.clone();
         let stop = stop.clone();
         let port = port.clone();
         let tracker = tracker.clone();
+        let options = options.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            crate::conn::serve(shared, tcp, peer, port, options.tls, tracker, stop, slot).await;
+            crate::conn::serve(shared, tcp, peer, port, options, tracker, stop, slot).await;
         });
     }
 }
@@ -175,7 +195,7 @@ pub(crate) async fn accept_loop(
 fn refuse(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    slots: &Slots,
+    (slots, max): (&Slots, usize),
     throttle: &mut Throttle,
     address: &str,
 ) {
@@ -186,7 +206,7 @@ fn refuse(
         tracing::warn!(
             listener = %address,
             %peer,
-            max_connections = slots.max,
+            max_connections = max,
             refused_since_last_line = skipped,
             "listener full: connection refused"
         );

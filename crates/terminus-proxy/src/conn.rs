@@ -8,15 +8,17 @@ use std::sync::Arc;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use terminus_metrics::ProxyProtocolLabels;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::accept::Slot;
+use crate::accept::{ListenerOptions, ProxyListener, Slot};
 use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watch};
 use crate::fault::Fault;
 use crate::info::ConnInfo;
+use crate::proxy_header::Rejected;
 use crate::shutdown::Tracker;
 use crate::state::Shared;
 use crate::tls_io::TlsIo;
@@ -24,17 +26,50 @@ use crate::tls_io::TlsIo;
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
     port: HeaderValue,
-    tls: bool,
+    listener: ListenerOptions,
     tracker: Tracker,
     mut stop: watch::Receiver<bool>,
     slot: Slot,
 ) {
+    let tls = listener.tls;
     let _open = shared
         .metrics
         .open_connection(if tls { "https" } else { "http" });
+    let peer = match listener.proxy {
+        None => peer,
+        Some(proxy) => {
+            let read = client_address(&shared, &mut tcp, peer, &proxy);
+            tokio::pin!(read);
+            let read = tokio::select! {
+                _ = stop.changed() => {
+                    // After an upgrade the header is read (bounded as always) and the
+                    // connection served, as a handshake in progress is below.
+                    if !shared.handing_over() {
+                        return;
+                    }
+                    read.await
+                }
+                read = &mut read => read,
+            };
+            match read {
+                Ok(client) => client,
+                Err(why) => {
+                    shared
+                        .metrics
+                        .proxy_protocol_rejected
+                        .get_or_create(&ProxyProtocolLabels {
+                            reason: why.label(),
+                        })
+                        .inc();
+                    tracing::debug!(%peer, reason = why.label(), "connection closed before TLS: {why}");
+                    return;
+                }
+            }
+        }
+    };
     let trusted = shared
         .settings
         .trusted_proxies
@@ -54,9 +89,18 @@ pub(crate) async fn serve(
         serve_http(shared.clone(), tcp, info, stop, plain_last_words).await;
         return;
     }
+    let handshake = crate::handshake::handshake(&shared, tcp);
+    tokio::pin!(handshake);
     let handshake = tokio::select! {
-        _ = stop.changed() => return,
-        result = crate::handshake::handshake(&shared, tcp) => result,
+        _ = stop.changed() => {
+            if !shared.handing_over() {
+                return;
+            }
+            // Another process has taken over the listeners: this client did nothing wrong,
+            // so its handshake completes (bounded by handshake_timeout) and it is served.
+            handshake.await
+        }
+        result = &mut handshake => result,
     };
     if let Some((stream, tls_info)) = handshake {
         if tls_info.alpn.as_deref() == Some(terminus_tls::ALPN_H2) {
@@ -66,6 +110,27 @@ pub(crate) async fn serve(
         let stream = TlsIo::new(stream);
         serve_http(shared.clone(), stream, info, stop, tls_last_words).await;
     }
+}
+
+/// The client's address on a PROXY protocol listener: the header's, or the connection's own when
+/// the header carries none (or, with `optional`, there is none). Untrusted sources are refused
+/// before a byte is read.
+async fn client_address(
+    shared: &Shared,
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    proxy: &ProxyListener,
+) -> Result<SocketAddr, Rejected> {
+    // A dual-stack listener sees IPv4 balancers as ::ffff:a.b.c.d; proxy_trusted names them
+    // as IPv4.
+    let source = peer.ip().to_canonical();
+    if !proxy.trusted.iter().any(|net| net.contains(&source)) {
+        return Err(Rejected::Untrusted);
+    }
+    let deadline = Instant::now() + shared.settings.handshake_timeout;
+    Ok(crate::proxy_header::read(tcp, proxy.mode, deadline)
+        .await?
+        .unwrap_or(peer))
 }
 
 /// Plaintext: whatever the socket takes now.
@@ -130,15 +195,24 @@ async fn serve_http<I>(
     let mut watch = Watch::default();
     let watchdog = tokio::time::sleep(limits.interval());
     tokio::pin!(watchdog);
+    // HTTP/2 by ALPN; otherwise HTTP/1.1 (or, on plaintext without ALPN, either).
+    let http2 = std::ptr::eq(builder, &shared.http2);
+    // The stop may have come during the handshake (after an upgrade, which lets it finish).
+    let mut stopping = *stop.borrow_and_update();
     let mut closing = false;
     let result = loop {
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            _ = stop.changed(), if !closing => {
+        if stopping && !closing {
+            closing = true;
+            // After an upgrade, an HTTP/1 connection is closed after its next response
+            // (`Connection: close`, see service.rs), not now: a request may be on its way.
+            if http2 || !shared.handing_over() {
                 // HTTP/2: GOAWAY; HTTP/1.1: close once the in-flight response is done.
-                closing = true;
                 conn.as_mut().graceful_shutdown();
             }
+        }
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = stop.changed(), if !stopping => stopping = true,
             _ = &mut watchdog => match activity.look(&mut watch, Instant::now(), &limits) {
                 Verdict::Wait(next) => watchdog.as_mut().reset(next),
                 // Nothing in flight and nothing moved (including a client that never sent a

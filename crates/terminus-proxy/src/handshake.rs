@@ -232,6 +232,9 @@ pub(crate) async fn handshake(
                 _ => "",
             };
             metrics.handshake(true, version, "none");
+            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                metrics.resumed.inc();
+            }
             let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
             Some((
                 stream,

@@ -8,6 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -66,9 +67,41 @@ pub(crate) struct Pool<B> {
 struct Inner<B> {
     idle: DashMap<SocketAddr, Vec<Idle<B>>>,
     quarantined: DashMap<SocketAddr, Instant>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    quarantine_for: Duration,
+    /// The timeouts change on a config reload (nanoseconds, read without a lock).
+    connect_timeout: Nanos,
+    idle_timeout: Nanos,
+    quarantine_for: Nanos,
+}
+
+/// A duration that can be replaced while it is read.
+#[derive(Debug)]
+struct Nanos(AtomicU64);
+
+impl Nanos {
+    fn new(d: Duration) -> Self {
+        Self(AtomicU64::new(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+        ))
+    }
+
+    fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, d: Duration) {
+        self.0.store(
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl<B> Clone for Pool<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 impl<B> std::fmt::Debug for Pool<B> {
@@ -110,11 +143,23 @@ where
             inner: Arc::new(Inner {
                 idle: DashMap::new(),
                 quarantined: DashMap::new(),
-                connect_timeout,
-                idle_timeout,
-                quarantine_for,
+                connect_timeout: Nanos::new(connect_timeout),
+                idle_timeout: Nanos::new(idle_timeout),
+                quarantine_for: Nanos::new(quarantine_for),
             }),
         }
+    }
+
+    /// New timeouts (a config reload): they apply to the next connect, checkout and reap.
+    pub(crate) fn set_timeouts(
+        &self,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        quarantine_for: Duration,
+    ) {
+        self.inner.connect_timeout.set(connect_timeout);
+        self.inner.idle_timeout.set(idle_timeout);
+        self.inner.quarantine_for.set(quarantine_for);
     }
 
     /// An idle connection to `addr` if one is usable, else a new one.
@@ -133,8 +178,9 @@ where
     fn take_idle(&self, addr: SocketAddr) -> Option<Conn<B>> {
         let mut list = self.inner.idle.get_mut(&addr)?;
         let now = Instant::now();
+        let idle_timeout = self.inner.idle_timeout.get();
         while let Some(idle) = list.pop() {
-            if idle.sender.is_ready() && now.duration_since(idle.since) < self.inner.idle_timeout {
+            if idle.sender.is_ready() && now.duration_since(idle.since) < idle_timeout {
                 return Some(Conn {
                     sender: idle.sender,
                     addr,
@@ -148,17 +194,17 @@ where
 
     /// Opens a new connection, classifying failures as H19 (timeout) or H21 (refused).
     pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Conn<B>, Fault> {
-        let stream = match tokio::time::timeout(
-            self.inner.connect_timeout,
-            TcpStream::connect(addr),
-        )
-        .await
-        {
-            Err(_) => return Err(Fault::ConnectTimeout),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => return Err(Fault::ConnectTimeout),
-            Ok(Err(_)) => return Err(Fault::ConnectRefused),
-            Ok(Ok(stream)) => stream,
-        };
+        let stream =
+            match tokio::time::timeout(self.inner.connect_timeout.get(), TcpStream::connect(addr))
+                .await
+            {
+                Err(_) => return Err(Fault::ConnectTimeout),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(Fault::ConnectTimeout)
+                }
+                Ok(Err(_)) => return Err(Fault::ConnectRefused),
+                Ok(Ok(stream)) => stream,
+            };
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD)
@@ -182,7 +228,7 @@ where
     pub(crate) fn quarantine(&self, addr: SocketAddr) {
         self.inner
             .quarantined
-            .insert(addr, Instant::now() + self.inner.quarantine_for);
+            .insert(addr, Instant::now() + self.inner.quarantine_for.get());
     }
 
     pub(crate) fn is_quarantined(&self, addr: SocketAddr) -> bool {
@@ -201,9 +247,10 @@ where
     pub(crate) fn reap(&self) {
         let now = Instant::now();
         let inner = &self.inner;
+        let idle_timeout = inner.idle_timeout.get();
         inner.idle.retain(|_, list| {
             list.retain(|idle| {
-                !idle.sender.is_closed() && now.duration_since(idle.since) < inner.idle_timeout
+                !idle.sender.is_closed() && now.duration_since(idle.since) < idle_timeout
             });
             !list.is_empty()
         });

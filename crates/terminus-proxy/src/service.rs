@@ -29,6 +29,23 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let http1 = req.version() != Version::HTTP_2;
+    let mut response = respond(shared.clone(), conn, req).await?;
+    // Draining after an upgrade: this HTTP/1 connection closes after this response, and the
+    // client knows before it sends another request (the new process serves that one).
+    if http1 && shared.handing_over() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+async fn respond(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let in_flight = conn.activity.request();
     let request_id = headers::request_id(&parts.headers);

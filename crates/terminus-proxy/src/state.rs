@@ -1,6 +1,7 @@
 //! What every connection shares: the settings taken from the config, the certificate index,
 //! the route table, the TLS policy, metrics, the backend pool and the HTTP server builders.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +41,10 @@ pub struct Settings {
     pub set_x_real_ip: bool,
     pub default_app: Option<String>,
     pub access_log: bool,
+    /// How long shutdown waits for open connections.
+    pub shutdown_grace: Duration,
+    /// Each listener's `max_connections`, in config order.
+    pub max_connections: Vec<usize>,
 }
 
 impl Settings {
@@ -65,6 +70,8 @@ impl Settings {
             set_x_real_ip: config.proxy.set_x_real_ip,
             default_app: config.router.default_app.clone().map(String::from),
             access_log: config.router.access_log,
+            shutdown_grace: config.timeouts.shutdown_grace,
+            max_connections: config.listeners.iter().map(|l| l.max_connections).collect(),
         }
     }
 }
@@ -86,6 +93,10 @@ pub struct Shared {
     pub(crate) http1: auto::Builder<TokioExecutor>,
     /// ALPN said `h2`.
     pub(crate) http2: auto::Builder<TokioExecutor>,
+    /// Set when another process has taken over the listeners (binary upgrade): the drain
+    /// then closes HTTP/1 connections after a response rather than while idle. Shared by
+    /// every generation a reload makes, so connections accepted before a reload see it too.
+    pub(crate) handing_over: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -97,6 +108,37 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// The HTTP server builders for one set of settings: plaintext or TLS without ALPN (sniffed),
+/// ALPN `http/1.1`, ALPN `h2`.
+fn builders(
+    settings: &Settings,
+) -> (
+    auto::Builder<TokioExecutor>,
+    auto::Builder<TokioExecutor>,
+    auto::Builder<TokioExecutor>,
+) {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        // The connection's watchdog times heads (request_head, from the first byte) and the
+        // wait for them (idle); hyper's own timer would start before the first byte and
+        // close without a 408. This is a backstop for a watchdog that never fires.
+        .header_read_timeout(settings.idle_timeout + settings.request_head_timeout)
+        // The largest head (hyper answers 431 beyond it), and also the most hyper buffers
+        // for writing: a response is pulled from the backend only as fast as the client
+        // drains this, so a client that stops reading holds at most this much here (plus
+        // one chunk).
+        .max_buf_size(settings.max_request_head)
+        .max_headers(settings.max_headers);
+    http.http2()
+        .timer(TokioTimer::new())
+        // h2 answers a larger header block with 431 and resets the stream.
+        .max_header_list_size(u32::try_from(settings.max_request_head).unwrap_or(u32::MAX))
+        .max_send_buf_size(H2_SEND_BUFFER)
+        .max_concurrent_streams(256);
+    (http.clone().http1_only(), http.clone().http2_only(), http)
+}
+
 impl Shared {
     pub fn new(
         settings: Settings,
@@ -106,30 +148,12 @@ impl Shared {
         metrics: ProxyMetrics,
         challenges: Arc<AcmeChallenges>,
     ) -> Arc<Self> {
-        let mut http = auto::Builder::new(TokioExecutor::new());
-        http.http1()
-            .timer(TokioTimer::new())
-            // The connection's watchdog times heads (request_head, from the first byte) and the
-            // wait for them (idle); hyper's own timer would start before the first byte and
-            // close without a 408. This is a backstop for a watchdog that never fires.
-            .header_read_timeout(settings.idle_timeout + settings.request_head_timeout)
-            // The largest head (hyper answers 431 beyond it), and also the most hyper buffers
-            // for writing: a response is pulled from the backend only as fast as the client
-            // drains this, so a client that stops reading holds at most this much here (plus
-            // one chunk).
-            .max_buf_size(settings.max_request_head)
-            .max_headers(settings.max_headers);
-        http.http2()
-            .timer(TokioTimer::new())
-            // h2 answers a larger header block with 431 and resets the stream.
-            .max_header_list_size(u32::try_from(settings.max_request_head).unwrap_or(u32::MAX))
-            .max_send_buf_size(H2_SEND_BUFFER)
-            .max_concurrent_streams(256);
         let pool = pool::Pool::new(
             settings.connect_timeout,
             settings.pool_idle_timeout,
             settings.quarantine,
         );
+        let (http1, http2, http) = builders(&settings);
         Arc::new(Self {
             settings,
             certs,
@@ -138,10 +162,41 @@ impl Shared {
             metrics,
             challenges,
             pool,
-            http1: http.clone().http1_only(),
-            http2: http.clone().http2_only(),
+            http1,
+            http2,
             http,
+            handing_over: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The same router with new settings and TLS policy (a config reload): the certificate
+    /// index, route table, metrics and backend pool are shared with `self`. The pool's timeouts
+    /// change at once; everything else applies to connections that use the returned value.
+    pub fn reconfigured(&self, settings: Settings, policy: TlsPolicy) -> Arc<Self> {
+        self.pool.set_timeouts(
+            settings.connect_timeout,
+            settings.pool_idle_timeout,
+            settings.quarantine,
+        );
+        let (http1, http2, http) = builders(&settings);
+        Arc::new(Self {
+            settings,
+            certs: self.certs.clone(),
+            routes: self.routes.clone(),
+            policy,
+            metrics: self.metrics.clone(),
+            challenges: self.challenges.clone(),
+            pool: self.pool.clone(),
+            http1,
+            http2,
+            http,
+            handing_over: self.handing_over.clone(),
+        })
+    }
+
+    /// Whether this process is draining after handing its listeners to a new one.
+    pub(crate) fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     /// Idle backend connections in the pool.

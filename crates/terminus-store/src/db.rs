@@ -1,4 +1,5 @@
-//! The redb file: four tables (certs, domains, apps, meta), every change one ACID transaction
+//! The redb file: four tables (certs, domains, apps, meta: the key check and the sealed
+//! session-ticket keys, see [`crate::tickets`]), every change one ACID transaction
 //! committed with `Durability::Immediate` (fsync before `commit` returns), so an acknowledged
 //! change survives `kill -9` and a crash never leaves half a record. Every engine call runs
 //! under [`engine::guard`]: a damaged file is an error, never a panic.
@@ -166,6 +167,14 @@ impl Store {
         &self.dns_zone
     }
 
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// A consistent snapshot for reading.
     pub fn read(&self) -> Result<Reader> {
         let tx = guard(&self.file, "reading", || Ok(self.db.begin_read()?))?;
@@ -289,6 +298,11 @@ impl Reader {
         guard(&self.file, "reading", || {
             all(&self.tx.open_table(DOMAINS)?)
         })
+    }
+
+    pub fn app(&self, name: &str) -> Result<Option<AppRecord>> {
+        let t = self.tx.open_table(APPS)?;
+        t.get(name)?.map(|v| decode(v.value())).transpose()
     }
 
     pub fn domain(&self, host: &str) -> Result<Option<DomainRecord>> {

@@ -11,6 +11,8 @@
 //!   (the engine's calls are guarded). [`check_store`] checks a store without writing it;
 //!   [`recover`] salvages a damaged one into a new file.
 //! - [`acme`] keeps automated certificate management's state (apps, domains, orders, account).
+//! - Session-ticket keys and their rotation state are kept sealed too ([`tickets`]), so
+//!   clients resume after a restart.
 //! - [`load`] turns the config file's objects and stored records into what the router serves.
 
 pub mod acme;
@@ -25,6 +27,7 @@ mod records;
 mod recover;
 pub mod seal;
 mod sealed;
+pub mod tickets;
 
 pub use acme::{
     AcmStatus, AcmeAccountRecord, AcmeAppRecord, AcmeCertMark, AcmeDomainRecord, AcmeState,
@@ -34,10 +37,11 @@ pub use checksum::{parse as parse_checksum, sha256};
 pub use db::{Reader, Store, Undecodable, Writer, STORE_FILE};
 pub use error::{Result, StoreError};
 pub use load::{
-    app_backends, domain_from, load_config, load_store, publish_app, publish_cert, publish_domain,
-    CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport, Quarantine, RecordError, Reserved,
-    Skipped, R17,
+    app_backends, apply_config, domain_from, load_config, load_store, prepare_config, publish_app,
+    publish_cert, publish_domain, CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport,
+    PreparedConfig, Quarantine, RecordError, Reserved, Skipped, R17,
 };
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
 pub use recover::{recover, Lost, RecoverOutcome, Recovery};
 pub use sealed::SealedKey;
+pub use tickets::{load_ticket_keys, LoadedTicketKeys, TicketKeysOrigin};

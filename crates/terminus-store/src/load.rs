@@ -88,6 +88,8 @@ pub struct ConfigLoad {
     /// Every app's backends as written: names among them are resolved by whoever publishes
     /// apps (the control plane), which also re-resolves them.
     pub apps: Vec<(String, Vec<BackendAddr>)>,
+    /// Apps a reload took out of service (the file no longer defines them, the store has none).
+    pub removed_apps: Vec<String>,
 }
 
 /// Loads the config file's certificates into `certs` and its apps and domains into `routes`.
@@ -143,6 +145,26 @@ fn load_cert_files(
     roots: &Roots,
     now: i64,
 ) -> Result<ConfigCert, CertFileError> {
+    let (entry, shown) = prepare_cert_files(origin, index, files, certs, roots, now)?;
+    certs.insert(entry).map_err(|source| CertFileError::Index {
+        file: origin.to_path_buf(),
+        index,
+        name: files.name.to_string(),
+        source: Box::new(source),
+    })?;
+    Ok(shown)
+}
+
+/// Reads and checks one `[[certificate]]` of the config file: what the index would serve, and
+/// what the API shows of it.
+fn prepare_cert_files(
+    origin: &std::path::Path,
+    index: usize,
+    files: &terminus_config::CertificateFiles,
+    certs: &CertIndex,
+    roots: &Roots,
+    now: i64,
+) -> Result<(CertEntry, ConfigCert), CertFileError> {
     let name = || files.name.to_string();
     let read = |path: &PathBuf| {
         std::fs::read(path).map_err(|source| CertFileError::Read {
@@ -178,15 +200,137 @@ fn load_cert_files(
         info: prepared.leaf.clone(),
         chain: prepared.chain.clone(),
     };
-    certs
-        .insert(CertEntry::from_prepared(&files.name, prepared))
-        .map_err(|source| CertFileError::Index {
-            file: origin.to_path_buf(),
-            index,
-            name: name(),
-            source: Box::new(source),
-        })?;
-    Ok(shown)
+    Ok((CertEntry::from_prepared(&files.name, prepared), shown))
+}
+
+/// A reloaded config file's certificates, every one read and checked: nothing of the reload
+/// is applied unless all of them load.
+#[derive(Debug)]
+pub struct PreparedConfig {
+    certs: Vec<(CertEntry, String, ConfigCert)>,
+}
+
+/// Reads and checks every certificate of a reloaded config file; the first that fails rejects
+/// the reload (at start, a failing certificate is skipped instead: there is no running config
+/// to keep).
+pub fn prepare_config(
+    config: &Config,
+    certs: &CertIndex,
+    roots: &Roots,
+    now: i64,
+) -> Result<PreparedConfig, CertFileError> {
+    let origin = config.origin();
+    let mut prepared = Vec::with_capacity(config.certificates.len());
+    for (index, files) in config.certificates.iter().enumerate() {
+        let (entry, shown) = prepare_cert_files(&origin, index, files, certs, roots, now)?;
+        prepared.push((entry, files.name.to_string(), shown));
+    }
+    Ok(PreparedConfig { certs: prepared })
+}
+
+/// Serves a reloaded config file's certificates, apps and domains in place of the running
+/// config's (`before`: the names it defined). The config file still wins over the store; a
+/// name the file no longer defines goes back to the store's record of that name if there is
+/// one, else stops being served. Each certificate joins under its name before the one it
+/// replaces leaves, so a handshake always finds one.
+pub fn apply_config(
+    prepared: PreparedConfig,
+    config: &Config,
+    before: &Reserved,
+    certs: &CertIndex,
+    routes: &RouteTable,
+    store: Option<&Store>,
+) -> Result<ConfigLoad> {
+    let mut out = ConfigLoad::default();
+    for (_, name, _) in &prepared.certs {
+        out.reserved.certs.insert(name.clone());
+    }
+    out.reserved.apps = config.apps.iter().map(|a| a.name.to_string()).collect();
+    out.reserved.domains = config.domains.iter().map(|d| d.pattern.clone()).collect();
+    // What the store holds under the names the file gives up, read before anything changes:
+    // a store that fails here rejects the reload with nothing applied.
+    let fallback = Fallback::read(store, before, &out.reserved)?;
+    for (entry, name, shown) in prepared.certs {
+        certs.replace(entry);
+        out.certs.insert(name, shown);
+    }
+    for app in &config.apps {
+        routes.set_app(app_with_literal_addresses(&app.name, &app.backends));
+        out.apps.push((app.name.to_string(), app.backends.clone()));
+    }
+    for d in &config.domains {
+        routes.set_domain(Domain {
+            pattern: d.pattern.clone(),
+            app: d.app.as_str().into(),
+            cert: d.certificate.as_deref().map(Into::into),
+        });
+    }
+    for (name, stored) in fallback.certs {
+        match stored {
+            Some(e) => {
+                certs.replace(e);
+            }
+            None => {
+                certs.remove(&name);
+            }
+        }
+    }
+    for (name, stored) in fallback.apps {
+        match stored.map(|record| publish_app(routes, &record)) {
+            Some(Ok(specs)) => out.apps.push((name, specs)),
+            _ => {
+                routes.remove_app(&name);
+                out.removed_apps.push(name);
+            }
+        }
+    }
+    for (pattern, stored) in fallback.domains {
+        if stored.is_none_or(|record| publish_domain(routes, &record).is_err()) {
+            routes.remove_domain(&pattern);
+        }
+    }
+    Ok(out)
+}
+
+/// The store's records under the names a reloaded config file no longer defines (`None`: the
+/// store has none, or it cannot be served).
+#[derive(Default)]
+struct Fallback {
+    certs: Vec<(String, Option<CertEntry>)>,
+    apps: Vec<(String, Option<AppRecord>)>,
+    domains: Vec<(HostPattern, Option<DomainRecord>)>,
+}
+
+impl Fallback {
+    fn read(store: Option<&Store>, before: &Reserved, after: &Reserved) -> Result<Self> {
+        let mut out = Self::default();
+        let reader = store.map(Store::read).transpose()?;
+        let mut interner = Interner::default();
+        for name in before.certs.difference(&after.certs) {
+            let stored = match (&reader, store) {
+                (Some(r), Some(s)) => r
+                    .cert(name)?
+                    .and_then(|record| entry(s.master_key(), &record, &mut interner).ok()),
+                _ => None,
+            };
+            out.certs.push((name.clone(), stored));
+        }
+        for name in before.apps.difference(&after.apps) {
+            let stored = match &reader {
+                Some(r) => r.app(name)?,
+                None => None,
+            };
+            out.apps.push((name.clone(), stored));
+        }
+        for pattern in before.domains.difference(&after.domains) {
+            let stored = match &reader {
+                Some(r) => r.domain(&pattern.to_string())?,
+                None => None,
+            };
+            out.domains.push((pattern.clone(), stored));
+        }
+        Ok(out)
+    }
 }
 
 /// A stored app or domain that decodes but cannot be served as it is.

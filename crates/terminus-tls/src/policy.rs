@@ -66,6 +66,20 @@ pub struct TlsPolicy {
 
 impl TlsPolicy {
     pub fn new(config: &TlsConfig) -> Result<Self, PolicyError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let tickets = Ticketer::new(&TicketKeys::generate(now)?)?;
+        Self::with_tickets(config, tickets)
+    }
+
+    /// A policy for a reloaded `[tls]` that keeps this one's ticket keys, so clients holding
+    /// tickets still resume after the reload.
+    pub fn reconfigured(&self, config: &TlsConfig) -> Result<Self, PolicyError> {
+        Self::with_tickets(config, self.tickets.clone())
+    }
+
+    fn with_tickets(config: &TlsConfig, tickets: Arc<Ticketer>) -> Result<Self, PolicyError> {
         let provider = Arc::new(provider(config.post_quantum));
         let versions: &[&rustls::SupportedProtocolVersion] = match config.min_version {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -82,10 +96,6 @@ impl TlsPolicy {
         // for no security an edge router's clients can use. Clients that put ChaCha20 first
         // (no AES hardware) get the `chacha` config instead, which follows their order.
         base.ignore_client_order = true;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let tickets = Ticketer::new(&TicketKeys::generate(now)?)?;
         base.ticketer = tickets.clone();
         base.session_storage = if config.session_cache_size == 0 {
             Arc::new(rustls::server::NoServerSessionStorage {})

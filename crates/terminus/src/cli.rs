@@ -251,6 +251,14 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Read the router's config file again and apply it (as SIGHUP does). A file that does
+    /// not validate, or whose certificates do not load, is rejected whole: the router keeps
+    /// its running config and the reason is printed.
+    #[command(name = "reload", after_help = help!("terminus reload"))]
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 impl Command {
@@ -273,7 +281,8 @@ impl Command {
             | Self::CertsAutoEnable { api, .. }
             | Self::CertsAuto { api, .. }
             | Self::CertsAutoRefresh { api, .. }
-            | Self::CertsAutoDisable { api, .. } => api,
+            | Self::CertsAutoDisable { api, .. }
+            | Self::Reload { api } => api,
         }
     }
 }
@@ -512,6 +521,18 @@ fn execute(command: Command, api: &ApiArgs) -> Result<(), Failure> {
             let v = b.block_on(c.update_app(&name, &AppUpdate { backends }))?;
             show(&v, &|| {
                 println!("Updated {}: backends {}", v.name, backends_of(&v))
+            });
+        }
+        Command::Reload { .. } => {
+            let v = b.block_on(c.reload())?;
+            show(&v, &|| {
+                println!(
+                    "Reloaded {}: {} certificates, {} apps, {} domains from the file",
+                    v.file, v.applied.certificates, v.applied.apps, v.applied.domains
+                );
+                for setting in &v.needs_restart {
+                    println!("Needs a restart to apply (the running value is kept): {setting}");
+                }
             });
         }
         Command::AppsDestroy { name, confirm, .. } => {

@@ -4,22 +4,36 @@ use super::Checker;
 use crate::raw::RawProxy;
 use crate::{IpNet, ProxyConfig, Result};
 
-pub(super) fn validate(c: &Checker<'_>, raw: &RawProxy) -> Result<ProxyConfig> {
-    let d = ProxyConfig::default();
-    let mut trusted_proxies = Vec::new();
-    for (i, text) in raw.trusted_proxies.iter().flatten().enumerate() {
+/// A list of IP addresses or CIDR blocks (`key[i]` names a bad one).
+pub(super) fn nets<'a>(
+    c: &Checker<'_>,
+    key: &str,
+    texts: impl Iterator<Item = &'a String>,
+) -> Result<Vec<IpNet>> {
+    let mut out = Vec::new();
+    for (i, text) in texts.enumerate() {
         let text = text.trim();
         let net = text
             .parse::<IpNet>()
             .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
             .map_err(|_| {
                 c.err(
-                    format!("proxy.trusted_proxies[{i}]"),
+                    format!("{key}[{i}]"),
                     format!("'{text}' is neither an IP address nor a CIDR block like 10.0.0.0/8"),
                 )
             })?;
-        trusted_proxies.push(net);
+        out.push(net);
     }
+    Ok(out)
+}
+
+pub(super) fn validate(c: &Checker<'_>, raw: &RawProxy) -> Result<ProxyConfig> {
+    let d = ProxyConfig::default();
+    let trusted_proxies = nets(
+        c,
+        "proxy.trusted_proxies",
+        raw.trusted_proxies.iter().flatten(),
+    )?;
     let max_headers = raw.max_headers.unwrap_or(d.max_headers);
     // hyper parses at most 100 header lines into a buffer on the stack; beyond that it would
     // allocate per request, so 100 is the ceiling (HAProxy's default is 101).

@@ -139,6 +139,22 @@ fn meaning_errors_name_the_key_and_the_fix() {
                 "listener[0].max_connections: must be at least 1",
             ),
             (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"v1\"\n",
+                "listener[0].proxy_trusted: proxy_protocol needs the load balancers",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"v3\"\nproxy_trusted = [\"10.0.0.0/8\"]\n",
+                "listener[0].proxy_protocol: 'v3' is not one of",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_trusted = [\"10.0.0.0/8\"]\n",
+                "listener[0].proxy_trusted: has no effect without proxy_protocol",
+            ),
+            (
+                "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"v2\"\nproxy_trusted = [\"lb\"]\n",
+                "listener[0].proxy_trusted[0]: 'lb' is neither",
+            ),
+            (
                 &format!("{MINIMAL}[proxy]\nmax_request_head = 100\n"),
                 "proxy.max_request_head: must be between 8192 and 1048576",
             ),
@@ -258,4 +274,18 @@ fn acme_eab_is_not_printed() {
         shown.contains("kid-1") && !shown.contains("c2VjcmV0"),
         "{shown}"
     );
+}
+
+#[test]
+fn proxy_protocol_per_listener() {
+    let config = parse(
+        "[[listener]]\naddress = \"127.0.0.1:1\"\nproxy_protocol = \"optional\"\nproxy_trusted = [\"10.0.0.0/8\", \"127.0.0.1\"]\n[[listener]]\naddress = \"127.0.0.1:2\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.listeners[0].proxy_protocol,
+        Some(crate::ProxyProtocol::Optional)
+    );
+    assert_eq!(config.listeners[0].proxy_trusted.len(), 2);
+    assert_eq!(config.listeners[1].proxy_protocol, None);
 }
