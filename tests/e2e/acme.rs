@@ -1221,3 +1221,29 @@ async fn a_rate_limited_order_waits_for_the_cas_retry_after() {
         next - before
     );
 }
+
+#[tokio::test]
+async fn a_domain_added_by_a_config_reload_is_ordered() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let echo = Backend::echo("acme-reload").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml("challenges = [\"http-01\"]"));
+    b.app("web", &[echo.addr]);
+    let r = b.start().await;
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    let root = pebble.root().await;
+    let (s, v) = r.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+    let path = r.dir.path().join("terminus.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str("\n[[domain]]\nhost = \"reloaded.acme.test\"\napp = \"web\"\n");
+    std::fs::write(&path, text).unwrap();
+    let (s, v) = r.api("POST", "/v1/reload", None).await;
+    assert_eq!(s, 200, "{v}");
+    wait_status(&r, "web", "reloaded.acme.test", "Cert issued").await;
+    assert_eq!(https_get(&r, &root, "reloaded.acme.test").await.status, 200);
+}

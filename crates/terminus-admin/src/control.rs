@@ -179,6 +179,11 @@ impl Control {
         self
     }
 
+    /// Automated certificates, when `[acme]` is configured.
+    pub fn acm(&self) -> Option<&Arc<terminus_acme::Acme>> {
+        self.acme.as_ref()
+    }
+
     fn slot(&self) -> StoreSlot {
         self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

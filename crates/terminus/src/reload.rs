@@ -176,6 +176,19 @@ impl Reloader {
             domains: config.domains.len(),
         };
         self.control.set_statics(statics_of(&config, loaded));
+        // Domains the file added to (or took from) an app with ACM on are ordered (or
+        // retired), as through the API.
+        if let Some(acme) = self.control.acm() {
+            let domains: Vec<(String, String)> = current
+                .routes
+                .domains()
+                .into_iter()
+                .map(|d| (d.pattern.to_string(), d.app.to_string()))
+                .collect();
+            if let Err(e) = acme.reconcile(&domains, unix_now()) {
+                tracing::error!(error = %e, "ACM: the reloaded domains could not be queued; certs:auto:refresh queues them");
+            }
+        }
         let mut settings = Settings::from_config(&config);
         if !same_listeners(&self.started, &config) {
             // The listeners stay as started, and so do their limits.
