@@ -6,6 +6,7 @@
 // Test setup that fails should stop the test loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod acme;
 mod damage;
 mod durability;
 mod errors;
@@ -15,6 +16,7 @@ mod harness;
 mod hostile;
 mod lifecycle;
 mod listing;
+mod process;
 mod proxy;
 mod proxy_protocol;
 mod readme;
@@ -25,7 +27,9 @@ mod selection;
 mod shutdown;
 mod sni;
 mod swap;
+mod tickets;
 mod tls_edges;
 mod tools;
+mod upgrade;
 mod validation;
 mod websocket;

@@ -151,23 +151,55 @@ async fn settings_that_need_a_restart_are_reported_and_the_rest_applies() {
     };
     assert_eq!(send(many(12)).await.status, 200);
 
-    let changed = before
+    // Limits apply live: fewer headers, one connection at a time on the TLS listener.
+    let limited = before
         .replace(&format!("\"{}\"", one.addr), &format!("\"{}\"", two.addr))
-        .replace("tls = true\n", "tls = true\nmax_connections = 7\n")
+        .replace("tls = true\n", "tls = true\nmax_connections = 1\n")
         + "[proxy]\nmax_headers = 8\n";
+    write_config(&r, &limited);
+    let (status, body) = r.api("POST", "/v1/reload", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["needs_restart"].as_array().map(Vec::len),
+        Some(0),
+        "{body}"
+    );
+    assert_eq!(send(many(12)).await.status, 431, "from the next connection");
+    let held = r.client("a.example.com").connect(r.https()).await.unwrap();
+    assert!(
+        r.client("a.example.com").connect(r.https()).await.is_err(),
+        "a second connection is over the new max_connections"
+    );
+    drop(held);
+    // The limit of 1 stays (the listener change below is not applied): wait for the slot.
+    let gauge = format!("terminus_listener_connections{{address=\"{}\"}}", r.https());
+    eventually_async(
+        Duration::from_secs(5),
+        "the held connection is gone",
+        || async { r.metric(&gauge).await == 0.0 },
+    )
+    .await;
+
+    // A listener change needs a restart: reported, and the listener stays as it was (no
+    // PROXY header is asked for); the rest of the file applies.
+    let changed = limited.replace(
+        "max_connections = 1\n",
+        "proxy_protocol = \"v1\"\nproxy_trusted = [\"127.0.0.1\"]\n",
+    );
     write_config(&r, &changed);
     let (status, body) = r.api("POST", "/v1/reload", None).await;
     assert_eq!(status, 200, "{body}");
     let needs = body["needs_restart"].to_string();
     assert!(needs.contains("listener"), "{body}");
+    let (code, out, _) = r.cli(&["reload"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("Needs a restart"), "{out}");
     assert_eq!(
         r.get("a.example.com", "a.example.com", "/")
             .await
             .header("x-backend"),
         Some("two")
     );
-    // The new limit applies from the next connection.
-    assert_eq!(send(many(12)).await.status, 431);
     r.shutdown().await;
 }
 

@@ -115,6 +115,10 @@ async fn key_material_in_any_field_is_never_echoed_nor_logged() {
         ("GET", format!("/v1/domains?cursor={seg}")),
         ("GET", format!("/v1/certs?limit={seg}")),
         ("GET", format!("/v1/certs?{seg}=1")),
+        ("GET", format!("/v1/apps/{seg}/acm")),
+        ("POST", format!("/v1/apps/{seg}/acm")),
+        ("POST", format!("/v1/apps/{seg}/acm/refresh")),
+        ("DELETE", format!("/v1/apps/{seg}/acm")),
     ] {
         let body = match method {
             "PATCH" if path.starts_with("/v1/certs") => good_cert.clone(),

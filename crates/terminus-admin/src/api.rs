@@ -254,6 +254,40 @@ impl Api {
                     .await
                     .map(|v| json(ok, &v))
             }
+            (["v1", "acm"], &Method::GET) => blocking(move || c.acm_status(None))
+                .await
+                .map(|v| json(ok, &v)),
+            (["v1", "apps", app, "acm"], &Method::GET) => {
+                let app = app.to_string();
+                blocking(move || c.acm_status(Some(&app)))
+                    .await
+                    .map(|v| json(ok, &v))
+            }
+            (["v1", "apps", app, "acm"], &Method::POST) => {
+                let app = app.to_string();
+                blocking(move || c.acm_enable(&app, now))
+                    .await
+                    .map(|v| json(ok, &v))
+            }
+            (["v1", "apps", app, "acm"], &Method::DELETE) => {
+                let app = app.to_string();
+                blocking(move || c.acm_disable(&app))
+                    .await
+                    .map(|v| json(ok, &v))
+            }
+            (["v1", "apps", app, "acm", "refresh"], &Method::POST) => {
+                let app = app.to_string();
+                blocking(move || c.acm_refresh(&app, now))
+                    .await
+                    .map(|v| json(ok, &v))
+            }
+            (["v1", "acm"] | ["v1", "apps", _, "acm"] | ["v1", "apps", _, "acm", "refresh"], _) => {
+                Err(ApiError::new(
+                    405,
+                    "method_not_allowed",
+                    format!("{method} is not allowed here"),
+                ))
+            }
             (["v1", "reload"], &Method::POST) => match &self.reload {
                 Some(r) => {
                     let r = r.clone();

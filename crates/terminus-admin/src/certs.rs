@@ -194,7 +194,7 @@ impl Control {
             .filter(|n| after(n))
             .map(|n| Listed::Config(n.clone()))
             .collect();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store_for_api()? {
             let mut taken = 0usize;
             store.read()?.certs_after(cursor, |rec| {
                 match rec {
@@ -234,7 +234,9 @@ impl Control {
                 }
                 Listed::Undecodable { name, reason } => Some(undecodable_view(&name, &reason)),
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut out = out;
+        self.mark_acm(&mut out)?;
         Ok((out, next.flatten()))
     }
 
@@ -246,7 +248,12 @@ impl Control {
             return Ok(v);
         }
         match self.stored(name) {
-            Ok(rec) => Ok(stored_view(self, &rec, now, domains)),
+            Ok(rec) => {
+                let mut v = [stored_view(self, &rec, now, domains)];
+                self.mark_acm(&mut v)?;
+                let [v] = v;
+                Ok(v)
+            }
             Err(Stored::Undecodable(reason)) => Ok(undecodable_view(name, &reason)),
             Err(Stored::Api(e)) => Err(e),
         }
@@ -254,8 +261,7 @@ impl Control {
 
     fn stored(&self, name: &str) -> Result<CertRecord, Stored> {
         let store = self
-            .store
-            .as_ref()
+            .store_for_api()?
             .ok_or_else(|| ApiError::not_found("certificate", name))?;
         match store.read()?.cert(name) {
             Ok(Some(rec)) => Ok(rec),
@@ -310,6 +316,7 @@ impl Control {
         };
         let prepared = prepare(&chain, &key, &options, &self.provider, now)?;
         let (store, _lock) = self.writable()?;
+        self.refuse_upload_for_acm(&domains, &prepared.leaf.names)?;
         let name = match up.name {
             Some(name) => {
                 self.refuse_static(&name)?;
@@ -321,7 +328,7 @@ impl Control {
                 }
                 name
             }
-            None => self.fresh_name(store)?,
+            None => self.fresh_name(&store)?,
         };
         let mut warnings = prepared.warnings.clone();
         let pin = self.pinnable_domains(&domains, &prepared, &mut warnings)?;
@@ -340,7 +347,7 @@ impl Control {
             }
             Ok(())
         })?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         for d in &pin {
             self.routes.set_pin(d, Some(&name));
         }
@@ -423,6 +430,7 @@ impl Control {
         };
         let prepared = prepare(&chain, &key, &options, &self.provider, now)?;
         let (store, _lock) = self.writable()?;
+        self.refuse_acm_cert(name, "upload")?;
         let (mut record, read_at) = store
             .read()?
             .cert_at(name)?
@@ -475,7 +483,7 @@ impl Control {
             w.expect_cert(name, read_at)?;
             w.put_cert(&record)
         })?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         Ok(CertChange {
             certificate: self.cert(name, now)?,
             dropped: dropped(&prepared),
@@ -525,7 +533,7 @@ impl Control {
             w.expect_cert(name, read_at)?;
             w.put_cert(&record)
         })?;
-        self.publish(store, &record)?;
+        self.publish(&store, &record)?;
         self.cert(name, now)
     }
 
@@ -548,6 +556,7 @@ impl Control {
         self.refuse_static(name)?;
         let certificate = self.cert(name, now)?;
         let (store, _lock) = self.writable()?;
+        self.refuse_acm_cert(name, "remove it")?;
         let affected = self.impact(&Without {
             cert: Some(name),
             app: None,
@@ -567,6 +576,7 @@ impl Control {
             if !w.delete_cert(name)? {
                 return Ok(None);
             }
+            w.delete_acme_cert_mark(name)?;
             let mut unpinned = Vec::new();
             for d in w.domains()? {
                 if d.cert.as_deref() == Some(name) {
@@ -595,7 +605,7 @@ impl Control {
     /// have been expired for the retention period, and drops expired previous versions.
     /// Returns the names deleted.
     pub fn cleanup_expired(&self, now: i64) -> ApiResult<Vec<String>> {
-        let Some(store) = self.store.as_deref() else {
+        let Some(store) = self.store() else {
             return Ok(Vec::new());
         };
         let cutoff = now - i64::try_from(self.retention.as_secs()).unwrap_or(i64::MAX);
@@ -618,7 +628,7 @@ impl Control {
         if delete.is_empty() && trim.is_empty() {
             return Ok(Vec::new());
         }
-        let _lock = self.writable()?.1;
+        let (store, _lock) = self.writable()?;
         store.write(|w| {
             for name in &delete {
                 w.delete_cert(name)?;

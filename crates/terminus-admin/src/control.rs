@@ -6,7 +6,7 @@
 //! Methods block on disk I/O: call them from a blocking task.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use crate::backends::Backends;
@@ -118,8 +118,20 @@ impl From<StoreError> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The store as the control plane holds it.
+#[derive(Debug, Clone)]
+enum StoreSlot {
+    /// None configured, or it could not be used at start.
+    None,
+    Open(Arc<Store>),
+    /// Released for a binary upgrade: the new process opens it (one process at a time holds
+    /// the file). Changes are refused with 503 until it is taken back or this process exits.
+    HandedOver,
+}
+
 pub struct Control {
-    pub(crate) store: Option<Arc<Store>>,
+    /// Behind a lock only to be swapped out for a binary upgrade; held for a clone of the Arc.
+    store: RwLock<StoreSlot>,
     pub(crate) certs: Arc<CertIndex>,
     pub(crate) routes: Arc<RouteTable>,
     pub(crate) provider: Arc<CryptoProvider>,
@@ -130,13 +142,15 @@ pub struct Control {
     pub(crate) metrics: ControlMetrics,
     pub(crate) retention: Duration,
     pub(crate) backends: Backends,
+    /// Automated certificates, when `[acme]` is configured.
+    pub(crate) acme: Option<Arc<terminus_acme::Acme>>,
     write: Mutex<()>,
 }
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Control")
-            .field("store", &self.store)
+            .field("store", &self.slot())
             .field("certs", &self.certs)
             .finish_non_exhaustive()
     }
@@ -154,13 +168,14 @@ impl Control {
         Self {
             provider: certs.provider().clone(),
             trust: Roots::default(),
-            store,
+            store: RwLock::new(store.map_or(StoreSlot::None, StoreSlot::Open)),
             certs,
             routes,
             statics: arc_swap::ArcSwap::from_pointee(statics),
             metrics,
             retention,
             backends: Backends::default(),
+            acme: None,
             write: Mutex::new(()),
         }
     }
@@ -169,6 +184,38 @@ impl Control {
     pub fn with_roots(mut self, roots: Roots) -> Self {
         self.trust = roots;
         self
+    }
+
+    /// Serves automated certificates through `acme`.
+    pub fn with_acme(mut self, acme: Option<Arc<terminus_acme::Acme>>) -> Self {
+        self.acme = acme;
+        self
+    }
+
+    /// Automated certificates, when `[acme]` is configured.
+    pub fn acm(&self) -> Option<&Arc<terminus_acme::Acme>> {
+        self.acme.as_ref()
+    }
+
+    fn slot(&self) -> StoreSlot {
+        self.store.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The store, if one is open in this process now.
+    pub fn store(&self) -> Option<Arc<Store>> {
+        match self.slot() {
+            StoreSlot::Open(store) => Some(store),
+            StoreSlot::None | StoreSlot::HandedOver => None,
+        }
+    }
+
+    /// The store for an API read: `None` without one, 503 while it is handed over.
+    pub(crate) fn store_for_api(&self) -> ApiResult<Option<Arc<Store>>> {
+        match self.slot() {
+            StoreSlot::Open(store) => Ok(Some(store)),
+            StoreSlot::None => Ok(None),
+            StoreSlot::HandedOver => Err(handed_over()),
+        }
     }
 
     /// What "trusted" is checked against.
@@ -187,20 +234,58 @@ impl Control {
         self.statics.store(Arc::new(statics));
     }
 
-    pub fn store(&self) -> Option<&Arc<Store>> {
-        self.store.as_ref()
-    }
-
     /// The store and the change lock, or 503 when there is no store to make changes durable.
-    pub(crate) fn writable(&self) -> ApiResult<(&Store, MutexGuard<'_, ()>)> {
-        let store = self.store.as_deref().ok_or_else(|| {
-            ApiError::new(
+    pub(crate) fn writable(&self) -> ApiResult<(Arc<Store>, MutexGuard<'_, ()>)> {
+        // The change lock first: a change that holds it finishes against the store it began
+        // with before [`Control::release_store`] can hand that store over.
+        let lock = self.write_lock();
+        match self.slot() {
+            StoreSlot::Open(store) => Ok((store, lock)),
+            StoreSlot::HandedOver => Err(handed_over()),
+            StoreSlot::None => Err(ApiError::new(
                 503,
                 "no_store",
                 "this router has no certificate store: start it with [store] in the config or --data-dir, so changes survive restarts",
-            )
-        })?;
-        Ok((store, self.write_lock()))
+            )),
+        }
+    }
+
+    /// Lets go of the store for a binary upgrade, once no change is in flight: from now on
+    /// changes (and reads of stored objects) answer 503 until [`Control::reinstate_store`].
+    /// Returns the store so that the caller can wait until every reader has dropped it, which
+    /// closes the file for the new process. Blocks while a change is in flight.
+    pub fn release_store(&self) -> Option<Arc<Store>> {
+        let _lock = self.write_lock();
+        // ACM lets go of it too (its orders in flight fail and resume in the new process).
+        if let Some(acme) = &self.acme {
+            acme.release_store();
+        }
+        let mut slot = self.store.write().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *slot, StoreSlot::HandedOver) {
+            StoreSlot::Open(store) => Some(store),
+            StoreSlot::None => {
+                // Nothing to hand over: this process had none to write to either.
+                *slot = StoreSlot::None;
+                None
+            }
+            StoreSlot::HandedOver => None,
+        }
+    }
+
+    /// Takes the store back after an upgrade that did not happen (`None`: it could not be
+    /// reopened; changes then answer 503 "no_store").
+    pub fn reinstate_store(&self, store: Option<Arc<Store>>) {
+        let _lock = self.write_lock();
+        if let Some(acme) = &self.acme {
+            acme.reinstate_store(store.clone());
+        }
+        *self.store.write().unwrap_or_else(|p| p.into_inner()) =
+            store.map_or(StoreSlot::None, StoreSlot::Open);
+    }
+
+    /// Whether the store is handed over to a new process now.
+    pub fn store_handed_over(&self) -> bool {
+        matches!(self.slot(), StoreSlot::HandedOver)
     }
 
     /// The lock every change holds: API changes and config reloads never interleave.
@@ -304,6 +389,14 @@ impl Control {
         }
         out
     }
+}
+
+fn handed_over() -> ApiError {
+    ApiError::new(
+        503,
+        "upgrading",
+        "the store is being handed to a new terminus process (binary upgrade): retry in a moment, the new process answers once it is ready",
+    )
 }
 
 pub(crate) fn selected_by(by: SelectedBy) -> ApiSelectedBy {

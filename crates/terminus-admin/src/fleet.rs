@@ -73,7 +73,7 @@ impl Control {
         if self.statics().certs.contains_key(name) {
             return;
         }
-        let (Some(record), Some(store)) = (record, self.store.as_deref()) else {
+        let (Some(record), Some(store)) = (record, self.store()) else {
             self.certs.remove(name);
             return;
         };
@@ -83,7 +83,7 @@ impl Control {
             tracing::error!(code = R17, certificate = %name, "CERTIFICATE QUARANTINED: its private key does not open with this router's fleet key; every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)");
             return;
         }
-        if let Err(q) = terminus_store::publish_cert(store, &self.certs, record) {
+        if let Err(q) = terminus_store::publish_cert(&store, &self.certs, record) {
             self.certs.remove(name);
             self.metrics.quarantined.inc();
             tracing::error!(code = q.code, certificate = %q.name, "{q}; the other certificates are served");
@@ -92,6 +92,6 @@ impl Control {
 
     /// Why this router is not ready to take changes, or `None` when it is (`/readyz`).
     pub fn unready(&self) -> Option<String> {
-        self.store.as_ref()?.remote()?.unready()
+        self.store()?.remote()?.unready()
     }
 }

@@ -4,6 +4,7 @@
 //! reloads (bearer token). Loopback by default; a separate listener so the data plane never
 //! serves it.
 
+mod acm;
 mod api;
 mod backends;
 mod certs;

@@ -60,7 +60,7 @@ impl Control {
             .filter(|h| after(h))
             .map(|h| (h, None))
             .collect();
-        if let Some(store) = &self.store {
+        if let Some(store) = self.store_for_api()? {
             let reader = store.read()?;
             let mut from = cursor.map(str::to_owned);
             // Stored domains the config shadows are skipped: read on until the page is full.
@@ -123,7 +123,7 @@ impl Control {
             .routes
             .domain(pattern)
             .ok_or_else(|| ApiError::not_found("domain", &pattern.to_string()))?;
-        let record = match &self.store {
+        let record = match self.store_for_api()? {
             Some(s) => s.read()?.domain(&pattern.to_string())?,
             None => None,
         };
@@ -180,6 +180,7 @@ impl Control {
                 format!("the stored domain cannot be served: {e}"),
             )
         })?;
+        self.acm_domain_added(&pattern, &req.app, now);
         self.domain_view(&pattern)
     }
 
@@ -240,6 +241,7 @@ impl Control {
             return Err(ApiError::not_found("domain", &pattern.to_string()));
         }
         self.routes.remove_domain(&pattern);
+        self.acm_domain_removed(&pattern);
         Ok(view)
     }
 
@@ -431,6 +433,12 @@ impl Control {
         for host in removed {
             if let Ok(p) = HostPattern::parse(&host) {
                 self.routes.remove_domain(&p);
+                self.acm_domain_removed(&p);
+            }
+        }
+        if let Some(acme) = &self.acme {
+            if let Err(e) = acme.disable(name) {
+                tracing::error!(app = name, error = %e, "ACM state of the destroyed app could not be removed");
             }
         }
         self.routes.remove_app(name);

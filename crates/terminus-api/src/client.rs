@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::types::{
-    AppCreate, AppDestroyed, AppUpdate, AppView, CertChange, CertRemoved, CertReplace, CertUpload,
-    CertView, DomainCreate, DomainUpdate, DomainView, ErrorBody, ReloadReport, NEXT_CURSOR_HEADER,
+    AcmChange, AcmDomainView, AppCreate, AppDestroyed, AppUpdate, AppView, CertChange, CertRemoved,
+    CertReplace, CertUpload, CertView, DomainCreate, DomainUpdate, DomainView, ErrorBody,
+    ReloadReport, NEXT_CURSOR_HEADER,
 };
 
 /// How long one request may take by default, connect to last byte.
@@ -424,6 +425,31 @@ impl Client {
             status == StatusCode::OK,
             String::from_utf8_lossy(&body).trim().to_owned(),
         ))
+    }
+}
+
+impl Client {
+    /// ACM status of every domain of `app`, or of every ACM domain.
+    pub async fn acm_status(&self, app: Option<&str>) -> Result<Vec<AcmDomainView>, ClientError> {
+        match app {
+            Some(a) => self.get(&format!("/v1/apps/{}/acm", encode(a))).await,
+            None => self.get("/v1/acm").await,
+        }
+    }
+
+    pub async fn acm_enable(&self, app: &str) -> Result<AcmChange, ClientError> {
+        let path = format!("/v1/apps/{}/acm", encode(app));
+        Ok(self.call(Method::POST, &path, None::<&()>).await?.0)
+    }
+
+    pub async fn acm_refresh(&self, app: &str) -> Result<AcmChange, ClientError> {
+        let path = format!("/v1/apps/{}/acm/refresh", encode(app));
+        Ok(self.call(Method::POST, &path, None::<&()>).await?.0)
+    }
+
+    pub async fn acm_disable(&self, app: &str) -> Result<AcmChange, ClientError> {
+        let path = format!("/v1/apps/{}/acm", encode(app));
+        Ok(self.call(Method::DELETE, &path, None::<&()>).await?.0)
     }
 }
 

@@ -275,6 +275,45 @@ pub const NEXT_CURSOR_HEADER: &str = "next-cursor";
 /// The largest page a listing returns, whatever `limit` asks for.
 pub const MAX_PAGE: usize = 10_000;
 
+/// One domain under automated certificate management (`certs:auto`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmDomainView {
+    pub hostname: String,
+    pub app: String,
+    /// Heroku's words: `Waiting`, `In Progress`, `DNS Verified`, `Cert issued`, `Failing`,
+    /// `Failed`.
+    pub status: String,
+    /// When the status last changed (UTC, as `certs` shows times) and as Unix seconds.
+    pub last_updated: String,
+    pub last_updated_at: i64,
+    /// Why the last attempt failed (the CA's words), while `Failing` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The next attempt, while `Failing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry: Option<String>,
+    /// The same as Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<i64>,
+    /// The ACM certificate serving the domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// When the certificate will be renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renews_at: Option<String>,
+}
+
+/// What `certs:auto:enable`, `certs:auto:refresh` and `certs:auto:disable` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcmChange {
+    pub app: String,
+    /// ACM is on for the app after the change.
+    pub enabled: bool,
+    pub domains: Vec<AcmDomainView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
 /// `POST /v1/reload`: the config file was read again and applied (a config that fails is
 /// answered 422 instead, and nothing changes).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

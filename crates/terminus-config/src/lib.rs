@@ -65,6 +65,16 @@ pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Built signing keys kept in memory (see terminus-tls).
 pub const DEFAULT_KEY_CACHE: usize = 65_536;
+/// ACME orders in flight at once: enough to keep a CA busy, few enough that a burst of
+/// `domains:add` never competes with handshakes for the CPU (a CSR key and a few requests each).
+pub const DEFAULT_ACME_MAX_IN_FLIGHT: usize = 8;
+/// A DNS-01 hook that has not finished after this is killed and the attempt fails.
+pub const DEFAULT_ACME_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first retry after a failed order; each further failure doubles the wait.
+pub const DEFAULT_ACME_RETRY_MIN: Duration = Duration::from_secs(60);
+/// The longest wait between two attempts for one domain (Let's Encrypt's guidance: back off
+/// to hours, never hammer).
+pub const DEFAULT_ACME_RETRY_MAX: Duration = Duration::from_secs(6 * 3600);
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,9 +89,78 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// The embedded certificate store; `None` serves only the config's certificates.
     pub store: Option<StoreConfig>,
+    /// Automated certificates (`[acme]`); `None`: ACM is off.
+    pub acme: Option<AcmeConfig>,
     pub certificates: Vec<CertificateFiles>,
     pub apps: Vec<AppConfig>,
     pub domains: Vec<DomainConfig>,
+}
+
+/// `[acme]`: where automated certificates come from and how they are ordered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeConfig {
+    /// The CA's directory URL. No default: a router must never order from a production CA
+    /// because a key was left out.
+    pub directory: String,
+    /// `mailto:` contacts for the account (the CA's expiry and incident mail).
+    pub contact: Vec<String>,
+    /// External Account Binding (CAs that require an existing customer account).
+    pub eab: Option<Eab>,
+    /// Extra roots (PEM) trusted for the directory's own TLS: private CAs and test servers.
+    pub directory_roots: Option<PathBuf>,
+    pub key_type: AcmeKeyType,
+    /// Renew this long before expiry; `None`: the CA's ARI window when offered, else a month
+    /// before expiry (a third of the lifetime for certificates shorter than 90 days).
+    pub renew_before: Option<Duration>,
+    pub max_in_flight: usize,
+    /// Challenge types in order of preference (wildcards always use DNS-01).
+    pub challenges: Vec<ChallengeKind>,
+    /// `HOOK set|clear FQDN VALUE` for DNS-01.
+    pub dns_hook: Option<PathBuf>,
+    pub dns_hook_timeout: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+/// External Account Binding: the key id and the base64url HMAC key the CA handed out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac_key: String,
+}
+
+impl std::fmt::Debug for Eab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The key type of issued certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeKeyType {
+    EcdsaP256,
+    Rsa2048,
+}
+
+/// An ACME challenge type the router answers itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChallengeKind {
+    Http01,
+    TlsAlpn01,
+    Dns01,
+}
+
+impl ChallengeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+            Self::Dns01 => "dns-01",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -390,6 +469,7 @@ impl Config {
             timeouts: Timeouts::default(),
             proxy: ProxyConfig::default(),
             store: data_dir.map(StoreConfig::in_dir),
+            acme: None,
             certificates,
             apps: vec![AppConfig {
                 name: default,

@@ -20,6 +20,7 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub proxy: RawProxy,
     pub store: Option<RawStore>,
+    pub acme: Option<RawAcme>,
     #[serde(default, rename = "certificate")]
     pub certificates: Vec<RawCertificate>,
     #[serde(default, rename = "app")]
@@ -109,6 +110,25 @@ pub(crate) struct RawStore {
     pub tls_key_file: Option<String>,
     pub user: Option<String>,
     pub password_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub directory: Option<String>,
+    pub contact: Option<String>,
+    pub terms_accepted: Option<bool>,
+    pub eab_kid: Option<String>,
+    pub eab_hmac_key: Option<String>,
+    pub directory_roots: Option<String>,
+    pub key_type: Option<String>,
+    pub renew_before: Option<String>,
+    pub max_in_flight: Option<usize>,
+    pub challenges: Option<Vec<String>>,
+    pub dns_hook: Option<String>,
+    pub dns_hook_timeout: Option<String>,
+    pub retry_min: Option<String>,
+    pub retry_max: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,18 +3,20 @@
 //!
 //! Label values are `&'static str` or integers so that counting allocates nothing.
 
+mod acme;
 mod control;
 pub mod names;
 
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+pub use acme::{AcmeMetrics, AcmeOrderLabels, AcmeStatusLabels};
 pub use control::{ApiChangeLabels, ControlMetrics, ExpiryCollector, ExpirySource, ReloadLabels};
 pub use prometheus_client::encoding::text::encode as encode_text;
 pub use prometheus_client::registry::Registry as MetricsRegistry;
@@ -78,6 +80,11 @@ pub struct ListenerMetrics {
 #[derive(Clone, Debug)]
 pub struct ProxyMetrics {
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Completed handshakes that resumed a session (a ticket or a TLS 1.2 session id) instead
+    /// of a full handshake; also counted in `handshakes`.
+    pub resumed: Counter,
+    /// Session-ticket keys rotated while running (a start that rotates does not count).
+    pub ticket_key_rotations: Counter,
     pub requests: Family<RequestLabels, Counter>,
     pub backend_connect: Histogram,
     pub backend_response: Histogram,
@@ -94,6 +101,8 @@ impl ProxyMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             handshakes: Family::default(),
+            resumed: Counter::default(),
+            ticket_key_rotations: Counter::default(),
             requests: Family::default(),
             backend_connect: latency_histogram(),
             backend_response: latency_histogram(),
@@ -113,6 +122,16 @@ impl ProxyMetrics {
             names::TLS_HANDSHAKES,
             "TLS handshakes by result, protocol version and failure reason",
             m.handshakes.clone(),
+        );
+        registry.register(
+            names::TLS_RESUMED,
+            "Completed TLS handshakes that resumed an earlier session",
+            m.resumed.clone(),
+        );
+        registry.register(
+            names::TICKET_KEY_ROTATIONS,
+            "Session-ticket key rotations while running",
+            m.ticket_key_rotations.clone(),
         );
         registry.register(
             names::HTTP_REQUESTS,

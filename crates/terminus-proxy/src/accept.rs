@@ -28,7 +28,10 @@ const LOG_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub(crate) struct ListenerOptions {
+    /// The listener's place in the config, where a reload's `max_connections` is looked up.
+    pub index: usize,
     pub tls: bool,
+    /// The limit at start (used if a reload's settings have none for this listener).
     pub max_connections: usize,
     /// The listener reads a PROXY protocol header before anything else.
     pub proxy: Option<Arc<ProxyListener>>,
@@ -45,7 +48,6 @@ pub(crate) struct ProxyListener {
 #[derive(Debug)]
 struct Slots {
     live: AtomicUsize,
-    max: usize,
     metrics: ListenerMetrics,
 }
 
@@ -54,8 +56,9 @@ struct Slots {
 pub(crate) struct Slot(Arc<Slots>);
 
 impl Slots {
-    fn take(self: &Arc<Self>) -> Option<Slot> {
-        if self.live.fetch_add(1, Ordering::AcqRel) >= self.max {
+    /// A place under `max` (the listener's limit now: a reload may change it).
+    fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        if self.live.fetch_add(1, Ordering::AcqRel) >= max {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -125,7 +128,6 @@ pub(crate) async fn accept_loop(
     let metrics = current.load().metrics.listener(&address);
     let slots = Arc::new(Slots {
         live: AtomicUsize::new(0),
-        max: options.max_connections,
         metrics,
     });
     let mut failures = Throttle::default();
@@ -164,31 +166,27 @@ pub(crate) async fn accept_loop(
                 }
             }
         };
-        let Some(slot) = slots.take() else {
-            refuse(tcp, peer, &slots, &mut refusals, &address);
+        // The settings and TLS policy of the moment: a reload applies to the next connection.
+        let shared = current.load_full();
+        let max = shared
+            .settings
+            .max_connections
+            .get(options.index)
+            .copied()
+            .unwrap_or(options.max_connections);
+        let Some(slot) = slots.take(max) else {
+            refuse(tcp, peer, (&slots, max), &mut refusals, &address);
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let guard = tracker.enter();
-        // The settings and TLS policy of the moment: a reload applies to the next connection.
-        let shared = current.load_full();
         let stop = stop.clone();
         let port = port.clone();
         let tracker = tracker.clone();
-        let proxy = options.proxy.clone();
+        let options = options.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            crate::conn::serve(
-                shared,
-                tcp,
-                peer,
-                port,
-                (options.tls, proxy),
-                tracker,
-                stop,
-                slot,
-            )
-            .await;
+            crate::conn::serve(shared, tcp, peer, port, options, tracker, stop, slot).await;
         });
     }
 }
@@ -197,7 +195,7 @@ pub(crate) async fn accept_loop(
 fn refuse(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-    slots: &Slots,
+    (slots, max): (&Slots, usize),
     throttle: &mut Throttle,
     address: &str,
 ) {
@@ -208,7 +206,7 @@ fn refuse(
         tracing::warn!(
             listener = %address,
             %peer,
-            max_connections = slots.max,
+            max_connections = max,
             refused_since_last_line = skipped,
             "listener full: connection refused"
         );

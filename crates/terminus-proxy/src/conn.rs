@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::accept::{ProxyListener, Slot};
+use crate::accept::{ListenerOptions, ProxyListener, Slot};
 use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watch};
 use crate::fault::Fault;
 use crate::info::ConnInfo;
@@ -29,20 +29,30 @@ pub(crate) async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
     port: HeaderValue,
-    (tls, proxy): (bool, Option<Arc<ProxyListener>>),
+    listener: ListenerOptions,
     tracker: Tracker,
     mut stop: watch::Receiver<bool>,
     slot: Slot,
 ) {
+    let tls = listener.tls;
     let _open = shared
         .metrics
         .open_connection(if tls { "https" } else { "http" });
-    let peer = match proxy {
+    let peer = match listener.proxy {
         None => peer,
         Some(proxy) => {
+            let read = client_address(&shared, &mut tcp, peer, &proxy);
+            tokio::pin!(read);
             let read = tokio::select! {
-                _ = stop.changed() => return,
-                read = client_address(&shared, &mut tcp, peer, &proxy) => read,
+                _ = stop.changed() => {
+                    // After an upgrade the header is read (bounded as always) and the
+                    // connection served, as a handshake in progress is below.
+                    if !shared.handing_over() {
+                        return;
+                    }
+                    read.await
+                }
+                read = &mut read => read,
             };
             match read {
                 Ok(client) => client,
@@ -79,9 +89,18 @@ pub(crate) async fn serve(
         serve_http(shared.clone(), tcp, info, stop, plain_last_words).await;
         return;
     }
+    let handshake = crate::handshake::handshake(&shared, tcp);
+    tokio::pin!(handshake);
     let handshake = tokio::select! {
-        _ = stop.changed() => return,
-        result = crate::handshake::handshake(&shared, tcp) => result,
+        _ = stop.changed() => {
+            if !shared.handing_over() {
+                return;
+            }
+            // Another process has taken over the listeners: this client did nothing wrong,
+            // so its handshake completes (bounded by handshake_timeout) and it is served.
+            handshake.await
+        }
+        result = &mut handshake => result,
     };
     if let Some((stream, tls_info)) = handshake {
         if tls_info.alpn.as_deref() == Some(terminus_tls::ALPN_H2) {
@@ -102,7 +121,10 @@ async fn client_address(
     peer: SocketAddr,
     proxy: &ProxyListener,
 ) -> Result<SocketAddr, Rejected> {
-    if !proxy.trusted.iter().any(|net| net.contains(&peer.ip())) {
+    // A dual-stack listener sees IPv4 balancers as ::ffff:a.b.c.d; proxy_trusted names them
+    // as IPv4.
+    let source = peer.ip().to_canonical();
+    if !proxy.trusted.iter().any(|net| net.contains(&source)) {
         return Err(Rejected::Untrusted);
     }
     let deadline = Instant::now() + shared.settings.handshake_timeout;
@@ -173,15 +195,24 @@ async fn serve_http<I>(
     let mut watch = Watch::default();
     let watchdog = tokio::time::sleep(limits.interval());
     tokio::pin!(watchdog);
+    // HTTP/2 by ALPN; otherwise HTTP/1.1 (or, on plaintext without ALPN, either).
+    let http2 = std::ptr::eq(builder, &shared.http2);
+    // The stop may have come during the handshake (after an upgrade, which lets it finish).
+    let mut stopping = *stop.borrow_and_update();
     let mut closing = false;
     let result = loop {
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            _ = stop.changed(), if !closing => {
+        if stopping && !closing {
+            closing = true;
+            // After an upgrade, an HTTP/1 connection is closed after its next response
+            // (`Connection: close`, see service.rs), not now: a request may be on its way.
+            if http2 || !shared.handing_over() {
                 // HTTP/2: GOAWAY; HTTP/1.1: close once the in-flight response is done.
-                closing = true;
                 conn.as_mut().graceful_shutdown();
             }
+        }
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            _ = stop.changed(), if !stopping => stopping = true,
             _ = &mut watchdog => match activity.look(&mut watch, Instant::now(), &limits) {
                 Verdict::Wait(next) => watchdog.as_mut().reset(next),
                 // Nothing in flight and nothing moved (including a client that never sent a

@@ -189,7 +189,12 @@ pub(crate) async fn handshake(
     let start = StartHandshake::from_parts(accepted, tcp);
     let hello = start.client_hello();
     let caps = ClientCaps::from_hello(&hello);
+    let acme_only = hello.alpn().is_some_and(terminus_tls::only_acme_tls);
     let sni: Option<Box<str>> = hello.server_name().map(Into::into);
+    if acme_only {
+        Box::pin(answer_tls_alpn(shared, start, sni.as_deref(), deadline)).await;
+        return None;
+    }
     let Some(resolved) = shared.certs.resolve(sni.as_deref(), &caps) else {
         metrics.handshake(false, "", "unknown_sni");
         tracing::debug!(
@@ -227,6 +232,9 @@ pub(crate) async fn handshake(
                 _ => "",
             };
             metrics.handshake(true, version, "none");
+            if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                metrics.resumed.inc();
+            }
             let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
             Some((
                 stream,
@@ -238,6 +246,54 @@ pub(crate) async fn handshake(
             ))
         }
     }
+}
+
+/// A ClientHello offering only `acme-tls/1` (RFC 8737): a CA validating a TLS-ALPN-01
+/// challenge. It gets the challenge certificate when one is pending for the name, and never a
+/// served certificate; the connection closes after the handshake. The decision is one lookup
+/// in the challenge table: no lock is held and no I/O happens before it.
+async fn answer_tls_alpn(
+    shared: &Shared,
+    start: StartHandshake<TcpStream>,
+    sni: Option<&str>,
+    deadline: Instant,
+) {
+    let metrics = &shared.metrics;
+    let Some(key) = sni.and_then(|name| shared.challenges.tls_alpn(name)) else {
+        metrics.handshake(false, "", "unknown_sni");
+        tracing::debug!(
+            sni = sni.unwrap_or(""),
+            "acme-tls/1 for a name with no pending challenge: refused"
+        );
+        let mut io = start.io;
+        let _ = timeout_at(deadline, async {
+            io.write_all(&UNRECOGNIZED_NAME_ALERT).await?;
+            io.shutdown().await
+        })
+        .await;
+        return;
+    };
+    let config = shared.policy.acme_tls_config(key);
+    let done = timeout_at(deadline, async {
+        let mut stream = start.into_stream(config).await?;
+        stream.shutdown().await
+    })
+    .await;
+    let ok = matches!(done, Ok(Ok(())));
+    metrics.handshake(
+        ok,
+        "",
+        if ok {
+            "acme_tls_alpn"
+        } else {
+            "acme_tls_alpn_failed"
+        },
+    );
+    tracing::info!(
+        sni = sni.unwrap_or(""),
+        ok,
+        "TLS-ALPN-01 challenge answered"
+    );
 }
 
 /// Encrypted bytes a TLS session buffers before writes wait for the socket: two full records.

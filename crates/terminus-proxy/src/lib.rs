@@ -25,6 +25,8 @@ mod upgrade;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +55,41 @@ pub struct BoundListener {
 }
 
 impl BoundListener {
+    /// Binds one listener, or fails naming its address.
+    pub async fn bind(l: &terminus_config::Listener) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| BindError {
+                address: l.address,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            tls: l.tls,
+            max_connections: l.max_connections,
+            proxy: proxy_of(l),
+        })
+    }
+
+    /// Serves `l` on a socket already listening, handed over by the process this one replaces
+    /// (see the binary's upgrade module). Needs a tokio runtime.
+    pub fn adopt(
+        listener: std::net::TcpListener,
+        l: &terminus_config::Listener,
+    ) -> Result<Self, BindError> {
+        let fail = |source| BindError {
+            address: l.address,
+            source,
+        };
+        listener.set_nonblocking(true).map_err(fail)?;
+        Ok(Self {
+            listener: TcpListener::from_std(listener).map_err(fail)?,
+            tls: l.tls,
+            max_connections: l.max_connections,
+            proxy: proxy_of(l),
+        })
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
@@ -62,31 +99,32 @@ impl BoundListener {
     }
 }
 
+/// The PROXY protocol settings of a listener, if it reads the header.
+fn proxy_of(l: &terminus_config::Listener) -> Option<Arc<accept::ProxyListener>> {
+    l.proxy_protocol.map(|mode| {
+        Arc::new(accept::ProxyListener {
+            mode,
+            trusted: l.proxy_trusted.clone(),
+        })
+    })
+}
+
 /// Binds every listener, or fails naming the address that could not be bound.
 pub async fn bind(
     listeners: &[terminus_config::Listener],
 ) -> Result<Vec<BoundListener>, BindError> {
     let mut bound = Vec::with_capacity(listeners.len());
     for l in listeners {
-        let listener = TcpListener::bind(l.address)
-            .await
-            .map_err(|source| BindError {
-                address: l.address,
-                source,
-            })?;
-        bound.push(BoundListener {
-            listener,
-            tls: l.tls,
-            max_connections: l.max_connections,
-            proxy: l.proxy_protocol.map(|mode| {
-                Arc::new(accept::ProxyListener {
-                    mode,
-                    trusted: l.proxy_trusted.clone(),
-                })
-            }),
-        });
+        bound.push(BoundListener::bind(l).await?);
     }
     Ok(bound)
+}
+
+/// The listening socket, to hand it to a new process in a binary upgrade.
+impl AsFd for BoundListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.listener.as_fd()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,11 +179,12 @@ impl Proxy {
         let tracker = shutdown::Tracker::default();
         let current = Live(Arc::new(ArcSwap::new(shared.clone())));
         let mut accept = JoinSet::new();
-        for l in listeners {
+        for (index, l) in listeners.into_iter().enumerate() {
             accept.spawn(accept::accept_loop(
                 current.0.clone(),
                 l.listener,
                 accept::ListenerOptions {
+                    index,
                     tls: l.tls,
                     max_connections: l.max_connections,
                     proxy: l.proxy,
@@ -183,7 +222,27 @@ impl Proxy {
 
     /// Stops accepting, asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1 close after
     /// the in-flight response), and waits up to `grace` for them.
-    pub async fn shutdown(mut self, grace: Duration) -> Drained {
+    pub async fn shutdown(self, grace: Duration) -> Drained {
+        self.stop_and_drain(grace).await
+    }
+
+    /// Stops accepting after a binary upgrade (the new process accepts on the same sockets) and
+    /// drains so that no client sees an error it could not have avoided:
+    /// - a TLS handshake in progress completes and its connection is served;
+    /// - HTTP/2 connections get GOAWAY, which tells the client which streams were processed;
+    /// - an HTTP/1 connection is not closed while idle (a request may be on its way: closing
+    ///   then would fail it); its next response carries `Connection: close` and the connection
+    ///   closes after it, as HAProxy's `idle-close-on-response` does. An HTTP/1 connection
+    ///   that stays idle is closed by the idle timeout, or at the end of `grace`.
+    pub async fn hand_over(self, grace: Duration) -> Drained {
+        self.current
+            .load()
+            .handing_over
+            .store(true, Ordering::Release);
+        self.stop_and_drain(grace).await
+    }
+
+    async fn stop_and_drain(mut self, grace: Duration) -> Drained {
         let _ = self.stop.send(true);
         while self.accept.join_next().await.is_some() {}
         let _ = tokio::time::timeout(grace, self.tracker.wait_idle()).await;

@@ -29,6 +29,23 @@ pub(crate) async fn handle(
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let http1 = req.version() != Version::HTTP_2;
+    let mut response = respond(shared.clone(), conn, req).await?;
+    // Draining after an upgrade: this HTTP/1 connection closes after this response, and the
+    // client knows before it sends another request (the new process serves that one).
+    if http1 && shared.handing_over() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(response)
+}
+
+async fn respond(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let in_flight = conn.activity.request();
     let request_id = headers::request_id(&parts.headers);
@@ -62,6 +79,13 @@ pub(crate) async fn handle(
         tls_version: conn.tls.as_ref().map(|t| t.version),
         fault: None,
     });
+    // HTTP-01 (RFC 8555 §8.3): answered on plain HTTP before routing, for a host with a
+    // pending challenge only; every other request routes as before.
+    if conn.tls.is_none() && parts.method == Method::GET {
+        if let Some(answer) = shared.challenges.http_answer(&log.host, parts.uri.path()) {
+            return Ok(challenge_response(answer, log, &shared, in_flight));
+        }
+    }
     let app = match check(&shared, &conn, &parts, &authority) {
         Ok(app) => app,
         Err(fault) => return Ok(error_response(fault, log, &shared, in_flight)),
@@ -465,6 +489,33 @@ fn error_response(
                 crate::fault::CLIENT_CLOSED_REASON.as_bytes(),
             ));
     }
+    response
+}
+
+/// The key authorization of a pending HTTP-01 challenge, as RFC 8555 §8.3 asks: 200,
+/// `application/octet-stream`, the bytes alone.
+fn challenge_response(
+    answer: Box<str>,
+    mut log: Box<AccessLog>,
+    shared: &Arc<Shared>,
+    in_flight: crate::activity::InFlight,
+) -> Response<ResponseBody> {
+    log.status = StatusCode::OK.as_u16();
+    let request_id = log.request_id.clone();
+    let body = ResponseBody::local(
+        Bytes::from(answer.into_string()),
+        log,
+        shared.settings.idle_timeout,
+        in_flight,
+    );
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(X_REQUEST_ID, request_id);
+    h.insert(VIA, shared.settings.via_h1.clone());
     response
 }
 

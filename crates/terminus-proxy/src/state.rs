@@ -1,6 +1,7 @@
 //! What every connection shares: the settings taken from the config, the certificate index,
 //! the route table, the TLS policy, metrics, the backend pool and the HTTP server builders.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use ipnet::IpNet;
 use terminus_config::Config;
 use terminus_metrics::ProxyMetrics;
 use terminus_route::RouteTable;
-use terminus_tls::{CertIndex, TlsPolicy};
+use terminus_tls::{AcmeChallenges, CertIndex, TlsPolicy};
 
 use crate::body::RequestBody;
 use crate::pool;
@@ -42,6 +43,8 @@ pub struct Settings {
     pub access_log: bool,
     /// How long shutdown waits for open connections.
     pub shutdown_grace: Duration,
+    /// Each listener's `max_connections`, in config order.
+    pub max_connections: Vec<usize>,
 }
 
 impl Settings {
@@ -68,6 +71,7 @@ impl Settings {
             default_app: config.router.default_app.clone().map(String::from),
             access_log: config.router.access_log,
             shutdown_grace: config.timeouts.shutdown_grace,
+            max_connections: config.listeners.iter().map(|l| l.max_connections).collect(),
         }
     }
 }
@@ -79,6 +83,9 @@ pub struct Shared {
     pub routes: Arc<RouteTable>,
     pub policy: TlsPolicy,
     pub metrics: ProxyMetrics,
+    /// Pending ACME challenges, answered before routing (HTTP-01) and before certificate
+    /// selection (TLS-ALPN-01).
+    pub challenges: Arc<AcmeChallenges>,
     pub(crate) pool: pool::Pool<RequestBody>,
     /// HTTP/1.1 or HTTP/2, told apart by the first bytes (plaintext, or TLS without ALPN).
     pub(crate) http: auto::Builder<TokioExecutor>,
@@ -86,6 +93,10 @@ pub struct Shared {
     pub(crate) http1: auto::Builder<TokioExecutor>,
     /// ALPN said `h2`.
     pub(crate) http2: auto::Builder<TokioExecutor>,
+    /// Set when another process has taken over the listeners (binary upgrade): the drain
+    /// then closes HTTP/1 connections after a response rather than while idle. Shared by
+    /// every generation a reload makes, so connections accepted before a reload see it too.
+    pub(crate) handing_over: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -135,6 +146,7 @@ impl Shared {
         routes: Arc<RouteTable>,
         policy: TlsPolicy,
         metrics: ProxyMetrics,
+        challenges: Arc<AcmeChallenges>,
     ) -> Arc<Self> {
         let pool = pool::Pool::new(
             settings.connect_timeout,
@@ -148,10 +160,12 @@ impl Shared {
             routes,
             policy,
             metrics,
+            challenges,
             pool,
             http1,
             http2,
             http,
+            handing_over: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -171,11 +185,18 @@ impl Shared {
             routes: self.routes.clone(),
             policy,
             metrics: self.metrics.clone(),
+            challenges: self.challenges.clone(),
             pool: self.pool.clone(),
             http1,
             http2,
             http,
+            handing_over: self.handing_over.clone(),
         })
+    }
+
+    /// Whether this process is draining after handing its listeners to a new one.
+    pub(crate) fn handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
     }
 
     /// Idle backend connections in the pool.

@@ -1,4 +1,5 @@
-//! The redb file: four tables (certs, domains, apps, meta), every change one ACID transaction
+//! The redb file: four tables (certs, domains, apps, meta: the key check and the sealed
+//! session-ticket keys, see [`crate::tickets`]), every change one ACID transaction
 //! committed with `Durability::Immediate` (fsync before `commit` returns), so an acknowledged
 //! change survives `kill -9` and a crash never leaves half a record. Every engine call runs
 //! under [`engine::guard`]: a damaged file is an error, never a panic.
@@ -26,6 +27,8 @@ pub(crate) const META: Table = TableDefinition::new("meta");
 pub(crate) const REVS: TableDefinition<'static, &'static str, u64> = TableDefinition::new("revs");
 /// The file's own revision counter (one router), big-endian u64 in META.
 const REVISION: &str = "revision";
+/// Automated certificate management: apps, domains, accounts (see [`crate::acme`]).
+pub(crate) const ACME: Table = TableDefinition::new("acme");
 
 pub(crate) const KEY_CHECK: &str = "key_check";
 pub(crate) const KEY_CHECK_PLAINTEXT: &[u8] = b"terminus store key check";
@@ -130,7 +133,7 @@ impl Store {
             let tx = self.db.begin_write()?;
             {
                 let mut meta = tx.open_table(META)?;
-                for t in [CERTS, DOMAINS, APPS] {
+                for t in [CERTS, DOMAINS, APPS, ACME] {
                     tx.open_table(t)?;
                 }
                 tx.open_table(REVS)?;
@@ -170,12 +173,16 @@ impl Store {
         &self.file
     }
 
+    pub fn dns_zone(&self) -> &str {
+        &self.dns_zone
+    }
+
     pub(crate) fn db(&self) -> &Database {
         &self.db
     }
 
-    pub fn dns_zone(&self) -> &str {
-        &self.dns_zone
+    pub(crate) fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     /// A consistent snapshot for reading.
@@ -216,6 +223,7 @@ impl Store {
                     apps: tx.open_table(APPS)?,
                     revs: tx.open_table(REVS)?,
                     ops: Vec::new(),
+                    acme: tx.open_table(ACME)?,
                 };
                 let out = f(&mut w)?;
                 (out, std::mem::take(&mut w.ops))
@@ -425,6 +433,34 @@ impl Reader {
     pub fn apps(&self) -> Result<Vec<AppRecord>> {
         guard(&self.file, "reading", || all(&self.tx.open_table(APPS)?))
     }
+
+    /// One raw ACM record (an older store has no `acme` table yet: nothing).
+    pub(crate) fn acme_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        guard(&self.file, "reading", || {
+            let t = match self.tx.open_table(ACME) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
+    }
+
+    /// Every raw ACM record, in key order.
+    pub(crate) fn each_acme(&self, mut f: impl FnMut(&str, &[u8]) -> Result<()>) -> Result<()> {
+        guard(&self.file, "reading", || {
+            let t = match self.tx.open_table(ACME) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            for item in t.iter()? {
+                let (k, v) = item?;
+                f(k.value(), v.value())?;
+            }
+            Ok(())
+        })
+    }
 }
 
 fn all<T: crate::records::Record>(
@@ -447,6 +483,7 @@ pub struct Writer<'tx> {
     /// The changes made, one per key (the last one wins), for the revision check and a
     /// fleet's transaction.
     ops: Vec<Op>,
+    acme: redb::Table<'tx, &'static str, &'static [u8]>,
 }
 
 impl std::fmt::Debug for Writer<'_> {
@@ -523,6 +560,19 @@ impl Writer<'_> {
 
     pub fn domains(&self) -> Result<Vec<DomainRecord>> {
         all(&self.domains)
+    }
+
+    pub(crate) fn acme_raw(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.acme.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub(crate) fn acme_put(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
+        self.acme.insert(key, bytes)?;
+        Ok(())
+    }
+
+    pub(crate) fn acme_delete(&mut self, key: &str) -> Result<bool> {
+        Ok(self.acme.remove(key)?.is_some())
     }
 
     /// Writes raw bytes under a certificate's key, bypassing encoding. Only for tests and tools

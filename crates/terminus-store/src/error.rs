@@ -58,6 +58,10 @@ pub enum StoreError {
     Conflict { what: String },
     #[error("the fleet's store: {0}")]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error("the stored session-ticket keys do not open with the store key: they were damaged or written under another key")]
+    TicketKeysSealed,
+    #[error("the stored session-ticket keys cannot be read: {0}")]
+    TicketKeys(#[source] terminus_tls::TicketKeyError),
 }
 
 impl StoreError {
@@ -86,7 +90,11 @@ impl StoreError {
             Self::Open { source, .. } | Self::Db(source) => {
                 matches!(source, redb::Error::Corrupted(_))
             }
-            Self::Decode(_) | Self::Empty | Self::RecordChecksum => true,
+            Self::Decode(_)
+            | Self::Empty
+            | Self::RecordChecksum
+            | Self::TicketKeysSealed
+            | Self::TicketKeys(_) => true,
             _ => false,
         }
     }

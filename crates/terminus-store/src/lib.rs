@@ -10,8 +10,12 @@
 //!   integrity check; a damaged file is an error ([`StoreError::is_corruption`]), never a panic
 //!   (the engine's calls are guarded). [`check_store`] checks a store without writing it;
 //!   [`recover`] salvages a damaged one into a new file.
+//! - [`acme`] keeps automated certificate management's state (apps, domains, orders, account).
+//! - Session-ticket keys and their rotation state are kept sealed too ([`tickets`]), so
+//!   clients resume after a restart.
 //! - [`load`] turns the config file's objects and stored records into what the router serves.
 
+pub mod acme;
 pub mod backend;
 mod check;
 mod checksum;
@@ -26,7 +30,11 @@ mod records;
 mod recover;
 pub mod seal;
 mod sealed;
+pub mod tickets;
 
+pub use acme::{
+    AcmStatus, AcmeAccountRecord, AcmeAppRecord, AcmeCertMark, AcmeDomainRecord, AcmeState,
+};
 pub use check::{check_store, StoreCheck};
 pub use checksum::{parse as parse_checksum, sha256};
 pub use db::{Reader, Store, Undecodable, Writer, STORE_FILE};
@@ -40,3 +48,4 @@ pub use mirror::{Changed, RemoteKv};
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
 pub use recover::{recover, Lost, RecoverOutcome, Recovery};
 pub use sealed::SealedKey;
+pub use tickets::{load_ticket_keys, LoadedTicketKeys, TicketKeysOrigin};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use terminus_config::StoreConfig;
 
-use crate::db::{key_check_opens, Store, Table, APPS, CERTS, DOMAINS, KEY_CHECK, META};
+use crate::db::{key_check_opens, Store, Table, ACME, APPS, CERTS, DOMAINS, KEY_CHECK, META};
 use crate::engine::{self, guard};
 use crate::error::{Result, StoreError};
 use crate::load::{app_backends, domain_from, verify_version};
@@ -172,6 +172,26 @@ fn salvage(
             }
         }
     }
+    // ACM state (stores written before it existed have no such table).
+    let has_acme = guard(file, "salvaging", || match tx.open_table(ACME) {
+        Ok(_) => Ok(true),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    });
+    if has_acme.unwrap_or(true) {
+        let (records, errors) = read_table(file, &tx, ACME);
+        recovery.unreadable.extend(errors);
+        for (k, bytes) in records {
+            match crate::acme::verify_raw(&k, &bytes) {
+                Ok(()) => out.put(ACME, k, bytes)?,
+                Err(reason) => recovery.lost.push(Lost {
+                    kind: "ACM record",
+                    key: k,
+                    reason,
+                }),
+            }
+        }
+    }
     out.flush()
 }
 
@@ -288,7 +308,7 @@ impl<'a> Batcher<'a> {
         let pending = std::mem::take(&mut self.pending);
         guard(self.file, "writing the recovered store", || {
             let tx = self.db.begin_write()?;
-            for t in [META, CERTS, APPS, DOMAINS] {
+            for t in [META, CERTS, APPS, DOMAINS, ACME] {
                 tx.open_table(t)?;
             }
             for (table, key, value) in &pending {

@@ -6,6 +6,7 @@
 //! - [`TlsPolicy`] builds the per-connection rustls `ServerConfig` around the chosen certificate.
 
 mod caps;
+mod challenges;
 mod error;
 mod index;
 mod info;
@@ -18,6 +19,7 @@ mod testpki;
 mod tickets;
 
 pub use caps::ClientCaps;
+pub use challenges::{only_acme_tls, AcmeChallenges, ACME_TLS_ALPN, HTTP01_PREFIX};
 pub use error::{CertError, IndexError, KeyError, PolicyError};
 pub use index::{
     CertEntry, CertIndex, InMemoryKey, KeySource, Resolved, SelectedBy, Without, DEFAULT_KEY_CACHE,

@@ -139,6 +139,18 @@ impl TlsPolicy {
     }
 }
 
+impl TlsPolicy {
+    /// The config for a TLS-ALPN-01 validation (RFC 8737): the challenge certificate, ALPN
+    /// `acme-tls/1` only, and no session ticket (the CA never resumes).
+    pub fn acme_tls_config(&self, key: Arc<CertifiedKey>) -> Arc<ServerConfig> {
+        let mut config = (*self.base).clone();
+        config.cert_resolver = Arc::new(Chosen(key));
+        config.alpn_protocols = vec![crate::ACME_TLS_ALPN.to_vec()];
+        config.send_tls13_tickets = 0;
+        Arc::new(config)
+    }
+}
+
 /// The certificate chosen before the handshake continued.
 #[derive(Debug)]
 struct Chosen(Arc<CertifiedKey>);

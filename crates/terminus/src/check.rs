@@ -50,6 +50,11 @@ pub fn check_config(config: &Config) -> CheckReport {
         config.apps.len(),
         config.domains.len()
     );
+    if let Some(acme) = &config.acme {
+        if let Err(e) = terminus_acme::check_config(acme, provider.clone()) {
+            report.errors.push(format!("{origin}: {e}"));
+        }
+    }
     if let Some(store) = &config.store {
         let check = terminus_store::check_store(store, &loaded.reserved, provider);
         summary.push_str(&store_summary(&check));

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use base64::Engine;
 use clap::{Args, Subcommand};
 use terminus_api::{
-    Affected, AppCreate, AppUpdate, AppView, Blocking, CertChange, CertReplace, CertUpload,
-    CertView, ClientError, DomainCreate, DomainUpdate, DomainView, Encoding, ErrorBody, SelectedBy,
+    AcmChange, AcmDomainView, Affected, AppCreate, AppUpdate, AppView, Blocking, CertChange,
+    CertReplace, CertUpload, CertView, ClientError, DomainCreate, DomainUpdate, DomainView,
+    Encoding, ErrorBody, SelectedBy,
 };
 
 /// Items fetched per API call when a listing pages through everything.
@@ -210,6 +211,46 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Turn on automated certificates (ACM) for every domain of an app, including domains
+    /// added later: each gets a certificate from the [acme] CA and is renewed by itself.
+    #[command(name = "certs:auto:enable", after_help = help!("terminus certs:auto:enable --app web"))]
+    CertsAutoEnable {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// ACM status per domain: Domain, Status, Last Updated, and when failing the CA's reason
+    /// and the next retry. Without --app: every app with ACM on.
+    #[command(name = "certs:auto", after_help = help!("terminus certs:auto --app web"))]
+    CertsAuto {
+        /// The app (default: all).
+        #[arg(long)]
+        app: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Order new certificates now for every ACM domain of an app (rate limits permitting);
+    /// also restarts domains that Failed.
+    #[command(name = "certs:auto:refresh", after_help = help!("terminus certs:auto:refresh --app web"))]
+    CertsAutoRefresh {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Turn ACM off for an app; certificates already issued stay until they expire or are
+    /// removed.
+    #[command(name = "certs:auto:disable", after_help = help!("terminus certs:auto:disable --app web"))]
+    CertsAutoDisable {
+        /// The app.
+        #[arg(long)]
+        app: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Read the router's config file again and apply it (as SIGHUP does). A file that does
     /// not validate, or whose certificates do not load, is rejected whole: the router keeps
     /// its running config and the reason is printed.
@@ -237,6 +278,10 @@ impl Command {
             | Self::AppsCreate { api, .. }
             | Self::AppsUpdate { api, .. }
             | Self::AppsDestroy { api, .. }
+            | Self::CertsAutoEnable { api, .. }
+            | Self::CertsAuto { api, .. }
+            | Self::CertsAutoRefresh { api, .. }
+            | Self::CertsAutoDisable { api, .. }
             | Self::Reload { api } => api,
         }
     }
@@ -435,6 +480,33 @@ fn execute(command: Command, api: &ApiArgs) -> Result<(), Failure> {
             let v = b.block_on(c.remove_domain(&hostname))?;
             show(&v, &|| println!("Removed {} from {}", v.hostname, v.app));
         }
+        Command::CertsAuto { app, .. } => {
+            let domains = b.block_on(c.acm_status(app.as_deref()))?;
+            show(&domains, &|| acm_table(&domains, app.is_none()));
+        }
+        Command::CertsAutoEnable { app, .. } => {
+            let v = b.block_on(c.acm_enable(&app))?;
+            show(&v, &|| {
+                println!("Enabled Automatic Certificate Management for {app}");
+                acm_change(&v);
+            });
+        }
+        Command::CertsAutoRefresh { app, .. } => {
+            let v = b.block_on(c.acm_refresh(&app))?;
+            show(&v, &|| {
+                println!("Refreshing Automatic Certificate Management for {app}");
+                acm_change(&v);
+            });
+        }
+        Command::CertsAutoDisable { app, .. } => {
+            let v = b.block_on(c.acm_disable(&app))?;
+            show(&v, &|| {
+                println!("Disabled Automatic Certificate Management for {app}");
+                for w in &v.warnings {
+                    eprintln!("warning: {w}");
+                }
+            });
+        }
         Command::Apps { .. } => {
             let apps = b.block_on(c.apps())?;
             show(&apps, &|| apps_table(&apps));
@@ -575,6 +647,44 @@ fn certs_table(certs: &[CertView]) {
             })
             .collect(),
     );
+}
+
+/// `certs:auto`: Heroku's columns, and for failing domains the CA's reason and the next try.
+fn acm_table(domains: &[AcmDomainView], all_apps: bool) {
+    let mut headers = vec!["Domain", "Status", "Last Updated"];
+    if all_apps {
+        headers.insert(1, "App");
+    }
+    let rows = domains
+        .iter()
+        .map(|d| {
+            let mut row = vec![d.hostname.clone(), d.status.clone(), d.last_updated.clone()];
+            if all_apps {
+                row.insert(1, d.app.clone());
+            }
+            row
+        })
+        .collect();
+    table(&headers, rows);
+    for d in domains {
+        if let Some(reason) = &d.reason {
+            let next = d
+                .next_retry
+                .as_ref()
+                .map(|n| format!(" (next try {n})"))
+                .unwrap_or_else(|| " (gave up: certs:auto:refresh tries again)".into());
+            println!("{} {}{next}: {reason}", d.hostname, d.status);
+        }
+    }
+}
+
+fn acm_change(v: &AcmChange) {
+    for w in &v.warnings {
+        eprintln!("warning: {w}");
+    }
+    if !v.domains.is_empty() {
+        acm_table(&v.domains, false);
+    }
 }
 
 /// How a domain's certificate was chosen, in the table's words.

@@ -1,5 +1,5 @@
-//! The terminus binary's library half: startup from a config and logging, shared by `main`
-//! and the end-to-end tests.
+//! The terminus binary's library half: startup from a config, reload, the zero-downtime
+//! upgrade hand-over ([`upgrade`]) and logging, shared by `main` and the end-to-end tests.
 
 pub mod check;
 pub mod cli;
@@ -7,7 +7,9 @@ pub mod fleet;
 pub mod logging;
 pub mod reload;
 pub mod startup;
+pub mod upgrade;
 
 pub use startup::{
-    start, start_with, unix_now, CertLoadError, Router, StartError, StartOptions, StoreStatus,
+    start, start_inheriting, start_with, unix_now, CertLoadError, Inherited, Router, StartError,
+    StartOptions, StoreStatus,
 };

@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Run the router.
     #[command(
-        after_help = "Examples:\n  terminus serve --config config/terminus.toml\n  terminus serve --listen 127.0.0.1:8443 --cert c.pem --key k.pem --backend 127.0.0.1:9000\n  TERMINUS_TOKEN=... terminus serve --listen 127.0.0.1:8443 --backend 127.0.0.1:9000 --data-dir ./data\n\nThe admin API's token comes from TERMINUS_TOKEN or admin.token_file, never from the command line.\n\nExit codes: 0 stopped by SIGTERM/SIGINT after draining; 1 could not start (e.g. a port in use); 2 bad command-line usage; 64 bad configuration."
+        after_help = "Examples:\n  terminus serve --config config/terminus.toml\n  terminus serve --listen 127.0.0.1:8443 --cert c.pem --key k.pem --backend 127.0.0.1:9000\n  TERMINUS_TOKEN=... terminus serve --listen 127.0.0.1:8443 --backend 127.0.0.1:9000 --data-dir ./data\n\nThe admin API's token comes from TERMINUS_TOKEN or admin.token_file, never from the command line.\n\nSIGUSR2 upgrades without dropping a connection: the binary at the path this one was started from is started with the same arguments, takes over the listening sockets and the store, and this process drains and exits 0 (if the new one fails, this one keeps serving).\n\nExit codes: 0 stopped by SIGTERM/SIGINT after draining, or replaced by an upgrade; 1 could not start (e.g. a port in use); 2 bad command-line usage; 64 bad configuration."
     )]
     Serve(ServeArgs),
     /// Validate a config file and load its certificates, then exit.
@@ -57,6 +57,19 @@ enum Command {
         /// Probe the `[admin] address` of this config file (without either: 127.0.0.1:9090).
         #[arg(long, short, env = "TERMINUS_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Upgrade a running router without downtime: SIGUSR2 to the pid in its ready file, then
+    /// wait until the new process serves (or the old one gives up and serves on).
+    #[command(
+        after_help = "Example:\n  terminus upgrade --ready-file /run/terminus/ready.json\n\nThe running router starts the binary at the path it was started from (install the new one there first), hands it its sockets and store, drains and exits 0. Its log says why an upgrade failed.\n\nExit codes: 0 the new process serves; 1 the upgrade failed (the old process keeps serving), no outcome within --wait, or no router to signal; 2 bad command-line usage."
+    )]
+    Upgrade {
+        /// The --ready-file the running router was started with.
+        #[arg(long, value_name = "PATH")]
+        ready_file: PathBuf,
+        /// Seconds to wait for the outcome.
+        #[arg(long, value_name = "SECONDS", default_value_t = 90)]
+        wait: u64,
     },
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
     #[command(
@@ -131,6 +144,25 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Command::Upgrade { ready_file, wait } => {
+            let wait = std::time::Duration::from_secs(wait);
+            match terminus::upgrade::request(&ready_file, wait) {
+                Ok(terminus::upgrade::Requested::Upgraded { old, new }) => {
+                    println!(
+                        "upgraded: pid {new} serves; pid {old} drains its connections and exits"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Ok(terminus::upgrade::Requested::Failed { pid }) => {
+                    eprintln!("upgrade failed: pid {pid} keeps serving; its log says why");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -277,7 +309,15 @@ fn serve(args: ServeArgs) -> ExitCode {
         store_recover: args.store_recover,
         reload_from: reload_source(&args),
     };
-    let result = runtime.block_on(run(config, options, args.ready_file));
+    // Started by a running terminus to replace it: take its sockets first.
+    let take_over = match terminus::upgrade::take_over() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(config, options, args.ready_file, take_over));
     terminus::logging::flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -332,9 +372,17 @@ async fn run(
     config: Config,
     options: terminus::StartOptions,
     ready_file: Option<PathBuf>,
+    take_over: Option<(terminus::upgrade::TakeOver, terminus::Inherited)>,
 ) -> anyhow::Result<()> {
+    // The binary to run on an upgrade: the path this one was started from, read now (later,
+    // once the file is replaced, the kernel names this process's image "... (deleted)").
+    let exe = std::env::current_exe().context("cannot find the path of this binary")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let registry = terminus_metrics::MetricsRegistry::default();
-    let router = terminus::start_with(&config, registry, &options).await?;
+    let (take_over, inherited) = take_over.unzip();
+    let router =
+        terminus::start_inheriting(&config, registry, &options, inherited.unwrap_or_default())
+            .await?;
     if config.source.is_none() && !router.cert_errors.is_empty() {
         // The quick start has one certificate: without it there is nothing to serve.
         let _ = router.shutdown().await;
@@ -345,33 +393,108 @@ async fn run(
     }
     tracing::info!(address = %router.admin, certificates = router.shared.certs.len(), "admin listening");
     // Handlers first: whoever reads the ready file may send SIGTERM at once.
-    let signals = Signals::install().context("cannot install signal handlers")?;
+    let mut signals = Signals::install().context("cannot install signal handlers")?;
     if let Some(path) = &ready_file {
         if let Err(e) = terminus::startup::write_ready_file(path, &router) {
             let _ = router.shutdown().await;
             return Err(e).with_context(|| format!("cannot write --ready-file {}", path.display()));
         }
     }
-    signals.wait(router.reloader.clone()).await;
+    if let Some(take_over) = take_over {
+        let from = take_over.from_pid;
+        match take_over.ready() {
+            Ok(()) => tracing::info!(
+                from_pid = from,
+                "upgrade: serving; the previous process drains and exits"
+            ),
+            // The previous process is gone (killed during the upgrade): this one serves. Had it
+            // only given up waiting, it kills this process itself.
+            Err(e) => tracing::warn!(
+                from_pid = from,
+                error = %e,
+                "upgrade: the previous process did not take the ready answer; serving"
+            ),
+        }
+    }
+    loop {
+        match signals.next().await {
+            Event::Stop => break,
+            Event::Reload => reload(router.reloader.as_ref()).await,
+            Event::Upgrade => match terminus::upgrade::upgrade(&router, &exe, &args).await {
+                Ok(pid) => {
+                    tracing::info!(
+                        new_pid = pid,
+                        "upgrade: the new process serves; no new connections here, draining"
+                    );
+                    // The ready file is the new process's now: left in place.
+                    let drained = router.hand_over().await;
+                    log_drained(drained);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "upgrade failed; this process keeps serving");
+                    // The new process may have written the ready file before it failed.
+                    if let Some(path) = &ready_file {
+                        if let Err(e) = terminus::startup::write_ready_file(path, &router) {
+                            tracing::warn!(error = %e, path = %path.display(), "cannot rewrite the ready file");
+                        }
+                    }
+                }
+            },
+        }
+    }
     if let Some(path) = &ready_file {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("shutting down: no new connections, draining");
-    let drained = router.shutdown().await;
+    log_drained(router.shutdown().await);
+    Ok(())
+}
+
+fn log_drained(drained: terminus_proxy::Drained) {
     if drained.abandoned > 0 {
         tracing::warn!(
             connections = drained.abandoned,
             "grace period over; closing the remaining connections"
         );
+    } else {
+        tracing::info!("drained; exiting");
     }
-    Ok(())
 }
 
-/// SIGTERM and SIGINT (stop), SIGHUP (reload), caught from the moment they are installed.
+/// SIGHUP: reloads the config file (one at a time; signals that arrive during a reload are
+/// merged into one more).
+async fn reload(reloader: Option<&std::sync::Arc<terminus::reload::Reloader>>) {
+    match reloader {
+        Some(r) => {
+            tracing::info!("SIGHUP: reloading the config file");
+            let r = r.clone();
+            // The outcome is logged and counted by the reload itself.
+            let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+        }
+        None => tracing::warn!(
+            "SIGHUP ignored: started from the command line, there is no config file to read again"
+        ),
+    }
+}
+
+/// What a signal asks for.
+enum Event {
+    /// SIGTERM or SIGINT: drain and exit.
+    Stop,
+    /// SIGHUP: read the config file again.
+    Reload,
+    /// SIGUSR2: hand the sockets to a new process of the binary (see terminus::upgrade).
+    Upgrade,
+}
+
+/// SIGTERM and SIGINT (stop), SIGHUP (reload), SIGUSR2 (upgrade), caught from the moment they
+/// are installed.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -381,28 +504,16 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
-    /// Until SIGTERM or SIGINT: each SIGHUP reloads the config file (one at a time; signals
-    /// that arrive during a reload are merged into one more).
-    async fn wait(mut self, reloader: Option<std::sync::Arc<terminus::reload::Reloader>>) {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => return,
-                _ = self.int.recv() => return,
-                _ = self.hup.recv() => match &reloader {
-                    Some(r) => {
-                        tracing::info!("SIGHUP: reloading the config file");
-                        let r = r.clone();
-                        // The outcome is logged and counted by the reload itself.
-                        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
-                    }
-                    None => tracing::warn!(
-                        "SIGHUP ignored: started from the command line, there is no config file to read again"
-                    ),
-                },
-            }
+    async fn next(&mut self) -> Event {
+        tokio::select! {
+            _ = self.term.recv() => Event::Stop,
+            _ = self.int.recv() => Event::Stop,
+            _ = self.hup.recv() => Event::Reload,
+            _ = self.usr2.recv() => Event::Upgrade,
         }
     }
 }

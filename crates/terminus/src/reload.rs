@@ -58,6 +58,8 @@ pub enum ReloadError {
     Certificate(#[from] CertFileError),
     #[error("the store could not be read: {0}")]
     Store(#[source] StoreError),
+    #[error("the store is being handed to a new terminus process (binary upgrade): reload the new one once it serves")]
+    Upgrading,
 }
 
 /// Applies the config file again; one at a time, and never during an API change.
@@ -123,8 +125,12 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Result<ReloadReport, ReloadError> {
-        // API changes and other reloads wait: the route table and index change in one piece.
+        // API changes and other reloads wait, so that none interleaves with this one.
         let _write = self.control.write_lock();
+        // Without the store, names it defines could not be told from the file's.
+        if self.control.store_handed_over() {
+            return Err(ReloadError::Upgrading);
+        }
         let config = self.source.load()?;
         let file = config.origin().display().to_string();
         let current = self.live.load();
@@ -144,13 +150,14 @@ impl Reloader {
         )?;
         let needs_restart = needs_restart(&self.started, &config);
         let mut reserved = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        let store = self.control.store();
         let mut loaded = terminus_store::apply_config(
             prepared,
             &config,
             &reserved,
             &current.certs,
             &current.routes,
-            self.control.store().map(|s| &**s),
+            store.as_deref(),
         )
         .map_err(ReloadError::Store)?;
         current
@@ -169,8 +176,25 @@ impl Reloader {
             domains: config.domains.len(),
         };
         self.control.set_statics(statics_of(&config, loaded));
-        self.live
-            .reconfigure(Settings::from_config(&config), policy);
+        // Domains the file added to (or took from) an app with ACM on are ordered (or
+        // retired), as through the API.
+        if let Some(acme) = self.control.acm() {
+            let domains: Vec<(String, String)> = current
+                .routes
+                .domains()
+                .into_iter()
+                .map(|d| (d.pattern.to_string(), d.app.to_string()))
+                .collect();
+            if let Err(e) = acme.reconcile(&domains, unix_now()) {
+                tracing::error!(error = %e, "ACM: the reloaded domains could not be queued; certs:auto:refresh queues them");
+            }
+        }
+        let mut settings = Settings::from_config(&config);
+        if !same_listeners(&self.started, &config) {
+            // The listeners stay as started, and so do their limits.
+            settings.max_connections = current.settings.max_connections.clone();
+        }
+        self.live.reconfigure(settings, policy);
         Ok(ReloadReport {
             file,
             applied,
@@ -182,6 +206,7 @@ impl Reloader {
 impl terminus_admin::Reload for Reloader {
     fn reload(&self) -> ApiResult<ReloadReport> {
         Reloader::reload(self).map_err(|e| match e {
+            ReloadError::Upgrading => ApiError::new(503, "upgrading", e.to_string()),
             ReloadError::Store(_) => ApiError::new(
                 500,
                 "store_error",
@@ -205,8 +230,8 @@ pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
         }
     };
     check(
-        started.listeners != new.listeners,
-        "[[listener]] (address, tls, max_connections, proxy_protocol)",
+        !same_listeners(started, new),
+        "[[listener]] (the list, address, tls, proxy_protocol, proxy_trusted)",
     );
     check(started.admin.address != new.admin.address, "admin.address");
     check(
@@ -231,4 +256,15 @@ pub fn needs_restart(started: &Config, new: &Config) -> Vec<String> {
         "proxy.resolve_interval",
     );
     out
+}
+
+/// The same listeners, but for `max_connections` (which a reload applies).
+fn same_listeners(started: &Config, new: &Config) -> bool {
+    started.listeners.len() == new.listeners.len()
+        && started.listeners.iter().zip(&new.listeners).all(|(a, b)| {
+            terminus_config::Listener {
+                max_connections: a.max_connections,
+                ..b.clone()
+            } == *a
+        })
 }

@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use terminus_admin::{Admin, Api, Control, Readiness, Stage, StaticCert, Statics, Token};
 use terminus_config::{Config, StoreBackend, StoreConfig};
 use terminus_metrics::{
-    ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
+    AcmeMetrics, ControlMetrics, ExpiryCollector, ExpirySource, MetricsRegistry, ProxyMetrics,
 };
 use terminus_proxy::{BoundListener, Drained, Proxy, Shared};
 use terminus_route::{BackendAddr, RouteTable};
 use terminus_store::{ConfigLoad, RecoverOutcome, Reserved, Store, StoreError};
-use terminus_tls::{CertIndex, Roots, TlsPolicy, DEFAULT_KEY_CACHE};
+use terminus_tls::{CertIndex, Roots, TicketKeys, Ticketer, TlsPolicy, DEFAULT_KEY_CACHE};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -68,6 +68,20 @@ pub enum StartError {
         #[source]
         source: RootsError,
     },
+    #[error("{file}: {source}")]
+    Acme {
+        file: String,
+        #[source]
+        source: Box<terminus_acme::AcmeError>,
+    },
+    #[error("cannot keep a copy of the listener {address} for upgrades: {source}")]
+    Handoff {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make session-ticket keys: {0}")]
+    TicketKeys(#[source] terminus_tls::TicketKeyError),
     #[error("{file}: admin.token_file: cannot read {path}: {source}")]
     TokenFile {
         file: String,
@@ -147,10 +161,17 @@ pub struct Router {
     proxy: Proxy,
     cleanup: tokio::task::JoinHandle<()>,
     resolve: tokio::task::JoinHandle<()>,
+    acme_task: Option<tokio::task::JoinHandle<()>>,
+    tickets: tokio::task::JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: tokio::task::JoinHandle<()>,
-    /// A fleet router's watch on etcd and its ticket-key follower.
-    fleet: Option<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)>,
+    /// A fleet router's watch on etcd.
+    fleet: Option<tokio::task::JoinHandle<()>>,
+    /// Copies of the listening sockets for an upgrade; closed as the router stops, so that a
+    /// stopped router refuses connections rather than leaving them in the backlog.
+    pub(crate) handoff: Handoff,
+    /// To open the store again after an upgrade that did not happen.
+    pub(crate) store_config: Option<StoreConfig>,
 }
 
 pub fn unix_now() -> i64 {
@@ -171,8 +192,149 @@ pub async fn start(config: &Config, registry: MetricsRegistry) -> Result<Router,
 /// router is waiting for (certificates, then listeners) while a large store loads.
 pub async fn start_with(
     config: &Config,
+    registry: MetricsRegistry,
+    options: &StartOptions,
+) -> Result<Router, StartError> {
+    start_inheriting(config, registry, options, Inherited::default()).await
+}
+
+/// Listening sockets handed over by the process this one replaces (a binary upgrade, see
+/// [`crate::upgrade`]).
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub listeners: Vec<std::net::TcpListener>,
+    pub admin: Option<std::net::TcpListener>,
+}
+
+impl Inherited {
+    /// Takes the inherited listener for `wanted`: the same address, or, where the config asks
+    /// for port 0 (any port), the first one on the same IP, in the order handed over.
+    fn take(
+        list: &mut Vec<std::net::TcpListener>,
+        wanted: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        Self::take_exact(list, wanted).or_else(|| Self::take_any_port(list, wanted))
+    }
+
+    fn take_exact(
+        list: &mut Vec<std::net::TcpListener>,
+        wanted: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        let at = list
+            .iter()
+            .position(|l| l.local_addr().is_ok_and(|have| have == wanted))?;
+        Some(list.remove(at))
+    }
+
+    fn take_any_port(
+        list: &mut Vec<std::net::TcpListener>,
+        wanted: SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        if wanted.port() != 0 {
+            return None;
+        }
+        let at = list
+            .iter()
+            .position(|l| l.local_addr().is_ok_and(|have| have.ip() == wanted.ip()))?;
+        Some(list.remove(at))
+    }
+}
+
+/// Copies of the listening sockets, kept to hand them to a new process on an upgrade.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    pub(crate) listeners: Vec<(SocketAddr, std::os::fd::OwnedFd)>,
+    pub(crate) admin: (SocketAddr, std::os::fd::OwnedFd),
+}
+
+fn dup(
+    address: SocketAddr,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> Result<std::os::fd::OwnedFd, StartError> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| StartError::Handoff {
+        address,
+        source: e.into(),
+    })
+}
+
+/// Binds the listeners, or adopts the inherited sockets for the same addresses.
+async fn listen(
+    config: &Config,
+    inherited: Vec<std::net::TcpListener>,
+) -> Result<Vec<BoundListener>, StartError> {
+    let wanted: Vec<SocketAddr> = config.listeners.iter().map(|l| l.address).collect();
+    let (sockets, left) = match_inherited(&wanted, inherited);
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for (socket, l) in sockets.into_iter().zip(&config.listeners) {
+        bound.push(match socket {
+            Some(socket) => {
+                tracing::info!(address = ?socket.local_addr().ok(), "listener taken over from the previous process");
+                BoundListener::adopt(socket, l)?
+            }
+            None => BoundListener::bind(l).await?,
+        });
+    }
+    for left in &left {
+        tracing::warn!(address = ?left.local_addr().ok(), "a listener handed over is not in the config any more: closed");
+    }
+    Ok(bound)
+}
+
+/// The handed-over socket for each wanted address (exact addresses first, so that a `:0`
+/// listener cannot take a socket another listener names by its port; then `:0` ones by IP,
+/// in the order handed over), and the sockets nothing wants.
+fn match_inherited(
+    wanted: &[SocketAddr],
+    mut inherited: Vec<std::net::TcpListener>,
+) -> (
+    Vec<Option<std::net::TcpListener>>,
+    Vec<std::net::TcpListener>,
+) {
+    let mut sockets: Vec<Option<std::net::TcpListener>> = wanted
+        .iter()
+        .map(|&address| Inherited::take_exact(&mut inherited, address))
+        .collect();
+    for (socket, &address) in sockets.iter_mut().zip(wanted) {
+        if socket.is_none() {
+            *socket = Inherited::take_any_port(&mut inherited, address);
+        }
+    }
+    (sockets, inherited)
+}
+
+/// Binds the admin listener, or adopts the inherited one if it is for the same address (then
+/// `true`).
+async fn listen_admin(
+    config: &Config,
+    inherited: Option<std::net::TcpListener>,
+) -> Result<(TcpListener, bool), StartError> {
+    let address = config.admin.address;
+    let fail = |source| StartError::AdminBind { address, source };
+    let mut list: Vec<_> = inherited.into_iter().collect();
+    if let Some(socket) = Inherited::take(&mut list, address) {
+        tracing::info!(address = ?socket.local_addr().ok(), "admin listener taken over from the previous process");
+        socket.set_nonblocking(true).map_err(fail)?;
+        return Ok((TcpListener::from_std(socket).map_err(fail)?, true));
+    }
+    for left in &list {
+        tracing::warn!(address = ?left.local_addr().ok(), "the admin listener handed over is not the configured one: closed");
+    }
+    Ok((TcpListener::bind(address).await.map_err(fail)?, false))
+}
+
+/// The admin listener, served from the start, or (when it was handed over) once this process
+/// is ready.
+enum AdminServing {
+    Started(tokio::task::JoinHandle<()>),
+    Deferred(TcpListener),
+}
+
+/// [`start_with`] on sockets handed over by the process this one replaces.
+pub async fn start_inheriting(
+    config: &Config,
     mut registry: MetricsRegistry,
     options: &StartOptions,
+    mut inherited: Inherited,
 ) -> Result<Router, StartError> {
     let origin = config.origin().display().to_string();
     let policy = TlsPolicy::new(&config.tls).map_err(|source| StartError::Policy {
@@ -207,30 +369,41 @@ pub async fn start_with(
         config.admin.expiry_metrics_limit,
         unix_now,
     );
+    let acme_metrics = AcmeMetrics::register(&mut registry);
     let roots = trusted_roots(config, &origin)?;
     let token = read_token(config, &origin)?;
 
     let readiness = Arc::new(Readiness::new(Stage::LoadingCertificates));
-    let admin_listener = TcpListener::bind(config.admin.address)
-        .await
-        .map_err(|source| StartError::AdminBind {
-            address: config.admin.address,
-            source,
-        })?;
+    let (admin_listener, admin_inherited) = listen_admin(config, inherited.admin.take()).await?;
     let admin = admin_listener.local_addr().unwrap_or(config.admin.address);
+    let admin_dup = (
+        admin,
+        dup(admin, std::os::fd::AsFd::as_fd(&admin_listener))?,
+    );
     let admin_server = Admin::starting(registry, readiness.clone());
     // Dropping the sender (a start that fails below) stops the admin listener too.
     let (admin_stop, admin_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(terminus_admin::serve(
-        admin_listener,
-        admin_server.clone(),
-        terminus_admin::Limits {
-            header_timeout: config.admin.header_timeout,
-            idle_timeout: config.admin.idle_timeout,
-            max_connections: config.admin.max_connections,
-        },
-        admin_rx,
-    ));
+    let limits = terminus_admin::Limits {
+        header_timeout: config.admin.header_timeout,
+        idle_timeout: config.admin.idle_timeout,
+        max_connections: config.admin.max_connections,
+    };
+    let admin_for_serving = admin_server.clone();
+    let spawn_admin = move |listener| {
+        tokio::spawn(terminus_admin::serve(
+            listener,
+            admin_for_serving.clone(),
+            limits,
+            admin_rx.clone(),
+        ))
+    };
+    // A socket handed over by the process this one replaces is served only once this one is
+    // ready: until then that process answers on it, and this one would only say "not ready".
+    let admin_serving = if admin_inherited {
+        AdminServing::Deferred(admin_listener)
+    } else {
+        AdminServing::Started(spawn_admin(admin_listener))
+    };
 
     let mut from_config = terminus_store::load_config(config, &certs, &routes, &roots, unix_now());
     let mut app_backends = std::mem::take(&mut from_config.apps);
@@ -265,10 +438,50 @@ pub async fn start_with(
         crate::fleet::quarantine_foreign_keys(store, &certs, &control_metrics);
     }
     app_backends.extend(stored_apps);
+    let ticket_keys = start_ticket_keys(store.as_deref(), unix_now())?;
+    policy
+        .tickets()
+        .set_keys(&ticket_keys)
+        .map_err(StartError::TicketKeys)?;
+    let ticketer = policy.tickets().clone();
+    let rotations = metrics.ticket_key_rotations.clone();
     let reserved = from_config.reserved.clone();
     let statics = statics_of(config, from_config);
     certs.set_default(config.tls.default_certificate.as_deref());
 
+    let challenges = Arc::new(terminus_tls::AcmeChallenges::default());
+    let acme = match (&config.acme, &store) {
+        (Some(acme_config), Some(store)) => {
+            terminus_acme::check_config(acme_config, certs.provider().clone()).map_err(
+                |source| StartError::Acme {
+                    file: origin.clone(),
+                    source: Box::new(source),
+                },
+            )?;
+            let acme = terminus_acme::Acme::new(terminus_acme::Parts {
+                config: acme_config.clone(),
+                store: store.clone(),
+                certs: certs.clone(),
+                challenges: challenges.clone(),
+                metrics: acme_metrics,
+            });
+            let domains: Vec<(String, String)> = routes
+                .domains()
+                .into_iter()
+                .map(|d| (d.pattern.to_string(), d.app.to_string()))
+                .collect();
+            if let Err(e) = acme.reconcile(&domains, unix_now()) {
+                tracing::error!(error = %e, "ACM: cannot reconcile its state with the domains");
+            }
+            tracing::info!(directory = acme.directory(), "automated certificates on");
+            Some(acme)
+        }
+        (Some(_), None) => {
+            tracing::error!("automated certificates are configured but the store is unavailable: ACM is off until it is fixed");
+            None
+        }
+        _ => None,
+    };
     if token.is_none() {
         tracing::warn!("admin API disabled: set {TOKEN_ENV} or admin.token_file to manage certificates, domains and apps");
     }
@@ -286,24 +499,33 @@ pub async fn start_with(
                     s.expired_retention
                 }),
         )
-        .with_roots(roots),
+        .with_roots(roots)
+        .with_acme(acme.clone()),
     );
     resolve_backends(&control, app_backends).await;
 
     readiness.set(Stage::Binding);
-    let bound: Vec<BoundListener> = terminus_proxy::bind(&config.listeners).await?;
-    let listeners = bound
+    let bound = listen(config, std::mem::take(&mut inherited.listeners)).await?;
+    let listeners: Vec<(SocketAddr, bool)> = bound
         .iter()
         .filter_map(|l| l.local_addr().ok().map(|a| (a, l.is_tls())))
         .collect();
+    let mut handed = Vec::with_capacity(bound.len());
+    for (l, &(address, _)) in bound.iter().zip(&listeners) {
+        handed.push((address, dup(address, std::os::fd::AsFd::as_fd(l))?));
+    }
+    let handoff = Handoff {
+        listeners: handed,
+        admin: admin_dup,
+    };
 
-    let shared_tickets = policy.tickets().clone();
     let shared = Shared::new(
         terminus_proxy::Settings::from_config(config),
         certs,
         routes,
         policy,
         metrics,
+        challenges,
     );
     let proxy = Proxy::start(shared.clone(), bound);
     let reloader = reload_source(config, options).map(|source| {
@@ -326,22 +548,36 @@ pub async fn start_with(
             .clone()
             .map(|r| r as Arc<dyn terminus_admin::Reload>),
     }));
-    let fleet = fleet.map(|f| {
-        let tickets = tokio::spawn(terminus_store::fleet::tickets::run(
+    let fleet_sync = fleet.as_ref().map(|f| {
+        tokio::spawn(terminus_store::fleet::sync::run(
             f.etcd.clone(),
-            f.store.master_key().clone(),
-            shared_tickets.clone(),
-        ));
-        let sync = tokio::spawn(terminus_store::fleet::sync::run(
-            f.etcd,
-            f.store,
+            f.store.clone(),
             control.clone(),
             f.revision,
-        ));
-        (sync, tickets)
+        ))
     });
+    let acme_task = acme.as_ref().map(|a| a.spawn());
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
+    // A fleet shares its ticket keys through etcd (one router rotates them under a lease);
+    // one router keeps its own in its store.
+    let tickets = match &fleet {
+        Some(f) => tokio::spawn(terminus_store::fleet::tickets::run(
+            f.etcd.clone(),
+            f.store.master_key().clone(),
+            ticketer,
+        )),
+        None => tokio::spawn(rotate_ticket_keys(
+            control.clone(),
+            ticketer,
+            ticket_keys,
+            rotations,
+        )),
+    };
+    let admin_task = match admin_serving {
+        AdminServing::Started(task) => task,
+        AdminServing::Deferred(listener) => spawn_admin(listener),
+    };
     readiness.set(Stage::Ready);
     Ok(Router {
         shared,
@@ -356,9 +592,13 @@ pub async fn start_with(
         proxy,
         cleanup,
         resolve,
+        acme_task,
+        tickets,
         admin_stop,
         admin_task,
-        fleet,
+        fleet: fleet_sync,
+        handoff,
+        store_config: config.store.clone(),
     })
 }
 
@@ -583,6 +823,73 @@ async fn resolve_backends(control: &Arc<Control>, apps: Vec<(String, Vec<Backend
     .await;
 }
 
+/// The session-ticket keys to start with: with a store, the stored ones (rotated if due, see
+/// [`terminus_store::tickets`]), so clients resume across a restart or an upgrade; without one,
+/// new keys kept in memory only, as a store-less router keeps everything.
+fn start_ticket_keys(store: Option<&Store>, now: i64) -> Result<TicketKeys, StartError> {
+    use terminus_store::TicketKeysOrigin as Origin;
+    let Some(store) = store else {
+        return TicketKeys::generate(now).map_err(StartError::TicketKeys);
+    };
+    let loaded = terminus_store::load_ticket_keys(store, now).map_err(StartError::TicketKeys)?;
+    let next_rotation = loaded.keys.next_rotation();
+    match &loaded.origin {
+        Origin::Stored => tracing::info!(next_rotation, "session-ticket keys loaded from the store"),
+        Origin::Rotated => tracing::info!(next_rotation, "session-ticket keys loaded from the store and rotated (their period had ended)"),
+        Origin::Created => tracing::info!(next_rotation, "session-ticket keys created and stored"),
+        Origin::Expired => tracing::info!(next_rotation, "stored session-ticket keys were older than the ticket lifetime; new keys created and stored"),
+        Origin::Replaced(e) => tracing::warn!(error = %e, "stored session-ticket keys cannot be used; new keys created and stored (clients make one full handshake)"),
+    }
+    if let Some(e) = &loaded.save_error {
+        tracing::warn!(error = %e, "cannot store the session-ticket keys: they are used from memory, and a restart before the next rotation loses them");
+    }
+    Ok(loaded.keys)
+}
+
+/// Rotates the session-ticket keys when their period ends: the new state is written to the
+/// store first (when this process holds one), so that a restart finds the key its tickets are
+/// under, then installed in the ticketer.
+async fn rotate_ticket_keys(
+    control: Arc<Control>,
+    ticketer: Arc<Ticketer>,
+    mut keys: TicketKeys,
+    rotations: terminus_metrics::Counter,
+) {
+    loop {
+        let wait = keys.next_rotation().saturating_sub(unix_now()).max(1);
+        tokio::time::sleep(Duration::from_secs(u64::try_from(wait).unwrap_or(1))).await;
+        let now = unix_now();
+        if !keys.rotation_due(now) {
+            continue;
+        }
+        let next = match keys.rotated(now) {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot rotate the session-ticket keys; trying again in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                continue;
+            }
+        };
+        if let Some(store) = control.store() {
+            let stored = next.clone();
+            let saved = tokio::task::spawn_blocking(move || store.put_ticket_keys(&stored)).await;
+            if let Ok(Err(e)) = saved {
+                tracing::warn!(error = %e, "cannot store the rotated session-ticket keys: they are used from memory");
+            }
+        }
+        if let Err(e) = ticketer.set_keys(&next) {
+            tracing::error!(error = %e, "cannot install the rotated session-ticket keys");
+            continue;
+        }
+        rotations.inc();
+        tracing::info!(
+            next_rotation = next.next_rotation(),
+            "session-ticket keys rotated"
+        );
+        keys = next;
+    }
+}
+
 /// Resolves backend host names again every `interval` (only apps that have names do work).
 async fn resolve_loop(control: Arc<Control>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
@@ -688,21 +995,115 @@ impl Router {
     /// Stops accepting, drains connections for up to the configured grace period, then stops
     /// the admin listener.
     pub async fn shutdown(self) -> Drained {
+        drop(self.handoff);
         self.readiness.set(Stage::Draining);
         self.cleanup.abort();
         self.resolve.abort();
-        if let Some((sync, tickets)) = self.fleet {
+        if let Some(t) = &self.acme_task {
+            t.abort();
+        }
+        self.tickets.abort();
+        if let Some(sync) = self.fleet {
             sync.abort();
-            tickets.abort();
-            // Once they are gone, nothing holds the store file: a router started again in
+            // Once it is gone, nothing of it holds the store file: a router started again in
             // this process can open it.
             let _ = sync.await;
-            let _ = tickets.await;
         }
         let grace = self.proxy.live().load().settings.shutdown_grace;
         let drained = self.proxy.shutdown(grace).await;
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
         drained
+    }
+
+    /// After a binary upgrade: the new process serves on the same sockets now. Stops the admin
+    /// listener at once (the new process answers the API), stops accepting, and drains for up
+    /// to the grace period without closing an HTTP/1 connection while a request may be on its
+    /// way (see [`terminus_proxy::Proxy::hand_over`]).
+    pub async fn hand_over(self) -> Drained {
+        drop(self.handoff);
+        self.cleanup.abort();
+        self.resolve.abort();
+        self.tickets.abort();
+        self.readiness.set(Stage::Draining);
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_task.await;
+        let grace = self.proxy.live().load().settings.shutdown_grace;
+        self.proxy.hand_over(grace).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handed_sockets_match_exact_addresses_first_then_port_zero_in_order() {
+        let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (a, b, c) = (bind(), bind(), bind());
+        let [pa, pb, pc] = [&a, &b, &c].map(|l| l.local_addr().unwrap());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let elsewhere: SocketAddr = "127.0.0.2:0".parse().unwrap();
+        // `:0` first in the config, yet the exact address keeps its socket.
+        let (got, left) = match_inherited(&[any, pb, any, elsewhere, any], vec![a, b, c]);
+        let got: Vec<Option<SocketAddr>> = got
+            .iter()
+            .map(|s| s.as_ref().map(|s| s.local_addr().unwrap()))
+            .collect();
+        assert_eq!(got, [Some(pa), Some(pb), Some(pc), None, None]);
+        assert!(left.is_empty());
+
+        let d = bind();
+        let pd = d.local_addr().unwrap();
+        let (got, left) = match_inherited(&["127.0.0.1:1".parse().unwrap()], vec![d]);
+        assert!(got[0].is_none(), "a fixed port takes only its own socket");
+        assert_eq!(left[0].local_addr().unwrap(), pd);
+    }
+
+    /// A rotation that falls due while running is written to the store before it is
+    /// installed, so a restart finds the key the latest tickets are under.
+    #[tokio::test]
+    async fn a_due_rotation_is_stored_and_installed() {
+        let dir = std::env::temp_dir().join(format!("terminus-rotation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(Store::open(&StoreConfig::in_dir(dir.join("data"))).unwrap());
+        let mut registry = MetricsRegistry::default();
+        let provider = Arc::new(terminus_tls::provider(true));
+        let control = Arc::new(Control::new(
+            Some(store.clone()),
+            Arc::new(CertIndex::new(provider, 1)),
+            Arc::new(RouteTable::default()),
+            Statics::default(),
+            ControlMetrics::register(&mut registry),
+            Duration::from_secs(1),
+        ));
+        // Keys whose period ends within a second.
+        let keys =
+            TicketKeys::generate(unix_now() - terminus_tls::TICKET_ROTATION_SECS + 1).unwrap();
+        store.put_ticket_keys(&keys).unwrap();
+        let ticketer = Ticketer::new(&keys).unwrap();
+        let ticket = rustls::server::ProducesTickets::encrypt(&*ticketer, b"state").unwrap();
+        let rotations = terminus_metrics::Counter::default();
+        let task = tokio::spawn(rotate_ticket_keys(
+            control,
+            ticketer.clone(),
+            keys.clone(),
+            rotations.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rotations.get() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no rotation");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        task.abort();
+        let stored = store.ticket_keys().unwrap().unwrap();
+        assert_ne!(stored.current, keys.current);
+        assert_eq!(stored.previous.as_ref(), Some(&keys.current));
+        // Installed: new tickets are under the new key, the old ticket still opens.
+        let fresh = rustls::server::ProducesTickets::encrypt(&*ticketer, b"new").unwrap();
+        assert_ne!(fresh[..16], ticket[..16]);
+        assert!(rustls::server::ProducesTickets::decrypt(&*ticketer, &ticket).is_some());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,6 +1,7 @@
 //! Stage two: defaults and meaning, one function per section of the file. Sections that refer to
 //! others (a domain's app, the default certificate) are checked after what they refer to.
 
+mod acme;
 mod admin;
 mod apps;
 mod certificates;
@@ -62,6 +63,23 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         .as_ref()
         .map(|s| store::validate(&c, s))
         .transpose()?;
+    let acme = raw
+        .acme
+        .as_ref()
+        .map(|a| acme::validate(&c, a, store.is_some(), &listeners))
+        .transpose()?;
+    // Automated certificates keep their state in the router's own file and would be ordered by
+    // every router of a fleet: not supported there yet, and a start must not pretend otherwise.
+    if acme.is_some()
+        && store
+            .as_ref()
+            .is_some_and(|s| matches!(s.backend, crate::StoreBackend::Etcd(_)))
+    {
+        return Err(c.err(
+            "acme",
+            "automated certificates are not available with store.backend = \"etcd\" yet: remove [acme] and upload the fleet's certificates through the API, or run this router with its own store",
+        ));
+    }
     let tls = tls::validate(&c, &raw.tls, &certificates, store.is_some())?;
     let timeouts = timeouts::validate(&c, &raw.timeouts)?;
     let proxy = proxy::validate(&c, &raw.proxy)?;
@@ -77,6 +95,7 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         timeouts,
         proxy,
         store,
+        acme,
         certificates,
         apps,
         domains,

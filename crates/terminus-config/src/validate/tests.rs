@@ -267,6 +267,69 @@ fn trusted_proxies_take_addresses_and_blocks() {
     assert_eq!(nets, ["10.0.0.0/8", "192.0.2.1/32", "::1/128"]);
 }
 
+const ACME_BASE: &str = r#"
+[[listener]]
+address = "127.0.0.1:8443"
+[[listener]]
+address = "127.0.0.1:8080"
+tls = false
+[store]
+dir = "/var/lib/terminus/data"
+"#;
+
+#[test]
+fn acme_defaults_and_choices() {
+    let cfg = parse(&format!(
+        "{ACME_BASE}[acme]\ndirectory = \"https://ca.test/dir\"\nterms_accepted = true\ncontact = \"ops@example.com\"\n"
+    ))
+    .unwrap();
+    let a = cfg.acme.unwrap();
+    assert_eq!(a.contact, ["mailto:ops@example.com"]);
+    assert_eq!(a.key_type, crate::AcmeKeyType::EcdsaP256);
+    assert_eq!(
+        a.challenges,
+        [
+            crate::ChallengeKind::Http01,
+            crate::ChallengeKind::TlsAlpn01
+        ]
+    );
+    assert_eq!(a.max_in_flight, crate::DEFAULT_ACME_MAX_IN_FLIGHT);
+    assert!(a.renew_before.is_none() && a.eab.is_none());
+}
+
+#[test]
+fn acme_refusals_name_the_key() {
+    let with = |extra: &str| err(&format!("{ACME_BASE}[acme]\n{extra}\n"));
+    assert!(with("terms_accepted = true").contains("acme.directory: missing"));
+    assert!(with("directory = \"http://ca.test/dir\"\nterms_accepted = true").contains("https://"));
+    assert!(with("directory = \"https://ca.test/dir\"").contains("acme.terms_accepted"));
+    let ok = "directory = \"https://ca.test/dir\"\nterms_accepted = true\n";
+    assert!(with(&format!("{ok}contact = \"nobody\"")).contains("acme.contact"));
+    assert!(with(&format!("{ok}key_type = \"ed25519\"")).contains("acme.key_type"));
+    assert!(with(&format!("{ok}eab_kid = \"k\"")).contains("eab_hmac_key"));
+    assert!(with(&format!("{ok}challenges = [\"dns-01\"]")).contains("dns_hook"));
+    assert!(with(&format!("{ok}challenges = [\"http-02\"]")).contains("acme.challenges[0]"));
+    let e = err(&format!("{MINIMAL}[acme]\n{ok}"));
+    assert!(e.contains("[store]"), "{e}");
+    let e = err(&format!(
+        "{MINIMAL}[store]\ndir = \"/d\"\n[acme]\n{ok}challenges = [\"http-01\"]\n"
+    ));
+    assert!(e.contains("tls = false"), "{e}");
+}
+
+#[test]
+fn acme_eab_is_not_printed() {
+    let cfg = parse(&format!(
+        "{ACME_BASE}[acme]\ndirectory = \"https://ca.test/dir\"\nterms_accepted = true\neab_kid = \"kid-1\"\neab_hmac_key = \"c2VjcmV0LWhtYWMta2V5\"\n"
+    ))
+    .unwrap();
+    let shown = format!("{:?}", cfg.acme);
+    assert!(
+        shown.contains("kid-1") && !shown.contains("c2VjcmV0"),
+        "{shown}"
+    );
+}
+
 #[test]
 fn proxy_protocol_per_listener() {
     let config = parse(
