@@ -343,3 +343,18 @@ fn proxy_protocol_per_listener() {
     assert_eq!(config.listeners[0].proxy_trusted.len(), 2);
     assert_eq!(config.listeners[1].proxy_protocol, None);
 }
+
+#[test]
+fn automated_certificates_are_refused_in_a_fleet() {
+    let fleet = ACME_BASE.replace(
+        "[store]\n",
+        "[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+    );
+    let e = err(&format!(
+        "{fleet}[acme]\ndirectory = \"https://ca.test/dir\"\nterms_accepted = true\n"
+    ));
+    assert!(
+        e.contains("acme: automated certificates are not available with store.backend = \"etcd\""),
+        "{e}"
+    );
+}
