@@ -480,6 +480,98 @@ async fn a_failing_validation_shows_pebbles_reason_then_issues_once_fixed() {
     );
 }
 
+/// A refresh sent while the domain's order runs is not lost when that order then fails: the
+/// domain is ordered again at once, not after the backoff (10 minutes here).
+#[tokio::test]
+async fn a_refresh_during_a_failing_order_orders_again_right_after_it() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let dir = ports.dir.path().to_owned();
+    let hook = dir.join("sticky-hook.sh");
+    let echo = Backend::echo("acme-sticky").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml(&format!(
+        "challenges = [\"dns-01\"]\ndns_hook = \"{}\"\ndns_hook_timeout = \"20s\"\nretry_min = \"10m\"",
+        hook.display()
+    )));
+    let r = b.start().await;
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    // The hook says when it is called (the order is running), waits while `hold` exists, and
+    // publishes a wrong TXT value once while `fail` exists: pebble's validation fails.
+    let (entered, hold, fail) = (dir.join("entered"), dir.join("hold"), dir.join("fail"));
+    std::fs::write(
+        &hook,
+        format!(
+            r#"#!/bin/sh
+set -eu
+touch "{entered}"
+while [ -e "{hold}" ]; do sleep 0.05; done
+value="${{3:-}}"
+if [ "$1" = set ] && [ -e "{fail}" ]; then rm -f "{fail}"; value=wrong; fi
+case "$1" in
+  set) curl -sSf -X POST -d "{{\"host\":\"$2.\",\"value\":\"$value\"}}" "{url}/set-txt" ;;
+  clear) curl -sSf -X POST -d "{{\"host\":\"$2.\"}}" "{url}/clear-txt" ;;
+esac
+"#,
+            entered = entered.display(),
+            hold = hold.display(),
+            fail = fail.display(),
+            url = pebble.challtest_url()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&hold, "").unwrap();
+    std::fs::write(&fail, "").unwrap();
+    let root = pebble.root().await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": [echo.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "sticky.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = r.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+    // The order is open and waits in the hook: refresh now, then let it go on (and fail).
+    let deadline = tokio::time::Instant::now() + ISSUE;
+    while !entered.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out, err) = r.cli(&["certs:auto:refresh", "--app", "web"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::remove_file(&hold).unwrap();
+    let d = wait_status(&r, "web", "sticky.acme.test", "Cert issued").await;
+    assert!(d["reason"].is_null(), "{d}");
+    assert!(
+        !fail.exists(),
+        "the first validation ran with the wrong value"
+    );
+    let metrics = r.metrics().await;
+    assert!(
+        metrics.contains("terminus_acme_orders_total{result=\"invalid\"} 1"),
+        "the first order failed: {metrics}"
+    );
+    assert_eq!(https_get(&r, &root, "sticky.acme.test").await.status, 200);
+}
+
 #[tokio::test]
 async fn domains_added_later_are_ordered_and_removed_ones_retired() {
     let Some((r, pebble, _echo)) = router_with_pebble("").await else {
