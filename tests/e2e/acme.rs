@@ -1339,3 +1339,131 @@ async fn a_domain_added_by_a_config_reload_is_ordered() {
     wait_status(&r, "web", "reloaded.acme.test", "Cert issued").await;
     assert_eq!(https_get(&r, &root, "reloaded.acme.test").await.status, 200);
 }
+
+/// Latencies of fresh TLS handshakes (TCP connect included) and of one request on each, to
+/// a domain on a certificate from the config, for `for_` or `max` samples, whichever is first.
+async fn sample_latencies(
+    https: SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    for_: Duration,
+    max: usize,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let client = TlsClient::new(
+        ClientOptions::sni("static.bench.test")
+            .http1()
+            .roots(vec![root.clone()]),
+    );
+    let (mut handshakes, mut requests, mut failures) = (Vec::new(), Vec::new(), 0);
+    let until = tokio::time::Instant::now() + for_;
+    while tokio::time::Instant::now() < until && handshakes.len() < max {
+        let t0 = tokio::time::Instant::now();
+        let Ok(conn) = client.connect(https).await else {
+            failures += 1;
+            continue;
+        };
+        let t1 = tokio::time::Instant::now();
+        match send_h1(conn.stream, vec![get("static.bench.test", "/")]).await {
+            Ok(r) if r[0].status == 200 => {
+                handshakes.push(t1 - t0);
+                requests.push(t1.elapsed());
+            }
+            _ => failures += 1,
+        }
+        // About 50 samples a second: a steady probe, not a load of its own.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (handshakes, requests, failures)
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms (n = {})",
+        at(0.50),
+        at(0.99),
+        v.len()
+    )
+}
+
+/// The README's burst figures: 10,000 domains of an ACM app added through the API as fast as it
+/// takes them (default `max_in_flight`), while a probe measures fresh handshakes and requests
+/// to an unrelated domain on a certificate from the config, before and during the burst. The
+/// router runs as its own process. Bounded: the probe stops 2 minutes into the burst (the
+/// queue need not drain). Run on purpose:
+/// `cargo test --release --test e2e acme::bench_burst -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_burst_of_10000_domains_against_handshake_and_request_latency() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let echo = Backend::echo("acme-bench").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.cert("static", &["static.bench.test"], KeyType::EcdsaP256);
+    b.app("front", &[echo.addr]);
+    b.app("web", &[echo.addr]);
+    b.domain("static.bench.test", "front", Some("static"));
+    b.raw(&ports.acme_toml("challenges = [\"http-01\"]"));
+    let p = b.spawn("").await;
+    let root = p.ca.cert_der.clone();
+    let pebble = ports.start(p.http.port(), p.https.port()).await;
+    let api = terminus_api::Client::new(
+        &format!("http://{}", p.admin),
+        Some(crate::harness::TOKEN.into()),
+    )
+    .unwrap();
+    api.acm_enable("web").await.unwrap();
+
+    let (hs, rq, failed) = sample_latencies(p.https, &root, Duration::from_secs(20), 500).await;
+    assert_eq!(failed, 0);
+    println!(
+        "before: handshakes {}; requests {}",
+        percentiles(hs),
+        percentiles(rq)
+    );
+
+    let count = 10_000;
+    let window = Duration::from_secs(120);
+    let started = tokio::time::Instant::now();
+    let added = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut adders = Vec::new();
+    for t in 0..4 {
+        let (api, added) = (api.clone(), added.clone());
+        adders.push(tokio::spawn(async move {
+            for i in (t..count).step_by(4) {
+                api.add_domain(&terminus_api::DomainCreate {
+                    hostname: format!("d{i}.burst.acme.test"),
+                    app: "web".into(),
+                })
+                .await
+                .unwrap();
+                added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    let (hs, rq, failed) = sample_latencies(p.https, &root, window, usize::MAX).await;
+    let added_by_end = added.load(std::sync::atomic::Ordering::Relaxed);
+    let all_added = adders.iter().all(|a| a.is_finished());
+    for a in &adders {
+        a.abort();
+    }
+    let list = api.acm_status(Some("web")).await.unwrap();
+    let issued = list.iter().filter(|d| d.status == "Cert issued").count();
+    let failing: Vec<_> = list.iter().filter(|d| d.reason.is_some()).take(3).collect();
+    println!(
+        "during the burst ({:.0} s): handshakes {}; requests {}; {failed} failed",
+        started.elapsed().as_secs_f64(),
+        percentiles(hs),
+        percentiles(rq)
+    );
+    println!(
+        "{added_by_end} of {count} domains added ({}), {issued} issued, failing: {failing:?}",
+        if all_added { "all" } else { "still adding" }
+    );
+    assert_eq!(failed, 0, "handshakes or requests failed during the burst");
+    drop(pebble);
+    p.stop().await;
+}
