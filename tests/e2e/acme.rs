@@ -1463,6 +1463,26 @@ async fn bench_burst_of_10000_domains_against_handshake_and_request_latency() {
         "{added_by_end} of {count} domains added ({}), {issued} issued, failing: {failing:?}",
         if all_added { "all" } else { "still adding" }
     );
+    // With `RUST_LOG=info,terminus_acme=debug`: what the scheduler's passes cost.
+    let mut passes: Vec<u64> = p
+        .stderr_lines("ACM scheduler pass")
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("took_us="))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect();
+    if !passes.is_empty() {
+        passes.sort_unstable();
+        println!(
+            "{} scheduler passes: p50 {} us, max {} us, {:.1} s in all",
+            passes.len(),
+            passes[passes.len() / 2],
+            passes[passes.len() - 1],
+            passes.iter().sum::<u64>() as f64 / 1e6
+        );
+    }
     assert_eq!(failed, 0, "handshakes or requests failed during the burst");
     drop(pebble);
     p.stop().await;
