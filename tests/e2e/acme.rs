@@ -66,6 +66,8 @@ pub struct PebblePorts {
     pub listen: SocketAddr,
     pub dir: TempDir,
     pub ca: Ca,
+    /// How long pebble's certificates are valid, in seconds (pebble's default when `None`).
+    pub validity: Option<u64>,
 }
 
 impl PebblePorts {
@@ -74,6 +76,7 @@ impl PebblePorts {
             listen: reserve_port().unwrap(),
             dir: TempDir::new("pebble"),
             ca: Ca::root("Pebble Listener Test Root"),
+            validity: None,
         }
     }
 
@@ -128,21 +131,20 @@ impl PebblePorts {
             .leaf(&["localhost", "127.0.0.1"], KeyType::EcdsaP256);
         let (crt, key) = leaf.write(self.dir.path(), "pebble", &[]);
         let config = self.dir.path().join("pebble.json");
-        std::fs::write(
-            &config,
-            json!({"pebble": {
-                "listenAddress": self.listen.to_string(),
-                "managementListenAddress": management.to_string(),
-                "certificate": crt,
-                "privateKey": key,
-                "httpPort": http_port,
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false
-            }})
-            .to_string(),
-        )
-        .unwrap();
+        let mut settings = json!({"pebble": {
+            "listenAddress": self.listen.to_string(),
+            "managementListenAddress": management.to_string(),
+            "certificate": crt,
+            "privateKey": key,
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false
+        }});
+        if let Some(secs) = self.validity {
+            settings["pebble"]["certificateValidityPeriod"] = json!(secs);
+        }
+        std::fs::write(&config, settings.to_string()).unwrap();
         let mut children = vec![challtestsrv];
         let pebble = Command::new("pebble")
             .arg("-config")
@@ -826,6 +828,65 @@ async fn renewal_swaps_the_served_certificate_under_fresh_handshakes_with_zero_f
     let now = r.served("renew.acme.test").await.expect("served");
     assert_ne!(now, first, "the renewed certificate is served");
     wait_status(&r, "web", "renew.acme.test", "Cert issued").await;
+}
+
+/// A `renew_before` longer than the CA's lifetime renews by itself, a third into the lifetime
+/// (not the moment it is issued): pebble issues certificates valid for 24 s here.
+#[tokio::test]
+async fn renew_before_longer_than_the_lifetime_renews_a_third_into_it() {
+    if !have_pebble() {
+        return;
+    }
+    let mut ports = PebblePorts::new();
+    ports.validity = Some(24);
+    let echo = Backend::echo("acme-short").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml("challenges = [\"http-01\"]\nrenew_before = \"30d\""));
+    let r = b.start().await;
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    let root = pebble.root().await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": [echo.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "short.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    r.api("POST", "/v1/apps/web/acm", None).await;
+    let d = wait_status(&r, "web", "short.acme.test", "Cert issued").await;
+    let issued = tokio::time::Instant::now();
+    let name = d["cert"].as_str().unwrap().to_owned();
+    let first = r.served("short.acme.test").await.expect("served");
+    // No refresh: the renewal time alone orders the next certificate.
+    let deadline = issued + Duration::from_secs(20);
+    loop {
+        let (_, v) = r.api("GET", &format!("/v1/certs/{name}"), None).await;
+        if v["version"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not renewed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = issued.elapsed();
+    // A third of 24 s, less up to 1/30 of it of jitter (and the time the order took).
+    assert!(
+        after >= Duration::from_secs(5),
+        "renewed after {after:?}: too soon"
+    );
+    let renewed = r.served("short.acme.test").await.expect("served");
+    assert_ne!(renewed, first, "the renewed certificate is served");
+    assert_eq!(https_get(&r, &root, "short.acme.test").await.status, 200);
+    wait_status(&r, "web", "short.acme.test", "Cert issued").await;
 }
 
 /// `terminus serve` as a process of its own, for `kill -9`.
