@@ -66,6 +66,8 @@ pub struct PebblePorts {
     pub listen: SocketAddr,
     pub dir: TempDir,
     pub ca: Ca,
+    /// How long pebble's certificates are valid, in seconds (pebble's default when `None`).
+    pub validity: Option<u64>,
 }
 
 impl PebblePorts {
@@ -74,6 +76,7 @@ impl PebblePorts {
             listen: reserve_port().unwrap(),
             dir: TempDir::new("pebble"),
             ca: Ca::root("Pebble Listener Test Root"),
+            validity: None,
         }
     }
 
@@ -128,21 +131,20 @@ impl PebblePorts {
             .leaf(&["localhost", "127.0.0.1"], KeyType::EcdsaP256);
         let (crt, key) = leaf.write(self.dir.path(), "pebble", &[]);
         let config = self.dir.path().join("pebble.json");
-        std::fs::write(
-            &config,
-            json!({"pebble": {
-                "listenAddress": self.listen.to_string(),
-                "managementListenAddress": management.to_string(),
-                "certificate": crt,
-                "privateKey": key,
-                "httpPort": http_port,
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false
-            }})
-            .to_string(),
-        )
-        .unwrap();
+        let mut settings = json!({"pebble": {
+            "listenAddress": self.listen.to_string(),
+            "managementListenAddress": management.to_string(),
+            "certificate": crt,
+            "privateKey": key,
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false
+        }});
+        if let Some(secs) = self.validity {
+            settings["pebble"]["certificateValidityPeriod"] = json!(secs);
+        }
+        std::fs::write(&config, settings.to_string()).unwrap();
         let mut children = vec![challtestsrv];
         let pebble = Command::new("pebble")
             .arg("-config")
@@ -480,6 +482,98 @@ async fn a_failing_validation_shows_pebbles_reason_then_issues_once_fixed() {
     );
 }
 
+/// A refresh sent while the domain's order runs is not lost when that order then fails: the
+/// domain is ordered again at once, not after the backoff (10 minutes here).
+#[tokio::test]
+async fn a_refresh_during_a_failing_order_orders_again_right_after_it() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let dir = ports.dir.path().to_owned();
+    let hook = dir.join("sticky-hook.sh");
+    let echo = Backend::echo("acme-sticky").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml(&format!(
+        "challenges = [\"dns-01\"]\ndns_hook = \"{}\"\ndns_hook_timeout = \"20s\"\nretry_min = \"10m\"",
+        hook.display()
+    )));
+    let r = b.start().await;
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    // The hook says when it is called (the order is running), waits while `hold` exists, and
+    // publishes a wrong TXT value once while `fail` exists: pebble's validation fails.
+    let (entered, hold, fail) = (dir.join("entered"), dir.join("hold"), dir.join("fail"));
+    std::fs::write(
+        &hook,
+        format!(
+            r#"#!/bin/sh
+set -eu
+touch "{entered}"
+while [ -e "{hold}" ]; do sleep 0.05; done
+value="${{3:-}}"
+if [ "$1" = set ] && [ -e "{fail}" ]; then rm -f "{fail}"; value=wrong; fi
+case "$1" in
+  set) curl -sSf -X POST -d "{{\"host\":\"$2.\",\"value\":\"$value\"}}" "{url}/set-txt" ;;
+  clear) curl -sSf -X POST -d "{{\"host\":\"$2.\"}}" "{url}/clear-txt" ;;
+esac
+"#,
+            entered = entered.display(),
+            hold = hold.display(),
+            fail = fail.display(),
+            url = pebble.challtest_url()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(&hold, "").unwrap();
+    std::fs::write(&fail, "").unwrap();
+    let root = pebble.root().await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": [echo.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, v) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "sticky.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = r.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+    // The order is open and waits in the hook: refresh now, then let it go on (and fail).
+    let deadline = tokio::time::Instant::now() + ISSUE;
+    while !entered.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the hook was never called"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, out, err) = r.cli(&["certs:auto:refresh", "--app", "web"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::remove_file(&hold).unwrap();
+    let d = wait_status(&r, "web", "sticky.acme.test", "Cert issued").await;
+    assert!(d["reason"].is_null(), "{d}");
+    assert!(
+        !fail.exists(),
+        "the first validation ran with the wrong value"
+    );
+    let metrics = r.metrics().await;
+    assert!(
+        metrics.contains("terminus_acme_orders_total{result=\"invalid\"} 1"),
+        "the first order failed: {metrics}"
+    );
+    assert_eq!(https_get(&r, &root, "sticky.acme.test").await.status, 200);
+}
+
 #[tokio::test]
 async fn domains_added_later_are_ordered_and_removed_ones_retired() {
     let Some((r, pebble, _echo)) = router_with_pebble("").await else {
@@ -734,6 +828,65 @@ async fn renewal_swaps_the_served_certificate_under_fresh_handshakes_with_zero_f
     let now = r.served("renew.acme.test").await.expect("served");
     assert_ne!(now, first, "the renewed certificate is served");
     wait_status(&r, "web", "renew.acme.test", "Cert issued").await;
+}
+
+/// A `renew_before` longer than the CA's lifetime renews by itself, a third into the lifetime
+/// (not the moment it is issued): pebble issues certificates valid for 24 s here.
+#[tokio::test]
+async fn renew_before_longer_than_the_lifetime_renews_a_third_into_it() {
+    if !have_pebble() {
+        return;
+    }
+    let mut ports = PebblePorts::new();
+    ports.validity = Some(24);
+    let echo = Backend::echo("acme-short").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.raw(&ports.acme_toml("challenges = [\"http-01\"]\nrenew_before = \"30d\""));
+    let r = b.start().await;
+    let pebble = ports.start(r.http().port(), r.https().port()).await;
+    let root = pebble.root().await;
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": [echo.addr.to_string()]})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = r
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": "short.acme.test", "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    r.api("POST", "/v1/apps/web/acm", None).await;
+    let d = wait_status(&r, "web", "short.acme.test", "Cert issued").await;
+    let issued = tokio::time::Instant::now();
+    let name = d["cert"].as_str().unwrap().to_owned();
+    let first = r.served("short.acme.test").await.expect("served");
+    // No refresh: the renewal time alone orders the next certificate.
+    let deadline = issued + Duration::from_secs(20);
+    loop {
+        let (_, v) = r.api("GET", &format!("/v1/certs/{name}"), None).await;
+        if v["version"] == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not renewed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = issued.elapsed();
+    // A third of 24 s, less up to 1/30 of it of jitter (and the time the order took).
+    assert!(
+        after >= Duration::from_secs(5),
+        "renewed after {after:?}: too soon"
+    );
+    let renewed = r.served("short.acme.test").await.expect("served");
+    assert_ne!(renewed, first, "the renewed certificate is served");
+    assert_eq!(https_get(&r, &root, "short.acme.test").await.status, 200);
+    wait_status(&r, "web", "short.acme.test", "Cert issued").await;
 }
 
 /// `terminus serve` as a process of its own, for `kill -9`.
@@ -1246,4 +1399,152 @@ async fn a_domain_added_by_a_config_reload_is_ordered() {
     assert_eq!(s, 200, "{v}");
     wait_status(&r, "web", "reloaded.acme.test", "Cert issued").await;
     assert_eq!(https_get(&r, &root, "reloaded.acme.test").await.status, 200);
+}
+
+/// Latencies of fresh TLS handshakes (TCP connect included) and of one request on each, to
+/// a domain on a certificate from the config, for `for_` or `max` samples, whichever is first.
+async fn sample_latencies(
+    https: SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    for_: Duration,
+    max: usize,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let client = TlsClient::new(
+        ClientOptions::sni("static.bench.test")
+            .http1()
+            .roots(vec![root.clone()]),
+    );
+    let (mut handshakes, mut requests, mut failures) = (Vec::new(), Vec::new(), 0);
+    let until = tokio::time::Instant::now() + for_;
+    while tokio::time::Instant::now() < until && handshakes.len() < max {
+        let t0 = tokio::time::Instant::now();
+        let Ok(conn) = client.connect(https).await else {
+            failures += 1;
+            continue;
+        };
+        let t1 = tokio::time::Instant::now();
+        match send_h1(conn.stream, vec![get("static.bench.test", "/")]).await {
+            Ok(r) if r[0].status == 200 => {
+                handshakes.push(t1 - t0);
+                requests.push(t1.elapsed());
+            }
+            _ => failures += 1,
+        }
+        // About 50 samples a second: a steady probe, not a load of its own.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (handshakes, requests, failures)
+}
+
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms (n = {})",
+        at(0.50),
+        at(0.99),
+        v.len()
+    )
+}
+
+/// The README's burst figures: 10,000 domains of an ACM app added through the API as fast as it
+/// takes them (default `max_in_flight`), while a probe measures fresh handshakes and requests
+/// to an unrelated domain on a certificate from the config, before and during the burst. The
+/// router runs as its own process. Bounded: the probe stops 2 minutes into the burst (the
+/// queue need not drain). Run on purpose:
+/// `cargo test --release --test e2e acme::bench_burst -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_burst_of_10000_domains_against_handshake_and_request_latency() {
+    if !have_pebble() {
+        return;
+    }
+    let ports = PebblePorts::new();
+    let echo = Backend::echo("acme-bench").await;
+    let mut b = Builder::new();
+    b.with_store();
+    b.cert("static", &["static.bench.test"], KeyType::EcdsaP256);
+    b.app("front", &[echo.addr]);
+    b.app("web", &[echo.addr]);
+    b.domain("static.bench.test", "front", Some("static"));
+    b.raw(&ports.acme_toml("challenges = [\"http-01\"]"));
+    let p = b.spawn("").await;
+    let root = p.ca.cert_der.clone();
+    let pebble = ports.start(p.http.port(), p.https.port()).await;
+    let api = terminus_api::Client::new(
+        &format!("http://{}", p.admin),
+        Some(crate::harness::TOKEN.into()),
+    )
+    .unwrap();
+    api.acm_enable("web").await.unwrap();
+
+    let (hs, rq, failed) = sample_latencies(p.https, &root, Duration::from_secs(20), 500).await;
+    assert_eq!(failed, 0);
+    println!(
+        "before: handshakes {}; requests {}",
+        percentiles(hs),
+        percentiles(rq)
+    );
+
+    let count = 10_000;
+    let window = Duration::from_secs(120);
+    let started = tokio::time::Instant::now();
+    let added = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut adders = Vec::new();
+    for t in 0..4 {
+        let (api, added) = (api.clone(), added.clone());
+        adders.push(tokio::spawn(async move {
+            for i in (t..count).step_by(4) {
+                api.add_domain(&terminus_api::DomainCreate {
+                    hostname: format!("d{i}.burst.acme.test"),
+                    app: "web".into(),
+                })
+                .await
+                .unwrap();
+                added.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    let (hs, rq, failed) = sample_latencies(p.https, &root, window, usize::MAX).await;
+    let added_by_end = added.load(std::sync::atomic::Ordering::Relaxed);
+    let all_added = adders.iter().all(|a| a.is_finished());
+    for a in &adders {
+        a.abort();
+    }
+    let list = api.acm_status(Some("web")).await.unwrap();
+    let issued = list.iter().filter(|d| d.status == "Cert issued").count();
+    let failing: Vec<_> = list.iter().filter(|d| d.reason.is_some()).take(3).collect();
+    println!(
+        "during the burst ({:.0} s): handshakes {}; requests {}; {failed} failed",
+        started.elapsed().as_secs_f64(),
+        percentiles(hs),
+        percentiles(rq)
+    );
+    println!(
+        "{added_by_end} of {count} domains added ({}), {issued} issued, failing: {failing:?}",
+        if all_added { "all" } else { "still adding" }
+    );
+    // With `RUST_LOG=info,terminus_acme=debug`: what the scheduler's passes cost.
+    let mut passes: Vec<u64> = p
+        .stderr_lines("ACM scheduler pass")
+        .iter()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("took_us="))
+                .and_then(|v| v.parse().ok())
+        })
+        .collect();
+    if !passes.is_empty() {
+        passes.sort_unstable();
+        println!(
+            "{} scheduler passes: p50 {} us, max {} us, {:.1} s in all",
+            passes.len(),
+            passes[passes.len() / 2],
+            passes[passes.len() - 1],
+            passes.iter().sum::<u64>() as f64 / 1e6
+        );
+    }
+    assert_eq!(failed, 0, "handshakes or requests failed during the burst");
+    drop(pebble);
+    p.stop().await;
 }

@@ -59,6 +59,10 @@ pub struct Acme {
     slots: Arc<Semaphore>,
     /// Domains with an order task running.
     running: Mutex<HashSet<String>>,
+    /// Domains refreshed since their last attempt started: a refresh that comes while an
+    /// order runs must outlive that order's failure (which would otherwise write a backoff
+    /// over it). Consumed when the next attempt starts.
+    refresh_requested: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Acme {
@@ -82,6 +86,7 @@ impl Acme {
             account: tokio::sync::Mutex::new(None),
             wake: Notify::new(),
             running: Mutex::new(HashSet::new()),
+            refresh_requested: Mutex::new(HashSet::new()),
         })
     }
 
@@ -163,6 +168,11 @@ impl Acme {
             }
             Ok(was)
         })?;
+        if let Ok(mut r) = self.refresh_requested.lock() {
+            for host in &hosts {
+                r.remove(host);
+            }
+        }
         Ok(was)
     }
 
@@ -191,6 +201,9 @@ impl Acme {
             }
             Ok(())
         })?;
+        if let Ok(mut r) = self.refresh_requested.lock() {
+            r.extend(hosts.iter().cloned());
+        }
         self.wake();
         Ok(hosts.len())
     }
@@ -225,6 +238,9 @@ impl Acme {
             w.delete_acme_cert_mark(&name)?;
             Ok(Some(name))
         })?;
+        if let Ok(mut r) = self.refresh_requested.lock() {
+            r.remove(host);
+        }
         if let Some(name) = &retired {
             self.certs.remove(name);
             tracing::info!(domain = host, certificate = %name, "ACM certificate retired with its domain");
@@ -271,7 +287,14 @@ impl Acme {
 
     async fn run(self: Arc<Self>) {
         loop {
-            let next = match self.schedule().await {
+            let started = tokio::time::Instant::now();
+            let next = self.schedule().await;
+            // What a pass costs grows with the number of ACM domains (the benchmark reads it).
+            tracing::debug!(
+                took_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                "ACM scheduler pass"
+            );
+            let next = match next {
                 Ok(next) => next,
                 // A binary upgrade took the store: the new process schedules from now on.
                 Err(AcmeError::StoreHandedOver) => Duration::from_secs(1),
@@ -327,6 +350,8 @@ impl Acme {
                 let host = d.host.clone();
                 tokio::spawn(async move {
                     let slot = me.slots.clone().acquire_owned().await;
+                    // This attempt answers every refresh asked for until now.
+                    me.take_refresh(&host);
                     me.attempt(&host).await;
                     drop(slot);
                     me.release(&host);
@@ -352,6 +377,14 @@ impl Acme {
         self.running
             .lock()
             .map(|mut r| r.insert(host.to_owned()))
+            .unwrap_or(false)
+    }
+
+    /// True when `host` was refreshed since its last attempt started (and forgets it).
+    fn take_refresh(&self, host: &str) -> bool {
+        self.refresh_requested
+            .lock()
+            .map(|mut r| r.remove(host))
             .unwrap_or(false)
     }
 
@@ -413,6 +446,9 @@ impl Acme {
         // An order the CA refused is dead: the next attempt opens a new one. One that timed
         // out or failed to reach the CA is resumed.
         let drop_order = matches!(e, AcmeError::Invalid(_) | AcmeError::Ca { .. });
+        // Refreshed while this attempt ran: the operator asked for a new try after it, so
+        // the failure queues one now instead of a backoff (the reason stays shown).
+        let refreshed = self.take_refresh(host);
         let h = host.to_owned();
         let updated = self
             .db(move |store| {
@@ -424,7 +460,11 @@ impl Acme {
                         d.order_url = None;
                         d.pending_key = None;
                     }
-                    if permanent || d.failures >= GIVE_UP_AFTER {
+                    if refreshed {
+                        d.status = AcmStatus::Waiting;
+                        d.failures = 0;
+                        d.next_retry = None;
+                    } else if permanent || d.failures >= GIVE_UP_AFTER {
                         d.status = AcmStatus::Failed;
                         d.next_retry = None;
                     } else {
