@@ -5,8 +5,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use terminus_test_support::{
     get, send_h1, Ca, ClientOptions, KeyType, Leaf, Reply, TempDir, TlsClient,
 };
@@ -217,29 +215,12 @@ impl TestRouter {
 
     /// The admin endpoint's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let tcp = tokio::net::TcpStream::connect(self.router.admin)
-            .await
-            .expect("admin");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .expect("admin handshake");
-        tokio::spawn(conn);
-        let req = http::Request::get("/metrics")
-            .header("host", "admin")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
-        let resp = sender.send_request(req).await.expect("metrics");
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        String::from_utf8_lossy(&body).into_owned()
+        crate::process::metrics(self.router.admin).await
     }
 
     /// The value of one sample line (`name{labels}`) of `/metrics`, 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        crate::process::metric(self.router.admin, series).await
     }
 
     pub async fn shutdown(self) {

@@ -461,26 +461,19 @@ fn error_response(
     in_flight: crate::activity::InFlight,
 ) -> Response<ResponseBody> {
     let status = fault.status();
-    log.status = status.as_u16();
     log.fault = Some(fault);
-    let request_id = log.request_id.clone();
-    let body = ResponseBody::local(
+    let mut response = local_response(
+        status,
+        "text/plain; charset=utf-8",
         Bytes::from(fault.body()),
         log,
-        shared.settings.idle_timeout,
+        shared,
         in_flight,
     );
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(X_REQUEST_ID, request_id);
-    h.insert(VIA, shared.settings.via_h1.clone());
     if matches!(fault, Fault::BadRequest(_) | Fault::HeadersTooLarge(_)) {
-        h.insert(CONNECTION, HeaderValue::from_static("close"));
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     if status.canonical_reason().is_none() {
         response
@@ -492,31 +485,44 @@ fn error_response(
     response
 }
 
-/// The key authorization of a pending HTTP-01 challenge, as RFC 8555 §8.3 asks: 200,
-/// `application/octet-stream`, the bytes alone.
-fn challenge_response(
-    answer: Box<str>,
+/// A response the router writes itself (an error, a challenge answer): its status, body and
+/// type, with the request id and Via every answer carries.
+fn local_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
     mut log: Box<AccessLog>,
     shared: &Arc<Shared>,
     in_flight: crate::activity::InFlight,
 ) -> Response<ResponseBody> {
-    log.status = StatusCode::OK.as_u16();
+    log.status = status.as_u16();
     let request_id = log.request_id.clone();
-    let body = ResponseBody::local(
-        Bytes::from(answer.into_string()),
-        log,
-        shared.settings.idle_timeout,
-        in_flight,
-    );
+    let body = ResponseBody::local(body, log, shared.settings.idle_timeout, in_flight);
     let mut response = Response::new(body);
+    *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(X_REQUEST_ID, request_id);
     h.insert(VIA, shared.settings.via_h1.clone());
     response
+}
+
+/// The key authorization of a pending HTTP-01 challenge, as RFC 8555 §8.3 asks: 200,
+/// `application/octet-stream`, the bytes alone.
+fn challenge_response(
+    answer: Box<str>,
+    log: Box<AccessLog>,
+    shared: &Arc<Shared>,
+    in_flight: crate::activity::InFlight,
+) -> Response<ResponseBody> {
+    local_response(
+        StatusCode::OK,
+        "application/octet-stream",
+        Bytes::from(answer.into_string()),
+        log,
+        shared,
+        in_flight,
+    )
 }
 
 #[cfg(test)]
