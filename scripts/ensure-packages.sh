@@ -1,13 +1,17 @@
 #!/bin/sh
 # ensure-packages.sh CMD:PACKAGE...  Installs, with apt-get, the Debian package of every command
-# that is missing, and says so. Needs root (or sudo). Services the packages ship (nginx,
+# that is missing, and says so. CMD may also be an absolute path to a file the package ships
+# (for packages that bring no command, such as protobuf's well-known .proto files). Needs root (or sudo). Services the packages ship (nginx,
 # haproxy) are not started: the benchmarks start their own instances on loopback.
 set -eu
 missing=""
 for pair in "$@"; do
   cmd=${pair%%:*}
   pkg=${pair#*:}
-  command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg"
+  case $cmd in
+    /*) [ -e "$cmd" ] || missing="$missing $pkg" ;;
+    *) command -v "$cmd" >/dev/null 2>&1 || missing="$missing $pkg" ;;
+  esac
 done
 [ -z "$missing" ] && exit 0
 echo "installing missing packages:$missing"

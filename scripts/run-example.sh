@@ -6,7 +6,9 @@
 set -eu
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required: install Rust with https://rustup.rs" >&2; exit 1; }
-./scripts/ensure-packages.sh openssl:openssl cc:gcc
+# protoc and its well-known .proto files build the etcd client (the fleet backend).
+./scripts/ensure-packages.sh openssl:openssl cc:gcc protoc:protobuf-compiler \
+  /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
 ./config/gen-certs.sh config/certs
 
 target=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

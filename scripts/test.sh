@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required: install Rust with https://rustup.rs" >&2; exit 1; }
 ./scripts/ensure-packages.sh cc:gcc curl:curl openssl:openssl \
   haproxy:haproxy nginx:nginx-light wrk:wrk h2load:nghttp2-client taskset:util-linux \
-  protoc:protobuf-compiler etcd:etcd-server pebble:pebble
+  protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev \
+  etcd:etcd-server pebble:pebble
 if docker info >/dev/null 2>&1; then
   # The container test (tests/container) runs the compose example too.
   ./scripts/ensure-packages.sh docker-compose:docker-compose
