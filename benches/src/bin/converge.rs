@@ -13,7 +13,10 @@
 //! With `--preload N` it measures a router's start on a large fleet instead: N certificates
 //! (`c{i}.scale.test`, ECDSA P-256, minted and sealed with the fleet key as the API would) are
 //! written to etcd in transactions of 1,000, then one router starts on an empty mirror; printed
-//! are the time from its spawn to the first handshake serving one of them, and its RSS then.
+//! are the time from its spawn to the first handshake serving one of them, and its RSS then;
+//! then the same router is restarted on the mirror it wrote (the usual restart) and timed again.
+//! `--work DIR` keeps the etcd cluster's data (and its ports) in DIR, so a later run with the
+//! same `--preload N` skips writing the certificates.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,24 +67,20 @@ async fn main() -> anyhow::Result<()> {
         bail!("etcd is not installed: apt-get install -y etcd-server");
     }
     let started = Instant::now();
-    let dir = TempDir::new("converge");
+    let temp = TempDir::new("converge");
+    let work = arg("--work").map(PathBuf::from);
+    let dir = work.as_deref().unwrap_or(temp.path());
+    std::fs::create_dir_all(dir)?;
     let mut children = Killed(Vec::new());
-    let endpoints = start_etcd(dir.path(), 3, &mut children).await?;
-    std::fs::write(dir.path().join("fleet.key"), "7f".repeat(32))?;
+    let endpoints = start_etcd(dir, 3, &mut children).await?;
+    std::fs::write(dir.join("fleet.key"), "7f".repeat(32))?;
     if let Some(n) = arg("--preload") {
-        return scale(
-            dir.path(),
-            &endpoints,
-            n.parse()?,
-            &router_bin,
-            &mut children,
-        )
-        .await;
+        return scale(dir, &endpoints, n.parse()?, &router_bin, &mut children).await;
     }
     let ca = Ca::root("Converge Bench Root");
     let mut routers = Vec::new();
     for i in 0..3 {
-        routers.push(start_router(dir.path(), i, &endpoints, &router_bin, &mut children).await?);
+        routers.push(start_router(dir, i, &endpoints, &router_bin, &mut children).await?);
     }
     let first = &routers[0];
     call(
@@ -219,9 +218,25 @@ async fn call(r: &Router, method: &str, path: &str, body: serde_json::Value) -> 
 }
 
 async fn start_etcd(dir: &Path, n: usize, children: &mut Killed) -> anyhow::Result<Vec<String>> {
-    let ports: Vec<(u16, u16)> = (0..n)
-        .map(|_| Ok((reserve_port()?.port(), reserve_port()?.port())))
-        .collect::<std::io::Result<_>>()?;
+    // A member keeps its peers' addresses in its data: a reused --work directory reuses them.
+    let ports_file = dir.join("etcd-ports");
+    let ports: Vec<(u16, u16)> = match std::fs::read_to_string(&ports_file) {
+        Ok(text) => text
+            .split_whitespace()
+            .map(|pair| {
+                let (c, p) = pair.split_once(':').context("etcd-ports")?;
+                Ok((c.parse()?, p.parse()?))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => {
+            let ports: Vec<(u16, u16)> = (0..n)
+                .map(|_| Ok((reserve_port()?.port(), reserve_port()?.port())))
+                .collect::<std::io::Result<_>>()?;
+            let text: Vec<String> = ports.iter().map(|(c, p)| format!("{c}:{p}")).collect();
+            std::fs::write(&ports_file, text.join(" "))?;
+            ports
+        }
+    };
     let initial = ports
         .iter()
         .enumerate()
@@ -362,16 +377,93 @@ async fn scale(
     children: &mut Killed,
 ) -> anyhow::Result<()> {
     let ca = Ca::root("Converge Scale Root");
-    let began = Instant::now();
-    preload(dir, endpoints, n, &ca).await?;
-    eprintln!(
-        "converge: {n} certificates written to etcd in {:.1} s",
-        began.elapsed().as_secs_f64()
+    let marker = dir.join(format!("preloaded-{n}"));
+    let ca_file = dir.join("scale-ca.der");
+    if marker.exists() {
+        eprintln!(
+            "converge: {n} certificates already in etcd ({})",
+            dir.display()
+        );
+    } else {
+        let began = Instant::now();
+        preload(dir, endpoints, n, &ca).await?;
+        std::fs::write(&ca_file, ca.cert_der.as_ref())?;
+        std::fs::write(&marker, "")?;
+        eprintln!(
+            "converge: {n} certificates written to etcd in {:.1} s",
+            began.elapsed().as_secs_f64()
+        );
+    }
+    let root = std::fs::read(&ca_file).context("the scale CA (rerun without --work's data)")?;
+    let _ = std::fs::remove_dir_all(dir.join("r0"));
+    println!(
+        "fleet start: {n} certificates in etcd (router: {})",
+        bin.display()
     );
+    use terminus_benches::procfs::{clock_ticks_per_second, cpu_ticks};
+    let etcd_pids: Vec<u32> = children.0.iter().map(Child::id).collect();
+    let etcd_cpu = || {
+        etcd_pids
+            .iter()
+            .filter_map(|p| cpu_ticks(*p).ok())
+            .sum::<u64>()
+    };
+    let seconds = |ticks: u64| ticks as f64 / clock_ticks_per_second() as f64;
+    for what in ["an empty mirror", "its own mirror"] {
+        let etcd_before = etcd_cpu();
+        let (first, rss_kib, router_ticks) =
+            start_and_probe(dir, endpoints, n, bin, &root, children).await?;
+        println!(
+            "  on {what}: spawn to first handshake serving one of them {:.1} s; RSS then {:.0} MiB, {:.2} KiB per certificate",
+            first.as_secs_f64(),
+            rss_kib / 1024.0,
+            rss_kib / n.max(1) as f64
+        );
+        println!(
+            "    CPU until then: router {:.1} s, etcd members {:.1} s",
+            seconds(router_ticks),
+            seconds(etcd_cpu() - etcd_before)
+        );
+        let log = std::fs::read_to_string(dir.join("r0.log")).unwrap_or_default();
+        for phase in [
+            "fleet store listed",
+            "fleet store synchronised",
+            "store loaded",
+        ] {
+            let took = log
+                .lines()
+                .find(|l| l.contains(phase))
+                .and_then(|l| l.split("took_ms=").nth(1))
+                .and_then(|v| v.split_whitespace().next());
+            if let Some(ms) = took {
+                println!("    {phase}: {ms} ms");
+            }
+        }
+        // Stop the router; the next start finds the mirror it wrote.
+        if let Some(mut child) = children.0.pop() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+    Ok(())
+}
+
+/// Starts router 0 and times its spawn to the first handshake serving `c{n/2}`; returns that
+/// time, its RSS (KiB) and its CPU ticks then. The router stays in `children`, last.
+async fn start_and_probe(
+    dir: &Path,
+    endpoints: &[String],
+    n: u64,
+    bin: &Path,
+    root: &[u8],
+    children: &mut Killed,
+) -> anyhow::Result<(Duration, f64, u64)> {
+    let _ = std::fs::remove_file(dir.join("r0.ready"));
     let spawned = Instant::now();
     let (router, pid) = spawn_router(dir, 0, endpoints, bin, children).await?;
     let host = format!("c{}.scale.test", n / 2);
-    let client = TlsClient::new(ClientOptions::sni(&host).roots(vec![ca.cert_der.clone()]));
+    let root = rustls::pki_types::CertificateDer::from(root.to_vec());
+    let client = TlsClient::new(ClientOptions::sni(&host).roots(vec![root]));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let served = client
@@ -394,20 +486,8 @@ async fn scale(
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmRSS")?;
-    println!(
-        "fleet start: {n} certificates in etcd, an empty mirror (router: {})",
-        bin.display()
-    );
-    println!(
-        "  spawn to first handshake serving one of them: {:.1} s",
-        first.as_secs_f64()
-    );
-    println!(
-        "  RSS then: {:.0} MiB, {:.2} KiB per certificate",
-        rss_kib / 1024.0,
-        rss_kib / n.max(1) as f64
-    );
-    Ok(())
+    let ticks = terminus_benches::procfs::cpu_ticks(pid)?;
+    Ok((first, rss_kib, ticks))
 }
 
 /// Writes `n` certificates to etcd through a store whose writes etcd decides, as the API does.

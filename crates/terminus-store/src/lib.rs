@@ -44,7 +44,7 @@ pub use load::{
     publish_cert, publish_domain, CertFileError, ConfigCert, ConfigLoad, Interner, LoadReport,
     PreparedConfig, Quarantine, RecordError, Reserved, Skipped, R17,
 };
-pub use mirror::{Changed, RemoteKv};
+pub use mirror::{Apply, Changed, RemoteKv};
 pub use records::{kind_name, AppRecord, CertRecord, CertVersion, DomainRecord};
 pub use recover::{recover, Lost, RecoverOutcome, Recovery};
 pub use sealed::SealedKey;

@@ -25,6 +25,21 @@ pub struct RemoteKv {
     pub revision: Revision,
 }
 
+/// How a batch of keys from etcd is written to the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// Watch events up to this revision: applied when newer than what the mirror holds (this
+    /// router's own writes come back through the watch), committed durably with the revision.
+    Events(Revision),
+    /// A window of a resync: any difference of revision is applied (a resync after a
+    /// compaction or a restored cluster). Not durable and no revision recorded: the resync's
+    /// last commit ([`Store::drop_remote_except`]) is durable and records the revision, so a
+    /// crash or an etcd failure mid-resync leaves the mirror at its previous snapshot's
+    /// revision, never claiming one it does not wholly hold. With `report` false nothing
+    /// is decoded and nothing is returned: a start loads the mirror whole afterwards.
+    Window { report: bool },
+}
+
 /// A record the mirror changed: what the router must now serve under that name (or stop
 /// serving, for `None`).
 #[derive(Debug)]
@@ -121,19 +136,19 @@ impl Store {
         })
     }
 
-    /// Writes changes from etcd (a watch's events, or a page of a resync) in one transaction
-    /// and records `revision` as the mirror's. A key the mirror already holds at the same or
-    /// a later revision is left alone (this router's own writes come back through the watch).
-    /// With `exact`, any difference of revision is applied (a resync after a compaction or a
-    /// restored cluster). Returns what changed.
-    pub fn apply_remote(
-        &self,
-        kvs: &[RemoteKv],
-        revision: Revision,
-        exact: bool,
-    ) -> Result<Vec<Changed>> {
+    /// Writes changes from etcd (a watch's events, or a window of a resync) in one
+    /// transaction, as `how` says. Returns what changed.
+    pub fn apply_remote(&self, kvs: &[RemoteKv], how: Apply) -> Result<Vec<Changed>> {
+        let (exact, report) = match how {
+            Apply::Events(_) => (false, true),
+            Apply::Window { report } => (true, report),
+        };
         guard(self.file(), "writing", || {
-            let tx = self.db().begin_write()?;
+            let mut tx = self.db().begin_write()?;
+            if exact {
+                // Cannot fail: no persistent savepoint is taken in this transaction.
+                let _ = tx.set_durability(redb::Durability::None);
+            }
             let mut out = Vec::new();
             {
                 let mut revs = tx.open_table(REVS)?;
@@ -166,10 +181,14 @@ impl Store {
                             revs.remove(kv.key.as_str())?;
                         }
                     }
-                    out.extend(changed(&kv.key, kv.value.as_deref()));
+                    if report {
+                        out.extend(changed(&kv.key, kv.value.as_deref()));
+                    }
                 }
-                let mut meta = tx.open_table(META)?;
-                meta.insert(FLEET_REVISION, revision.to_be_bytes().as_slice())?;
+                if let Apply::Events(revision) = how {
+                    let mut meta = tx.open_table(META)?;
+                    meta.insert(FLEET_REVISION, revision.to_be_bytes().as_slice())?;
+                }
             }
             tx.commit()?;
             Ok(out)
@@ -267,8 +286,7 @@ mod tests {
                     kv("apps/web", Some(app("web", "127.0.0.1:1")), 5),
                     kv("apps/api", Some(app("api", "127.0.0.1:2")), 6),
                 ],
-                6,
-                false,
+                Apply::Events(6),
             )
             .unwrap();
         assert_eq!(changed.len(), 2);
@@ -278,8 +296,7 @@ mod tests {
         let changed = store
             .apply_remote(
                 &[kv("apps/web", Some(app("web", "127.0.0.1:9")), 5)],
-                7,
-                false,
+                Apply::Events(7),
             )
             .unwrap();
         assert!(changed.is_empty());
@@ -290,8 +307,7 @@ mod tests {
                     kv("apps/web", Some(app("web", "127.0.0.1:3")), 8),
                     kv("apps/api", None, 9),
                 ],
-                9,
-                false,
+                Apply::Events(9),
             )
             .unwrap();
         assert!(
@@ -305,15 +321,21 @@ mod tests {
         store
             .apply_remote(
                 &[kv("apps/old", Some(app("old", "127.0.0.1:4")), 10)],
-                10,
-                false,
+                Apply::Events(10),
             )
             .unwrap();
         let page = [
             kv("apps/new", Some(app("new", "127.0.0.1:5")), 15),
             kv("apps/web", Some(app("web", "127.0.0.1:6")), 12),
         ];
-        store.apply_remote(&page, 20, true).unwrap();
+        store
+            .apply_remote(&page, Apply::Window { report: true })
+            .unwrap();
+        assert_eq!(
+            store.fleet_revision().unwrap(),
+            Some(10),
+            "a window claims no revision: only the resync's last commit does"
+        );
         let keep: HashSet<String> = page.iter().map(|k| k.key.clone()).collect();
         let dropped = store.drop_remote_except(&keep, 20).unwrap();
         assert!(matches!(&dropped[..], [Changed::App(n, None)] if n == "old"));
@@ -328,7 +350,10 @@ mod tests {
 
         // A record that does not decode is kept out of service, named.
         let changed = store
-            .apply_remote(&[kv("certs/bad", Some(vec![2, 0, 1]), 21)], 21, false)
+            .apply_remote(
+                &[kv("certs/bad", Some(vec![2, 0, 1]), 21)],
+                Apply::Events(21),
+            )
             .unwrap();
         assert!(matches!(&changed[..], [Changed::Undecodable { key, .. }] if key == "certs/bad"));
         std::fs::remove_dir_all(&dir).unwrap();

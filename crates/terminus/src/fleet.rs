@@ -97,12 +97,21 @@ pub fn quarantine_foreign_keys(store: &Store, certs: &CertIndex, metrics: &Contr
     let mut foreign = Vec::new();
     let _ = reader.each_cert(|r| {
         if let Ok(r) = r {
-            if certs.get(&r.name).is_some() && !store.key_opens(&r) {
-                foreign.push(r.name);
+            if let Some(entry) = certs.get(&r.name) {
+                if !store.key_opens(&r) {
+                    foreign.push((r.name, entry));
+                }
             }
         }
     });
-    for name in foreign {
+    for (name, entry) in foreign {
+        // Only what was checked: a change made meanwhile (through the API) stays.
+        if !certs
+            .get(&name)
+            .is_some_and(|now| std::sync::Arc::ptr_eq(&now, &entry))
+        {
+            continue;
+        }
         certs.remove(&name);
         metrics.quarantined.inc();
         tracing::error!(code = terminus_store::R17, certificate = %name, "CERTIFICATE QUARANTINED: its private key does not open with this router's fleet key; every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)");

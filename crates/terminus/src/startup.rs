@@ -434,9 +434,6 @@ pub async fn start_inheriting(
             })?
         }
     };
-    if let (Some(_), Some(store)) = (&fleet, &store) {
-        crate::fleet::quarantine_foreign_keys(store, &certs, &control_metrics);
-    }
     app_backends.extend(stored_apps);
     let ticket_keys = start_ticket_keys(store.as_deref(), unix_now())?;
     policy
@@ -521,7 +518,7 @@ pub async fn start_inheriting(
 
     let shared = Shared::new(
         terminus_proxy::Settings::from_config(config),
-        certs,
+        certs.clone(),
         routes,
         policy,
         metrics,
@@ -549,12 +546,24 @@ pub async fn start_inheriting(
             .map(|r| r as Arc<dyn terminus_admin::Reload>),
     }));
     let fleet_sync = fleet.as_ref().map(|f| {
-        tokio::spawn(terminus_store::fleet::sync::run(
+        let watch = terminus_store::fleet::sync::run(
             f.etcd.clone(),
             f.store.clone(),
             control.clone(),
             f.revision,
-        ))
+        );
+        let (store, certs, metrics) = (f.store.clone(), certs.clone(), control_metrics.clone());
+        tokio::spawn(async move {
+            // Opening every stored key takes seconds at a million certificates, so it runs
+            // once serving has begun; a certificate whose key does not open cannot complete a
+            // handshake meanwhile (its key is opened on first use), and the watch waits for
+            // the scan so that no change it brings is taken out of service by mistake.
+            let scan = tokio::task::spawn_blocking(move || {
+                crate::fleet::quarantine_foreign_keys(&store, &certs, &metrics)
+            });
+            let _ = scan.await;
+            watch.await
+        })
     });
     let acme_task = acme.as_ref().map(|a| a.spawn());
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));

@@ -12,15 +12,20 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, KvClient, WatchOptions};
+use futures_util::stream::{self, StreamExt};
 
 use super::{Etcd, FleetError, FleetState};
 use crate::backend::Revision;
 use crate::db::Store;
-use crate::mirror::{Changed, RemoteKv};
+use crate::mirror::{Apply, Changed, RemoteKv};
 
 /// Keys per read of a resync's values: bounded memory whatever the fleet's size.
 const PAGE: usize = 500;
+/// A resync's window reads in flight at once: spread over the members (each serves a
+/// serializable read itself) and overlapped with the mirror's writes, so a start on a large
+/// fleet is bound by the slowest of the three, not by their sum.
+const READS_IN_FLIGHT: usize = 4;
 /// Retry delays while etcd cannot be reached.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -41,18 +46,17 @@ fn rev(r: i64) -> Revision {
 
 /// Writes `kvs` to the mirror off the runtime and publishes what changed.
 /// (Used for a resync's windows and for watch events.)
-async fn apply(
+fn apply(
     store: &Arc<Store>,
     publish: Option<&Arc<dyn Publish>>,
     kvs: Vec<RemoteKv>,
-    revision: Revision,
-    exact: bool,
-) -> Result<(), FleetError> {
+    how: Apply,
+) -> tokio::task::JoinHandle<Result<(), FleetError>> {
     let store = store.clone();
     let publish = publish.cloned();
     tokio::task::spawn_blocking(move || {
         let changed = store
-            .apply_remote(&kvs, revision, exact)
+            .apply_remote(&kvs, how)
             .map_err(|e| FleetError::Mirror(Box::new(e)))?;
         if let Some(p) = publish {
             if !changed.is_empty() {
@@ -61,8 +65,47 @@ async fn apply(
         }
         Ok(())
     })
-    .await
-    .unwrap_or(Err(FleetError::WatchEnded))
+}
+
+async fn applied(task: tokio::task::JoinHandle<Result<(), FleetError>>) -> Result<(), FleetError> {
+    task.await.unwrap_or(Err(FleetError::WatchEnded))
+}
+
+/// Reads the keys from `first` to `end` (exclusive) at revision `at`. Serializable: the member
+/// answering serves it from its own data, which holds revision `at` once it has applied it; a
+/// member that has not yet (it answers with an error) is asked again linearizably, which
+/// waits for it.
+async fn read_window(
+    etcd: &Etcd,
+    mut kv: KvClient,
+    first: Vec<u8>,
+    end: Vec<u8>,
+    at: i64,
+) -> Result<Vec<RemoteKv>, FleetError> {
+    let prefix = etcd.prefix().as_bytes();
+    let options = GetOptions::new().with_range(end).with_revision(at);
+    let resp = match etcd
+        .call(kv.get(first.clone(), Some(options.clone().with_serializable())))
+        .await
+    {
+        Ok(resp) => resp,
+        Err(_) => etcd.call(kv.get(first, Some(options))).await?,
+    };
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|item| {
+            Some(RemoteKv {
+                key: item
+                    .key()
+                    .strip_prefix(prefix)
+                    .and_then(|k| std::str::from_utf8(k).ok())?
+                    .to_owned(),
+                value: Some(item.value().to_vec()),
+                revision: rev(item.mod_revision()),
+            })
+        })
+        .collect())
 }
 
 /// Largest answer accepted for the listing of every key (names and revisions only, about 60
@@ -93,6 +136,7 @@ pub async fn resync(
         .await?
         .kv_client()
         .max_decoding_message_size(LISTING_MAX_BYTES);
+    let started = std::time::Instant::now();
     let listing = etcd
         .call_within(
             LISTING_TIMEOUT,
@@ -127,32 +171,46 @@ pub async fn resync(
     };
     let (stale, names) = held;
     let stale: HashSet<&str> = stale.iter().map(String::as_str).collect();
-    for window in keys.chunks(PAGE) {
-        let needed = window
-            .iter()
-            .any(|(k, _)| name(k).is_some_and(|n| stale.contains(n.as_str())));
-        let (Some((first, _)), Some((last, _))) = (window.first(), window.last()) else {
-            continue;
-        };
-        if !needed {
-            continue;
+    let windows: Vec<(Vec<u8>, Vec<u8>)> = keys
+        .chunks(PAGE)
+        .filter(|window| {
+            window
+                .iter()
+                .any(|(k, _)| name(k).is_some_and(|n| stale.contains(n.as_str())))
+        })
+        .filter_map(|window| {
+            let (first, _) = window.first()?;
+            let (last, _) = window.last()?;
+            let mut end = last.clone();
+            end.push(0);
+            Some((first.clone(), end))
+        })
+        .collect();
+    tracing::info!(
+        keys = keys.len(),
+        to_read = stale.len(),
+        revision = at,
+        took_ms = started.elapsed().as_millis() as u64,
+        "fleet store listed; reading what the mirror does not hold"
+    );
+    drop(keys);
+    let mut reads = stream::iter(windows)
+        .map(|(first, end)| read_window(etcd, kv.clone(), first, end, at))
+        .buffer_unordered(READS_IN_FLIGHT);
+    // One mirror write runs while the next windows are read.
+    let mut writing = None;
+    while let Some(kvs) = reads.next().await {
+        let kvs = kvs?;
+        if let Some(task) = writing.take() {
+            applied(task).await?;
         }
-        let mut end = last.clone();
-        end.push(0);
-        let options = GetOptions::new().with_range(end).with_revision(at);
-        let resp = etcd.call(kv.get(first.clone(), Some(options))).await?;
-        let kvs = resp
-            .kvs()
-            .iter()
-            .filter_map(|item| {
-                Some(RemoteKv {
-                    key: name(item.key())?,
-                    value: Some(item.value().to_vec()),
-                    revision: rev(item.mod_revision()),
-                })
-            })
-            .collect();
-        apply(store, publish, kvs, rev(at), true).await?;
+        let how = Apply::Window {
+            report: publish.is_some(),
+        };
+        writing = Some(apply(store, publish, kvs, how));
+    }
+    if let Some(task) = writing {
+        applied(task).await?;
     }
     let revision = rev(at);
     let seen: HashSet<String> = names.into_iter().map(|(n, _)| n).collect();
@@ -247,7 +305,7 @@ async fn watch(
         }
         .max(*from);
         if !kvs.is_empty() {
-            apply(store, Some(publish), kvs, revision, false).await?;
+            applied(apply(store, Some(publish), kvs, Apply::Events(revision))).await?;
         }
         *from = revision;
         etcd.set_state(FleetState::Ready { revision });
