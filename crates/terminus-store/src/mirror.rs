@@ -4,8 +4,8 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::backend::{Revision, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
-use crate::db::{Store, APPS, CERTS, DOMAINS, META, REVS};
+use crate::backend::{Revision, ACME_KEY, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
+use crate::db::{Store, ACME, APPS, CERTS, DOMAINS, META, REVS};
 use crate::engine::guard;
 use crate::error::{Result, StoreError};
 use crate::records::{decode, AppRecord, CertRecord, DomainRecord};
@@ -32,6 +32,8 @@ pub enum Changed {
     Cert(String, Option<Box<CertRecord>>),
     Domain(String, Option<DomainRecord>),
     App(String, Option<AppRecord>),
+    /// An ACM record (`acme/...`) changed: the ACM scheduler looks again.
+    Acme(String),
     /// A record that does not decode: it is kept in the mirror but not served.
     Undecodable {
         key: String,
@@ -39,9 +41,9 @@ pub enum Changed {
     },
 }
 
-/// Which table (0 certs, 1 domains, 2 apps) a key belongs to, and its name.
+/// Which table (0 certs, 1 domains, 2 apps, 3 acme) a key belongs to, and its name.
 fn table_of(key: &str) -> Option<(usize, &str)> {
-    [CERTS_KEY, DOMAINS_KEY, APPS_KEY]
+    [CERTS_KEY, DOMAINS_KEY, APPS_KEY, ACME_KEY]
         .into_iter()
         .enumerate()
         .find_map(|(i, prefix)| {
@@ -58,6 +60,9 @@ fn changed(key: &str, value: Option<&[u8]>) -> Option<Changed> {
         key: key.to_owned(),
         error,
     };
+    if key.starts_with(ACME_KEY) {
+        return Some(Changed::Acme(key.to_owned()));
+    }
     Some(if let Some(name) = key.strip_prefix(CERTS_KEY) {
         let name = name.to_owned();
         match value.map(decode::<CertRecord>).transpose() {
@@ -141,6 +146,7 @@ impl Store {
                     tx.open_table(CERTS)?,
                     tx.open_table(DOMAINS)?,
                     tx.open_table(APPS)?,
+                    tx.open_table(ACME)?,
                 ];
                 for kv in kvs {
                     let Some((index, name)) = table_of(&kv.key) else {
@@ -188,9 +194,12 @@ impl Store {
             let mut out = Vec::new();
             {
                 let mut revs = tx.open_table(REVS)?;
-                for (prefix, table) in
-                    [(CERTS_KEY, CERTS), (DOMAINS_KEY, DOMAINS), (APPS_KEY, APPS)]
-                {
+                for (prefix, table) in [
+                    (CERTS_KEY, CERTS),
+                    (DOMAINS_KEY, DOMAINS),
+                    (APPS_KEY, APPS),
+                    (ACME_KEY, ACME),
+                ] {
                     let mut t = tx.open_table(table)?;
                     let mut gone = Vec::new();
                     for item in t.iter()? {

@@ -9,6 +9,7 @@
 //! certificate records are sealed with the fleet key before they leave the router, so etcd,
 //! its backups and its snapshots hold no usable key.
 
+pub mod orders;
 pub mod sync;
 pub mod tickets;
 
