@@ -925,3 +925,114 @@ async fn acm_orders_each_domain_once_and_another_router_answers_http01() {
 async fn acm_orders_each_domain_once_and_another_router_answers_tls_alpn01() {
     acm_in_a_fleet("tls-alpn-01").await;
 }
+
+/// The order URL stored in `host`'s shared ACM record (a postcard record: the URL's bytes sit
+/// in it as they are).
+async fn stored_order_url(fleet: &Fleet, host: &str) -> Option<String> {
+    let mut etcd = fleet.etcd.client().await;
+    let resp = etcd
+        .get(format!("/fleet-test/acme/domain:{host}"), None)
+        .await
+        .ok()?;
+    let raw = resp.kvs().first()?.value().to_vec();
+    let text = String::from_utf8_lossy(&raw);
+    let start = text.find("https://localhost:")?;
+    Some(
+        text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_graphic())
+            .collect(),
+    )
+}
+
+/// A router stops mid-order (its DNS-01 hook held): its lock goes, and another router resumes
+/// the same stored order and finishes it; one certificate, issued once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acm_an_order_left_by_a_stopped_router_is_finished_by_another() {
+    require_etcd!();
+    if !pebble::available() {
+        return;
+    }
+    let fleet = Fleet::start().await;
+    let ports = pebble::Ports::new();
+    let acme = ports.acme_dns_toml();
+    let hold = ports.hold();
+    std::fs::write(&hold, "").unwrap();
+    let endpoints = fleet.etcd.endpoints();
+    let mut a = Node::start(fleet.config_with("a", &endpoints, FLEET_KEY, &acme)).await;
+    let b = fleet.router("b").await;
+    let http = b.r().http_addr().expect("http listener");
+    let pebble = ports.start(http.port(), b.https().port()).await;
+    let root = pebble.root().await;
+
+    let host = "takeover.acm-fleet.test";
+    let (s, v) = a
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": ["127.0.0.1:9"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": host, "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+
+    // a holds the lock and its order is open, its hook waiting.
+    eventually_async(Duration::from_secs(30), "a's order is open", || async {
+        stored_order_url(&fleet, host).await.is_some()
+    })
+    .await;
+    let order = stored_order_url(&fleet, host).await.unwrap();
+    let mut etcd = fleet.etcd.client().await;
+    let lock_key = format!("/fleet-test/locks/acme/{host}");
+    assert_eq!(
+        etcd.get(lock_key.clone(), None).await.unwrap().kvs().len(),
+        1
+    );
+
+    // c joins, finds the order held, and leaves it alone while a works.
+    let c = Node::start(fleet.config_with("c", &endpoints, FLEET_KEY, &acme)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(acm_status(&c, host).await, "In Progress");
+    assert_eq!(issued_orders(&c).await, 0);
+
+    // a stops mid-order; c takes the order over and finishes it.
+    a.stop().await;
+    std::fs::remove_file(&hold).unwrap();
+    eventually_async(Duration::from_secs(90), "c finishes the order", || async {
+        acm_status(&c, host).await == "Cert issued"
+    })
+    .await;
+    assert_eq!(issued_orders(&c).await, 1);
+    // One order at the CA: the one a opened, finalized by c.
+    let log = pebble.log();
+    let id = order.rsplit('/').next().unwrap();
+    assert_eq!(log.matches("POST /order-plz").count(), 1, "{log}");
+    assert!(
+        log.contains(&format!("for order {id}")),
+        "pebble issued for the order a opened ({order}): {log}"
+    );
+    for (i, n) in [&b, &c].iter().enumerate() {
+        eventually_async(CONVERGE, &format!("router {i} serves {host}"), || async {
+            TlsClient::new(ClientOptions::sni(host).roots(vec![root.clone()]))
+                .connect(n.https())
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+    assert_eq!(
+        etcd.get(lock_key, None).await.unwrap().kvs().len(),
+        0,
+        "lock released"
+    );
+    drop(pebble);
+}

@@ -30,6 +30,7 @@ pub fn available() -> bool {
 /// What the routers' `[acme]` must name before pebble starts.
 pub struct Ports {
     listen: SocketAddr,
+    challtest: SocketAddr,
     dir: TempDir,
     ca: Ca,
 }
@@ -55,6 +56,7 @@ impl Ports {
     pub fn new() -> Self {
         Self {
             listen: reserve_port().unwrap(),
+            challtest: reserve_port().unwrap(),
             dir: TempDir::new("fleet-pebble"),
             ca: Ca::root("Fleet Pebble Listener Root"),
         }
@@ -71,6 +73,40 @@ impl Ports {
         )
     }
 
+    /// The `[acme]` section of a router validating by DNS-01 through a hook that sets the TXT
+    /// record in challtestsrv, waiting first while `hold()` exists (to stop a router mid-order).
+    pub fn acme_dns_toml(&self) -> String {
+        let hook = self.dir.path().join("dns-hook.sh");
+        std::fs::write(
+            &hook,
+            format!(
+                r#"#!/bin/sh
+set -eu
+while [ -e "{hold}" ]; do sleep 0.05; done
+case "$1" in
+  set) curl -sSf -X POST -d "{{\"host\":\"$2.\",\"value\":\"$3\"}}" "http://{url}/set-txt" ;;
+  clear) curl -sSf -X POST -d "{{\"host\":\"$2.\"}}" "http://{url}/clear-txt" ;;
+esac
+"#,
+                hold = self.hold().display(),
+                url = self.challtest
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(
+            "{}dns_hook = \"{}\"\ndns_hook_timeout = \"60s\"\n",
+            self.acme_toml("dns-01"),
+            hook.display()
+        )
+    }
+
+    /// While this file exists the DNS hook waits.
+    pub fn hold(&self) -> PathBuf {
+        self.dir.path().join("hold")
+    }
+
     /// Starts challtestsrv (every name resolves to 127.0.0.1) and pebble, validating HTTP-01
     /// on `http_port` and TLS-ALPN-01 on `tls_port`.
     pub async fn start(self, http_port: u16, tls_port: u16) -> Pebble {
@@ -78,7 +114,7 @@ impl Ports {
             .unwrap()
             .local_addr()
             .unwrap();
-        let challtest = reserve_port().unwrap();
+        let challtest = self.challtest;
         let management = reserve_port().unwrap();
         let log = |name: &str| std::fs::File::create(self.dir.path().join(name)).unwrap();
         let challtestsrv = Command::new("pebble-challtestsrv")

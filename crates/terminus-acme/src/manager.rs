@@ -90,6 +90,8 @@ pub struct Acme {
     slots: Arc<Semaphore>,
     /// Domains with an order task running.
     running: Mutex<HashSet<String>>,
+    /// The order tasks, ended by [`Acme::stop`] as a process exit would end them.
+    orders: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Domains refreshed since their last attempt started: a refresh that comes while an
     /// order runs must outlive that order's failure (which would otherwise write a backoff
     /// over it). Consumed when the next attempt starts.
@@ -118,6 +120,7 @@ impl Acme {
             account: tokio::sync::Mutex::new(None),
             wake: Notify::new(),
             running: Mutex::new(HashSet::new()),
+            orders: Mutex::new(std::collections::HashMap::new()),
             refresh_requested: Mutex::new(HashSet::new()),
         })
     }
@@ -374,7 +377,7 @@ impl Acme {
             if self.claim(&d.host) {
                 let me = self.clone();
                 let host = d.host.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let slot = me.slots.clone().acquire_owned().await;
                     // This attempt answers every refresh asked for until now.
                     me.take_refresh(&host);
@@ -386,6 +389,9 @@ impl Acme {
                     me.release(&host);
                     me.wake();
                 });
+                if let Ok(mut orders) = self.orders.lock() {
+                    orders.insert(d.host.clone(), task.abort_handle());
+                }
             }
         }
         for (status, n) in AcmStatus::ALL.iter().zip(counts) {
@@ -420,6 +426,20 @@ impl Acme {
     fn release(&self, host: &str) {
         if let Ok(mut r) = self.running.lock() {
             r.remove(host);
+        }
+        if let Ok(mut o) = self.orders.lock() {
+            o.remove(host);
+        }
+    }
+
+    /// Ends the orders in flight (the router stops): each step already done is stored, and
+    /// the next attempt (this router's after a restart, or another router's in a fleet)
+    /// resumes the order.
+    pub fn stop(&self) {
+        if let Ok(mut o) = self.orders.lock() {
+            for (_, task) in o.drain() {
+                task.abort();
+            }
         }
     }
 

@@ -1017,6 +1017,9 @@ impl Router {
         if let Some(t) = &self.acme_task {
             t.abort();
         }
+        if let Some(acme) = self.control.acm() {
+            acme.stop();
+        }
         self.tickets.abort();
         if let Some(t) = &self.fleet_challenges {
             t.abort();
