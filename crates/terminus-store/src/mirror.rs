@@ -342,4 +342,59 @@ mod tests {
         assert!(matches!(&changed[..], [Changed::Undecodable { key, .. }] if key == "certs/bad"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// ACM records travel as `acme/` + the local table's key: the mirror stores them where one
+    /// router's own store keeps them, says they changed (the scheduler looks again), and a
+    /// resync drops those etcd no longer holds. Keys of other kinds (locks, challenge answers)
+    /// are not records and are left out.
+    #[test]
+    fn acm_records_are_mirrored_under_their_local_keys() {
+        let dir = std::env::temp_dir().join(format!("terminus-mirror-acme-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&terminus_config::StoreConfig::in_dir(dir.join("data"))).unwrap();
+        let domain = crate::AcmeDomainRecord::waiting("www.example.com", "web", 1);
+        let changed = store
+            .apply_remote(
+                &[
+                    kv(
+                        "acme/domain:www.example.com",
+                        Some(encode(&domain).unwrap()),
+                        3,
+                    ),
+                    kv("locks/acme/www.example.com", Some(b"held".to_vec()), 4),
+                    kv(
+                        "challenges/http/token",
+                        Some(b"www.example.com ka".to_vec()),
+                        5,
+                    ),
+                ],
+                5,
+                false,
+            )
+            .unwrap();
+        assert!(
+            matches!(&changed[..], [Changed::Acme(k)] if k == "acme/domain:www.example.com"),
+            "{changed:?}"
+        );
+        assert_eq!(store.acme_domain("www.example.com").unwrap(), Some(domain));
+
+        // A local ACM write is a fleet op on the same key (its revision is recorded).
+        store
+            .write(|w| {
+                w.put_acme_app(&crate::AcmeAppRecord {
+                    app: "web".into(),
+                    enabled_at: 1,
+                })
+            })
+            .unwrap();
+        assert!(store
+            .stale(&[("acme/app:web".into(), 6)])
+            .unwrap()
+            .contains(&"acme/app:web".to_owned()));
+
+        let dropped = store.drop_remote_except(&HashSet::new(), 9).unwrap();
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert_eq!(store.acme_domain("www.example.com").unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
