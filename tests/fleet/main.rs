@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
 
 mod etcd;
+mod pebble;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,11 @@ impl Fleet {
 
     /// Writes router `name`'s config, reaching the given etcd `endpoints` with `key`.
     fn config(&self, name: &str, endpoints: &[String], key: &str) -> PathBuf {
+        self.config_with(name, endpoints, key, "")
+    }
+
+    /// As [`Fleet::config`], with `extra` appended (an `[acme]` section).
+    fn config_with(&self, name: &str, endpoints: &[String], key: &str, extra: &str) -> PathBuf {
         let key_file = self.dir.path().join(format!("{name}.fleet.key"));
         std::fs::write(&key_file, format!("{key}\n")).unwrap();
         let token_file = self.dir.path().join("admin.token");
@@ -77,7 +83,7 @@ impl Fleet {
             endpoints.join(", "),
         );
         let path = self.dir.path().join(format!("{name}.toml"));
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, format!("{text}{extra}")).unwrap();
         path
     }
 
@@ -777,4 +783,260 @@ async fn a_router_reaches_etcd_over_tls_with_a_client_certificate_and_a_password
         .to_string();
     assert!(e.contains("authentication failed"), "{e}");
     good.stop().await;
+}
+
+/// The number of orders a router finished with a certificate.
+async fn issued_orders(node: &Node) -> u64 {
+    let (_, metrics) = node.admin_get("/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("terminus_acme_orders_total{result=\"issued\"} "))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+/// `host`'s ACM status as `node` shows it.
+async fn acm_status(node: &Node, host: &str) -> String {
+    let (_, list) = node.api("GET", "/v1/apps/web/acm", None).await;
+    list.as_array()
+        .and_then(|l| l.iter().find(|d| d["hostname"] == host))
+        .and_then(|d| d["status"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Three routers, two with `[acme]` (a and c), and pebble validating `challenge` only on b,
+/// which orders nothing: whichever router orders, the answer must reach b through etcd. One
+/// domain's lock is held at first by a "router" that died (a lease nobody renews): that domain
+/// is ordered only once the lease has expired, by a router that takes it over.
+async fn acm_in_a_fleet(challenge: &str) {
+    require_etcd!();
+    if !pebble::available() {
+        return;
+    }
+    let fleet = Fleet::start().await;
+    let ports = pebble::Ports::new();
+    let acme = ports.acme_toml(challenge);
+    let endpoints = fleet.etcd.endpoints();
+    let a = Node::start(fleet.config_with("a", &endpoints, FLEET_KEY, &acme)).await;
+    let b = fleet.router("b").await;
+    let c = Node::start(fleet.config_with("c", &endpoints, FLEET_KEY, &acme)).await;
+    let http = b.r().http_addr().expect("http listener");
+    let pebble = ports.start(http.port(), b.https().port()).await;
+    let root = pebble.root().await;
+
+    let hosts = ["one.acm-fleet.test", "two.acm-fleet.test"];
+    let (s, v) = a
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": ["127.0.0.1:9"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    for host in hosts {
+        let (s, v) = a
+            .api(
+                "POST",
+                "/v1/domains",
+                Some(json!({"hostname": host, "app": "web"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    eventually_async(CONVERGE, "router c has the domains", || async {
+        let (_, list) = c.api("GET", "/v1/domains", None).await;
+        list.as_array().is_some_and(|l| l.len() == hosts.len())
+    })
+    .await;
+
+    // The second domain's lock, held under a 5 s lease that nobody renews.
+    let mut etcd = fleet.etcd.client().await;
+    let lease = etcd.lease_grant(5, None).await.unwrap().id();
+    let locked = etcd
+        .put(
+            format!("/fleet-test/locks/acme/{}", hosts[1]),
+            "a router that died",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    let lock_taken = std::time::Instant::now();
+    assert!(locked.header().is_some());
+
+    // ACM on through the other router: the fleet shares it.
+    let (s, v) = c.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+
+    let issue = Duration::from_secs(90);
+    eventually_async(
+        issue,
+        "the first domain issued, as every ACM router shows it",
+        || async {
+            acm_status(&a, hosts[0]).await == "Cert issued"
+                && acm_status(&c, hosts[0]).await == "Cert issued"
+        },
+    )
+    .await;
+    assert_ne!(
+        acm_status(&a, hosts[1]).await,
+        "Cert issued",
+        "the second domain waits for its lock"
+    );
+    eventually_async(
+        issue,
+        "the second domain issued once its lock expired",
+        || async {
+            acm_status(&a, hosts[1]).await == "Cert issued"
+                && acm_status(&c, hosts[1]).await == "Cert issued"
+        },
+    )
+    .await;
+    assert!(
+        lock_taken.elapsed() >= Duration::from_secs(4),
+        "the held lock was respected"
+    );
+
+    // Every router serves both certificates, verified to pebble's root.
+    for host in hosts {
+        for (i, n) in [&a, &b, &c].iter().enumerate() {
+            eventually_async(CONVERGE, &format!("router {i} serves {host}"), || async {
+                TlsClient::new(ClientOptions::sni(host).roots(vec![root.clone()]))
+                    .connect(n.https())
+                    .await
+                    .is_ok()
+            })
+            .await;
+        }
+    }
+
+    // One order per domain across the fleet, and pebble validated only through b.
+    let orders = issued_orders(&a).await + issued_orders(&c).await;
+    assert_eq!(
+        orders,
+        hosts.len() as u64,
+        "one order per domain: {}",
+        pebble.log()
+    );
+    drop(pebble);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acm_orders_each_domain_once_and_another_router_answers_http01() {
+    acm_in_a_fleet("http-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acm_orders_each_domain_once_and_another_router_answers_tls_alpn01() {
+    acm_in_a_fleet("tls-alpn-01").await;
+}
+
+/// The order URL stored in `host`'s shared ACM record (a postcard record: the URL's bytes sit
+/// in it as they are).
+async fn stored_order_url(fleet: &Fleet, host: &str) -> Option<String> {
+    let mut etcd = fleet.etcd.client().await;
+    let resp = etcd
+        .get(format!("/fleet-test/acme/domain:{host}"), None)
+        .await
+        .ok()?;
+    let raw = resp.kvs().first()?.value().to_vec();
+    let text = String::from_utf8_lossy(&raw);
+    let start = text.find("https://localhost:")?;
+    Some(
+        text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_graphic())
+            .collect(),
+    )
+}
+
+/// A router stops mid-order (its DNS-01 hook held): its lock goes, and another router resumes
+/// the same stored order and finishes it; one certificate, issued once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acm_an_order_left_by_a_stopped_router_is_finished_by_another() {
+    require_etcd!();
+    if !pebble::available() {
+        return;
+    }
+    let fleet = Fleet::start().await;
+    let ports = pebble::Ports::new();
+    let acme = ports.acme_dns_toml();
+    let hold = ports.hold();
+    std::fs::write(&hold, "").unwrap();
+    let endpoints = fleet.etcd.endpoints();
+    let mut a = Node::start(fleet.config_with("a", &endpoints, FLEET_KEY, &acme)).await;
+    let b = fleet.router("b").await;
+    let http = b.r().http_addr().expect("http listener");
+    let pebble = ports.start(http.port(), b.https().port()).await;
+    let root = pebble.root().await;
+
+    let host = "takeover.acm-fleet.test";
+    let (s, v) = a
+        .api(
+            "POST",
+            "/v1/apps",
+            Some(json!({"name": "web", "backends": ["127.0.0.1:9"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a
+        .api(
+            "POST",
+            "/v1/domains",
+            Some(json!({"hostname": host, "app": "web"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a.api("POST", "/v1/apps/web/acm", None).await;
+    assert_eq!(s, 200, "{v}");
+
+    // a holds the lock and its order is open, its hook waiting.
+    eventually_async(Duration::from_secs(30), "a's order is open", || async {
+        stored_order_url(&fleet, host).await.is_some()
+    })
+    .await;
+    let order = stored_order_url(&fleet, host).await.unwrap();
+    let mut etcd = fleet.etcd.client().await;
+    let lock_key = format!("/fleet-test/locks/acme/{host}");
+    assert_eq!(
+        etcd.get(lock_key.clone(), None).await.unwrap().kvs().len(),
+        1
+    );
+
+    // c joins, finds the order held, and leaves it alone while a works.
+    let c = Node::start(fleet.config_with("c", &endpoints, FLEET_KEY, &acme)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(acm_status(&c, host).await, "In Progress");
+    assert_eq!(issued_orders(&c).await, 0);
+
+    // a stops mid-order; c takes the order over and finishes it.
+    a.stop().await;
+    std::fs::remove_file(&hold).unwrap();
+    eventually_async(Duration::from_secs(90), "c finishes the order", || async {
+        acm_status(&c, host).await == "Cert issued"
+    })
+    .await;
+    assert_eq!(issued_orders(&c).await, 1);
+    // One order at the CA: the one a opened, finalized by c.
+    let log = pebble.log();
+    let id = order.rsplit('/').next().unwrap();
+    assert_eq!(log.matches("POST /order-plz").count(), 1, "{log}");
+    assert!(
+        log.contains(&format!("for order {id}")),
+        "pebble issued for the order a opened ({order}): {log}"
+    );
+    for (i, n) in [&b, &c].iter().enumerate() {
+        eventually_async(CONVERGE, &format!("router {i} serves {host}"), || async {
+            TlsClient::new(ClientOptions::sni(host).roots(vec![root.clone()]))
+                .connect(n.https())
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+    assert_eq!(
+        etcd.get(lock_key, None).await.unwrap().kvs().len(),
+        0,
+        "lock released"
+    );
+    drop(pebble);
 }

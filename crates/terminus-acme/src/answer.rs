@@ -9,6 +9,7 @@ use rcgen::{CertificateParams, CustomExtension, KeyPair, PKCS_ECDSA_P256_SHA256}
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use terminus_store::fleet::orders::OrderLock;
 use terminus_tls::AcmeChallenges;
 use tokio::io::AsyncReadExt;
 
@@ -19,38 +20,55 @@ const HOOK_STDERR: usize = 2048;
 
 /// The answers one order put up. HTTP-01 and TLS-ALPN-01 answers come down when this is
 /// dropped, whatever way the order ended; DNS-01 records are cleared by [`Answers::clear`]
-/// (it runs the hook).
+/// (it runs the hook). In a fleet each answer is also put in etcd under the order's lock
+/// (see [`crate::fleet`]), so every router serves it, and comes down with the lock.
 pub(crate) struct Answers {
     challenges: Arc<AcmeChallenges>,
+    fleet: Option<Arc<OrderLock>>,
     http: Vec<String>,
     alpn: Vec<String>,
     pub(crate) dns: Vec<(String, String)>,
 }
 
 impl Answers {
-    pub(crate) fn new(challenges: Arc<AcmeChallenges>) -> Self {
+    pub(crate) fn new(challenges: Arc<AcmeChallenges>, fleet: Option<Arc<OrderLock>>) -> Self {
         Self {
             challenges,
+            fleet,
             http: Vec::new(),
             alpn: Vec::new(),
             dns: Vec::new(),
         }
     }
 
-    pub(crate) fn http(&mut self, host: &str, token: &str, ka: &KeyAuthorization) {
+    pub(crate) async fn http(
+        &mut self,
+        host: &str,
+        token: &str,
+        ka: &KeyAuthorization,
+    ) -> Result<()> {
         self.challenges.set_http(host, token, ka.as_str());
         self.http.push(token.to_owned());
+        if let Some(lock) = &self.fleet {
+            let (name, value) = crate::fleet::http_answer(host, token, ka.as_str());
+            share(lock, &name, value).await?;
+        }
+        Ok(())
     }
 
-    pub(crate) fn tls_alpn(
+    pub(crate) async fn tls_alpn(
         &mut self,
         host: &str,
         ka: &KeyAuthorization,
         provider: &CryptoProvider,
     ) -> Result<()> {
-        let key = challenge_cert(host, ka, provider)?;
+        let key = challenge_cert(host, ka.digest().as_ref(), provider)?;
         self.challenges.set_tls_alpn(host, key);
         self.alpn.push(host.to_owned());
+        if let Some(lock) = &self.fleet {
+            let (name, value) = crate::fleet::tls_alpn_answer(host, ka.digest().as_ref());
+            share(lock, &name, value).await?;
+        }
         Ok(())
     }
 
@@ -88,16 +106,26 @@ impl Drop for Answers {
     }
 }
 
-/// The TLS-ALPN-01 certificate (RFC 8737 §3): self-signed for `host`, carrying the SHA-256 of
-/// the key authorization in the critical acmeIdentifier extension.
-fn challenge_cert(
+/// Puts one answer in the fleet's store, for every router to serve.
+async fn share(lock: &OrderLock, name: &str, value: Vec<u8>) -> Result<()> {
+    lock.put_challenge(name, value).await.map_err(|e| {
+        AcmeError::Unanswerable(format!(
+            "the challenge answer cannot be shared with the fleet: {e}"
+        ))
+    })
+}
+
+/// The TLS-ALPN-01 certificate (RFC 8737 §3): self-signed for `host`, carrying `digest` (the
+/// SHA-256 of the key authorization) in the critical acmeIdentifier extension. Any key will
+/// do: only the extension is checked, so each router of a fleet makes its own.
+pub(crate) fn challenge_cert(
     host: &str,
-    ka: &KeyAuthorization,
+    digest: &[u8],
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(AcmeError::Key)?;
     let mut params = CertificateParams::new(vec![host.to_owned()]).map_err(AcmeError::Key)?;
-    params.custom_extensions = vec![CustomExtension::new_acme_identifier(ka.digest().as_ref())];
+    params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(AcmeError::Key)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signer = provider

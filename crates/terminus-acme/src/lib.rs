@@ -6,10 +6,13 @@
 //!   removed) and runs the scheduler that orders certificates for due domains.
 //! - Challenges: HTTP-01 and TLS-ALPN-01 answers go to [`terminus_tls::AcmeChallenges`], which
 //!   the data plane reads without locks; DNS-01 runs the operator's hook.
+//! - A fleet ([`terminus_store::fleet`]): one router orders each domain, under the domain's
+//!   etcd lock, and every router serves the challenge answers ([`FleetChallenges`]).
 //! - [`timing`]: when to renew and when to retry, as pure functions.
 
 mod answer;
 mod error;
+mod fleet;
 mod http;
 mod manager;
 mod order;
@@ -25,4 +28,5 @@ pub fn check_config(
 ) -> Result<()> {
     http::AcmeHttp::new(provider, config.directory_roots.as_deref()).map(drop)
 }
+pub use fleet::FleetChallenges;
 pub use manager::{unix_now, Acme, Parts};

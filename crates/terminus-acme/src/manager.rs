@@ -16,6 +16,8 @@ use instant_acme::Account;
 use rustls::crypto::CryptoProvider;
 use terminus_config::AcmeConfig;
 use terminus_metrics::{AcmeMetrics, AcmeStatusLabels};
+use terminus_store::fleet::orders::OrderLock;
+use terminus_store::fleet::Etcd;
 use terminus_store::{AcmStatus, AcmeAppRecord, AcmeDomainRecord, Store};
 use terminus_tls::{AcmeChallenges, CertIndex};
 use tokio::sync::{Notify, Semaphore};
@@ -35,6 +37,32 @@ const GIVE_UP_AFTER: u32 = 40;
 const ATTEMPT_LIMIT: Duration = Duration::from_secs(600);
 /// Attempts in a row when the CA rejects a nonce.
 const BAD_NONCE_ATTEMPTS: usize = 5;
+/// A fleet: how long a router leaves a domain whose order another router holds before looking
+/// again (the holder's outcome usually arrives through the watch first).
+const HELD_ELSEWHERE_RETRY: Duration = Duration::from_secs(5);
+/// A fleet: how long the watch may take to bring this router what etcd held when it took a
+/// domain's lock (another router may just have issued it).
+const CATCH_UP: Duration = Duration::from_secs(5);
+
+/// When a domain is due for an attempt (`None`: not until the operator asks).
+fn due_at(d: &AcmeDomainRecord, now: i64) -> Option<i64> {
+    match d.status {
+        AcmStatus::Waiting | AcmStatus::InProgress | AcmStatus::DnsVerified => Some(now),
+        AcmStatus::Failing => Some(d.next_retry.unwrap_or(now)),
+        AcmStatus::CertIssued => d.renew_at,
+        AcmStatus::Failed => None,
+    }
+}
+
+/// Whether this router may order a domain now.
+enum Turn {
+    /// One router alone, or this router took the fleet's lock and the domain is still due.
+    Mine(Option<Arc<OrderLock>>),
+    /// Another router holds the domain's lock (or etcd cannot say): look again later.
+    Elsewhere,
+    /// Another router has just done it.
+    Done,
+}
 
 /// What the manager works with.
 #[derive(Debug)]
@@ -44,6 +72,8 @@ pub struct Parts {
     pub certs: Arc<CertIndex>,
     pub challenges: Arc<AcmeChallenges>,
     pub metrics: AcmeMetrics,
+    /// A fleet's etcd: each order runs under its domain's lock there.
+    pub fleet: Option<Arc<Etcd>>,
 }
 
 pub struct Acme {
@@ -53,12 +83,15 @@ pub struct Acme {
     pub(crate) certs: Arc<CertIndex>,
     pub(crate) challenges: Arc<AcmeChallenges>,
     pub(crate) metrics: AcmeMetrics,
+    fleet: Option<Arc<Etcd>>,
     pub(crate) provider: Arc<CryptoProvider>,
     pub(crate) account: tokio::sync::Mutex<Option<Account>>,
     wake: Notify,
     slots: Arc<Semaphore>,
     /// Domains with an order task running.
     running: Mutex<HashSet<String>>,
+    /// The order tasks, ended by [`Acme::stop`] as a process exit would end them.
+    orders: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     /// Domains refreshed since their last attempt started: a refresh that comes while an
     /// order runs must outlive that order's failure (which would otherwise write a backoff
     /// over it). Consumed when the next attempt starts.
@@ -83,9 +116,11 @@ impl Acme {
             certs: parts.certs,
             challenges: parts.challenges,
             metrics: parts.metrics,
+            fleet: parts.fleet,
             account: tokio::sync::Mutex::new(None),
             wake: Notify::new(),
             running: Mutex::new(HashSet::new()),
+            orders: Mutex::new(std::collections::HashMap::new()),
             refresh_requested: Mutex::new(HashSet::new()),
         })
     }
@@ -334,13 +369,7 @@ impl Acme {
                     next_renewal = Some(next_renewal.map_or(at, |n| n.min(at)));
                 }
             }
-            let due = match d.status {
-                AcmStatus::Waiting | AcmStatus::InProgress | AcmStatus::DnsVerified => Some(now),
-                AcmStatus::Failing => Some(d.next_retry.unwrap_or(now)),
-                AcmStatus::CertIssued => d.renew_at,
-                AcmStatus::Failed => None,
-            };
-            let Some(due) = due else { continue };
+            let Some(due) = due_at(d, now) else { continue };
             if due > now {
                 next = next.min(due);
                 continue;
@@ -348,15 +377,21 @@ impl Acme {
             if self.claim(&d.host) {
                 let me = self.clone();
                 let host = d.host.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let slot = me.slots.clone().acquire_owned().await;
                     // This attempt answers every refresh asked for until now.
                     me.take_refresh(&host);
-                    me.attempt(&host).await;
+                    let elsewhere = me.attempt(&host).await;
                     drop(slot);
+                    if elsewhere {
+                        tokio::time::sleep(HELD_ELSEWHERE_RETRY).await;
+                    }
                     me.release(&host);
                     me.wake();
                 });
+                if let Ok(mut orders) = self.orders.lock() {
+                    orders.insert(d.host.clone(), task.abort_handle());
+                }
             }
         }
         for (status, n) in AcmStatus::ALL.iter().zip(counts) {
@@ -392,17 +427,77 @@ impl Acme {
         if let Ok(mut r) = self.running.lock() {
             r.remove(host);
         }
+        if let Ok(mut o) = self.orders.lock() {
+            o.remove(host);
+        }
     }
 
-    /// One attempt for one domain, its outcome written to the store.
-    async fn attempt(self: &Arc<Self>, host: &str) {
+    /// Ends the orders in flight (the router stops): each step already done is stored, and
+    /// the next attempt (this router's after a restart, or another router's in a fleet)
+    /// resumes the order.
+    pub fn stop(&self) {
+        if let Ok(mut o) = self.orders.lock() {
+            for (_, task) in o.drain() {
+                task.abort();
+            }
+        }
+    }
+
+    /// In a fleet, takes `host`'s order lock and reads the domain again as of the lock: another
+    /// router may just have issued it.
+    async fn turn(&self, host: &str) -> Turn {
+        let Some(etcd) = &self.fleet else {
+            return Turn::Mine(None);
+        };
+        let lock = match etcd.try_lock_order(host).await {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Turn::Elsewhere,
+            Err(e) => {
+                tracing::debug!(domain = host, error = %e, "ACM: cannot take the order lock");
+                return Turn::Elsewhere;
+            }
+        };
+        if !etcd.caught_up(lock.taken_at, CATCH_UP).await {
+            lock.release().await;
+            return Turn::Elsewhere;
+        }
+        let h = host.to_owned();
+        let now = unix_now();
+        let still_due = match self.db(move |s| s.acme_domain(&h)).await {
+            Ok(Some(d)) => due_at(&d, now).is_some_and(|at| at <= now),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        if !still_due {
+            lock.release().await;
+            return Turn::Done;
+        }
+        Turn::Mine(Some(Arc::new(lock)))
+    }
+
+    /// One attempt for one domain, its outcome written to the store. True when another
+    /// router of the fleet holds the domain's order.
+    async fn attempt(self: &Arc<Self>, host: &str) -> bool {
+        let lock = match self.turn(host).await {
+            Turn::Mine(lock) => lock,
+            Turn::Elsewhere => return true,
+            Turn::Done => return false,
+        };
+        self.attempt_locked(host, lock.clone()).await;
+        if let Some(lock) = lock.and_then(Arc::into_inner) {
+            lock.release().await;
+        }
+        false
+    }
+
+    async fn attempt_locked(self: &Arc<Self>, host: &str, lock: Option<Arc<OrderLock>>) {
         let retry_after = Arc::new(Mutex::new(None));
         let mut result = Err(AcmeError::Gone);
         // instant-acme retries a rejected nonce twice with the fresh one; a CA that rejects
         // nonces at random (pebble: 5%) still makes that run out now and then over thousands
         // of requests. A badNonce is never the domain's fault: the attempt resumes at once.
         for _ in 0..BAD_NONCE_ATTEMPTS {
-            let issue = tokio::time::timeout(ATTEMPT_LIMIT, self.issue(host));
+            let issue = tokio::time::timeout(ATTEMPT_LIMIT, self.issue(host, lock.clone()));
             result = crate::http::RETRY_AFTER
                 .scope(retry_after.clone(), issue)
                 .await

@@ -73,10 +73,36 @@ impl Acme {
                     .await
                     .map_err(|e| AcmeError::from_client(e, None))?
             }
-            None => self.create_account(builder, directory).await?,
+            None => match self.create_account(builder, directory).await {
+                Err(AcmeError::Store(terminus_store::StoreError::Conflict { .. })) => {
+                    // Another router of the fleet created the account at the same time: use
+                    // the one stored (once the watch brought it here).
+                    drop(slot);
+                    return Box::pin(self.stored_account_after_race()).await;
+                }
+                other => other?,
+            },
         };
         *slot = Some(account.clone());
         Ok(account)
+    }
+
+    /// The account another router stored, read again until the watch has brought it.
+    async fn stored_account_after_race(&self) -> Result<Account> {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let dir = self.config.directory.clone();
+            if self
+                .db(move |s| s.read()?.acme_account(&dir))
+                .await?
+                .is_some()
+            {
+                return self.account().await;
+            }
+        }
+        Err(AcmeError::Unanswerable(
+            "another router created the ACME account but it has not reached this one".into(),
+        ))
     }
 
     async fn create_account(
@@ -127,14 +153,18 @@ impl Acme {
     }
 
     /// One attempt to get `host` a certificate.
-    pub(crate) async fn issue(self: &Arc<Self>, host: &str) -> Result<()> {
+    pub(crate) async fn issue(
+        self: &Arc<Self>,
+        host: &str,
+        lock: Option<Arc<terminus_store::fleet::orders::OrderLock>>,
+    ) -> Result<()> {
         let h = host.to_owned();
         let Some(record) = self.db(move |s| s.acme_domain(&h)).await? else {
             return Err(AcmeError::Gone);
         };
         let account = self.account().await?;
         let mut order = self.open_order(&account, &record).await?;
-        let mut answers = Answers::new(self.challenges.clone());
+        let mut answers = Answers::new(self.challenges.clone(), lock);
         let validated = self.validate(&mut order, host, &mut answers).await;
         answers
             .clear(self.hook(), self.config.dns_hook_timeout)
@@ -255,8 +285,8 @@ impl Acme {
                 let ka = challenge.key_authorization();
                 let base = host.strip_prefix("*.").unwrap_or(host);
                 match kind {
-                    ChallengeKind::Http01 => answers.http(base, &challenge.token, &ka),
-                    ChallengeKind::TlsAlpn01 => answers.tls_alpn(base, &ka, &self.provider)?,
+                    ChallengeKind::Http01 => answers.http(base, &challenge.token, &ka).await?,
+                    ChallengeKind::TlsAlpn01 => answers.tls_alpn(base, &ka, &self.provider).await?,
                     ChallengeKind::Dns01 => {
                         let hook = self.hook().ok_or_else(|| {
                             AcmeError::Unanswerable("dns-01 needs acme.dns_hook".into())

@@ -56,6 +56,13 @@ impl Publish for Control {
                         }
                     }
                 }
+                // Another router changed ACM state (a domain queued, an order's progress, an
+                // issued certificate): the scheduler reads it again.
+                Changed::Acme(_) => {
+                    if let Some(acme) = &self.acme {
+                        acme.wake();
+                    }
+                }
                 Changed::Undecodable { key, error } => {
                     if let Some(name) = key.strip_prefix("certs/") {
                         self.certs.remove(name);

@@ -1,6 +1,7 @@
 //! The seam between the store and where a write is decided.
 //!
-//! Every record lives under a key (`certs/NAME`, `domains/HOST`, `apps/NAME`) at a revision:
+//! Every record lives under a key (`certs/NAME`, `domains/HOST`, `apps/NAME`, `acme/...`) at a
+//! revision:
 //! the revision of the write that last changed it. A write is a compare-and-set: it commits
 //! only if every key it changes is still at the revision this store last saw for it, so a
 //! change read at revision R is written only if the record is still at R, and the loser of a
@@ -22,6 +23,10 @@ pub type Revision = u64;
 pub(crate) const CERTS_KEY: &str = "certs/";
 pub(crate) const DOMAINS_KEY: &str = "domains/";
 pub(crate) const APPS_KEY: &str = "apps/";
+/// Automated certificate management's records: `acme/` then the key of the local `acme` table
+/// (`acme/app:NAME`, `acme/domain:HOST`, `acme/account:DIRECTORY`, `acme/cert:NAME`), so a
+/// mirror stores them under the same key as one router's own store.
+pub(crate) const ACME_KEY: &str = "acme/";
 
 /// One change of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +61,10 @@ pub(crate) fn describe(key: &str) -> String {
         (CERTS_KEY, "certificate"),
         (DOMAINS_KEY, "domain"),
         (APPS_KEY, "app"),
+        ("acme/app:", "ACM app"),
+        ("acme/domain:", "ACM domain"),
+        ("acme/account:", "ACME account"),
+        ("acme/cert:", "ACM certificate mark"),
     ] {
         if let Some(name) = key.strip_prefix(prefix) {
             return format!("{kind} '{name}'");

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use terminus_config::StoreConfig;
 
-use crate::backend::{self, Op, Remote, Revision, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
+use crate::backend::{self, Op, Remote, Revision, ACME_KEY, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
 use crate::engine::{self, guard};
 use crate::error::{Result, StoreError};
 use crate::records::{
@@ -566,13 +566,20 @@ impl Writer<'_> {
         Ok(self.acme.get(key)?.map(|v| v.value().to_vec()))
     }
 
+    /// ACM records are written like every other record (compare-and-set, and in a fleet
+    /// through etcd), so a fleet shares its ACM state.
     pub(crate) fn acme_put(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
         self.acme.insert(key, bytes)?;
+        self.record_op(backend::key(ACME_KEY, key), Some(bytes.to_vec()));
         Ok(())
     }
 
     pub(crate) fn acme_delete(&mut self, key: &str) -> Result<bool> {
-        Ok(self.acme.remove(key)?.is_some())
+        let existed = self.acme.remove(key)?.is_some();
+        if existed {
+            self.record_op(backend::key(ACME_KEY, key), None);
+        }
+        Ok(existed)
     }
 
     /// Writes raw bytes under a certificate's key, bypassing encoding. Only for tests and tools

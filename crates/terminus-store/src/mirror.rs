@@ -4,8 +4,8 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::backend::{Revision, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
-use crate::db::{Store, APPS, CERTS, DOMAINS, META, REVS};
+use crate::backend::{Revision, ACME_KEY, APPS_KEY, CERTS_KEY, DOMAINS_KEY};
+use crate::db::{Store, ACME, APPS, CERTS, DOMAINS, META, REVS};
 use crate::engine::guard;
 use crate::error::{Result, StoreError};
 use crate::records::{decode, AppRecord, CertRecord, DomainRecord};
@@ -47,6 +47,8 @@ pub enum Changed {
     Cert(String, Option<Box<CertRecord>>),
     Domain(String, Option<DomainRecord>),
     App(String, Option<AppRecord>),
+    /// An ACM record (`acme/...`) changed: the ACM scheduler looks again.
+    Acme(String),
     /// A record that does not decode: it is kept in the mirror but not served.
     Undecodable {
         key: String,
@@ -54,9 +56,9 @@ pub enum Changed {
     },
 }
 
-/// Which table (0 certs, 1 domains, 2 apps) a key belongs to, and its name.
+/// Which table (0 certs, 1 domains, 2 apps, 3 acme) a key belongs to, and its name.
 fn table_of(key: &str) -> Option<(usize, &str)> {
-    [CERTS_KEY, DOMAINS_KEY, APPS_KEY]
+    [CERTS_KEY, DOMAINS_KEY, APPS_KEY, ACME_KEY]
         .into_iter()
         .enumerate()
         .find_map(|(i, prefix)| {
@@ -73,6 +75,9 @@ fn changed(key: &str, value: Option<&[u8]>) -> Option<Changed> {
         key: key.to_owned(),
         error,
     };
+    if key.starts_with(ACME_KEY) {
+        return Some(Changed::Acme(key.to_owned()));
+    }
     Some(if let Some(name) = key.strip_prefix(CERTS_KEY) {
         let name = name.to_owned();
         match value.map(decode::<CertRecord>).transpose() {
@@ -156,6 +161,7 @@ impl Store {
                     tx.open_table(CERTS)?,
                     tx.open_table(DOMAINS)?,
                     tx.open_table(APPS)?,
+                    tx.open_table(ACME)?,
                 ];
                 for kv in kvs {
                     let Some((index, name)) = table_of(&kv.key) else {
@@ -207,9 +213,12 @@ impl Store {
             let mut out = Vec::new();
             {
                 let mut revs = tx.open_table(REVS)?;
-                for (prefix, table) in
-                    [(CERTS_KEY, CERTS), (DOMAINS_KEY, DOMAINS), (APPS_KEY, APPS)]
-                {
+                for (prefix, table) in [
+                    (CERTS_KEY, CERTS),
+                    (DOMAINS_KEY, DOMAINS),
+                    (APPS_KEY, APPS),
+                    (ACME_KEY, ACME),
+                ] {
                     let mut t = tx.open_table(table)?;
                     let mut gone = Vec::new();
                     for item in t.iter()? {
@@ -356,6 +365,61 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(&changed[..], [Changed::Undecodable { key, .. }] if key == "certs/bad"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// ACM records travel as `acme/` + the local table's key: the mirror stores them where one
+    /// router's own store keeps them, says they changed (the scheduler looks again), and a
+    /// resync drops those etcd no longer holds. Keys of other kinds (locks, challenge answers)
+    /// are not records and are left out.
+    #[test]
+    fn acm_records_are_mirrored_under_their_local_keys() {
+        let dir = std::env::temp_dir().join(format!("terminus-mirror-acme-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&terminus_config::StoreConfig::in_dir(dir.join("data"))).unwrap();
+        let domain = crate::AcmeDomainRecord::waiting("www.example.com", "web", 1);
+        let changed = store
+            .apply_remote(
+                &[
+                    kv(
+                        "acme/domain:www.example.com",
+                        Some(encode(&domain).unwrap()),
+                        3,
+                    ),
+                    kv("locks/acme/www.example.com", Some(b"held".to_vec()), 4),
+                    kv(
+                        "challenges/http/token",
+                        Some(b"www.example.com ka".to_vec()),
+                        5,
+                    ),
+                ],
+                5,
+                false,
+            )
+            .unwrap();
+        assert!(
+            matches!(&changed[..], [Changed::Acme(k)] if k == "acme/domain:www.example.com"),
+            "{changed:?}"
+        );
+        assert_eq!(store.acme_domain("www.example.com").unwrap(), Some(domain));
+
+        // A local ACM write is a fleet op on the same key (its revision is recorded).
+        store
+            .write(|w| {
+                w.put_acme_app(&crate::AcmeAppRecord {
+                    app: "web".into(),
+                    enabled_at: 1,
+                })
+            })
+            .unwrap();
+        assert!(store
+            .stale(&[("acme/app:web".into(), 6)])
+            .unwrap()
+            .contains(&"acme/app:web".to_owned()));
+
+        let dropped = store.drop_remote_except(&HashSet::new(), 9).unwrap();
+        assert_eq!(dropped.len(), 2, "{dropped:?}");
+        assert_eq!(store.acme_domain("www.example.com").unwrap(), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

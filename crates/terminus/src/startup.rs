@@ -167,6 +167,8 @@ pub struct Router {
     admin_task: tokio::task::JoinHandle<()>,
     /// A fleet router's watch on etcd.
     fleet: Option<tokio::task::JoinHandle<()>>,
+    /// A fleet router's watch on the fleet's ACME challenge answers.
+    fleet_challenges: Option<tokio::task::JoinHandle<()>>,
     /// Copies of the listening sockets for an upgrade; closed as the router stops, so that a
     /// stopped router refuses connections rather than leaving them in the backlog.
     pub(crate) handoff: Handoff,
@@ -461,6 +463,7 @@ pub async fn start_inheriting(
                 certs: certs.clone(),
                 challenges: challenges.clone(),
                 metrics: acme_metrics,
+                fleet: fleet.as_ref().map(|f| f.etcd.clone()),
             });
             let domains: Vec<(String, String)> = routes
                 .domains()
@@ -516,6 +519,9 @@ pub async fn start_inheriting(
         admin: admin_dup,
     };
 
+    let fleet_answers = fleet
+        .as_ref()
+        .map(|_| terminus_acme::FleetChallenges::new(challenges.clone(), certs.provider().clone()));
     let shared = Shared::new(
         terminus_proxy::Settings::from_config(config),
         certs.clone(),
@@ -565,6 +571,14 @@ pub async fn start_inheriting(
             watch.await
         })
     });
+    // Every router of a fleet answers the CA's challenges, whichever router orders (the CA
+    // reaches the one its load balancer picks), also a router without [acme] itself.
+    let fleet_challenges = fleet.as_ref().zip(fleet_answers).map(|(f, answers)| {
+        tokio::spawn(terminus_store::fleet::orders::watch_challenges(
+            f.etcd.clone(),
+            answers,
+        ))
+    });
     let acme_task = acme.as_ref().map(|a| a.spawn());
     let cleanup = tokio::spawn(cleanup_loop(control.clone()));
     let resolve = tokio::spawn(resolve_loop(control.clone(), config.proxy.resolve_interval));
@@ -606,6 +620,7 @@ pub async fn start_inheriting(
         admin_stop,
         admin_task,
         fleet: fleet_sync,
+        fleet_challenges,
         handoff,
         store_config: config.store.clone(),
     })
@@ -1011,7 +1026,13 @@ impl Router {
         if let Some(t) = &self.acme_task {
             t.abort();
         }
+        if let Some(acme) = self.control.acm() {
+            acme.stop();
+        }
         self.tickets.abort();
+        if let Some(t) = &self.fleet_challenges {
+            t.abort();
+        }
         if let Some(sync) = self.fleet {
             sync.abort();
             // Once it is gone, nothing of it holds the store file: a router started again in
@@ -1034,6 +1055,9 @@ impl Router {
         self.cleanup.abort();
         self.resolve.abort();
         self.tickets.abort();
+        if let Some(t) = &self.fleet_challenges {
+            t.abort();
+        }
         self.readiness.set(Stage::Draining);
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;

@@ -68,18 +68,6 @@ pub(crate) fn validate(raw: RawConfig, file: &Path) -> Result<Config> {
         .as_ref()
         .map(|a| acme::validate(&c, a, store.is_some(), &listeners))
         .transpose()?;
-    // Automated certificates keep their state in the router's own file and would be ordered by
-    // every router of a fleet: not supported there yet, and a start must not pretend otherwise.
-    if acme.is_some()
-        && store
-            .as_ref()
-            .is_some_and(|s| matches!(s.backend, crate::StoreBackend::Etcd(_)))
-    {
-        return Err(c.err(
-            "acme",
-            "automated certificates are not available with store.backend = \"etcd\" yet: remove [acme] and upload the fleet's certificates through the API, or run this router with its own store",
-        ));
-    }
     let tls = tls::validate(&c, &raw.tls, &certificates, store.is_some())?;
     let timeouts = timeouts::validate(&c, &raw.timeouts)?;
     let proxy = proxy::validate(&c, &raw.proxy)?;

@@ -345,16 +345,14 @@ fn proxy_protocol_per_listener() {
 }
 
 #[test]
-fn automated_certificates_are_refused_in_a_fleet() {
+fn automated_certificates_work_in_a_fleet() {
     let fleet = ACME_BASE.replace(
         "[store]\n",
         "[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n",
     );
-    let e = err(&format!(
+    let config = parse(&format!(
         "{fleet}[acme]\ndirectory = \"https://ca.test/dir\"\nterms_accepted = true\n"
-    ));
-    assert!(
-        e.contains("acme: automated certificates are not available with store.backend = \"etcd\""),
-        "{e}"
-    );
+    ))
+    .expect("[acme] with an etcd store");
+    assert!(config.acme.is_some());
 }

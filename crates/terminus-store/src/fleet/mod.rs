@@ -4,11 +4,14 @@
 //! and serves from it; etcd decides every write ([`Etcd`] is the store's [`Remote`]) and a
 //! watch brings every router's changes to every other ([`sync`]).
 //!
-//! Keys, under the configured prefix: `certs/NAME`, `domains/HOST`, `apps/NAME`, each holding
-//! the same encoded record (with its own checksum) as the redb file. Private keys inside
+//! Keys, under the configured prefix: `certs/NAME`, `domains/HOST`, `apps/NAME` and the ACM
+//! records `acme/KIND:NAME`, each holding the same encoded record (with its own checksum) as
+//! the redb file; besides them `tickets` ([`tickets`]), and the ACME order locks and challenge
+//! answers, which live only as long as their order ([`orders`]). Private keys inside
 //! certificate records are sealed with the fleet key before they leave the router, so etcd,
 //! its backups and its snapshots hold no usable key.
 
+pub mod orders;
 pub mod sync;
 pub mod tickets;
 
