@@ -393,8 +393,7 @@ mod tests {
                         5,
                     ),
                 ],
-                5,
-                false,
+                Apply::Events(5),
             )
             .unwrap();
         assert!(
