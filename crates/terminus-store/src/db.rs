@@ -298,6 +298,11 @@ pub struct Undecodable {
     pub error: StoreError,
 }
 
+/// A record from [`Reader::each_cert_encoded`], decoded as [`Reader::each_cert`] does.
+pub(crate) fn decode_cert(key: String, bytes: &[u8]) -> Result<CertRecord, Undecodable> {
+    decode_from_verified_file(bytes).map_err(|error| Undecodable { key, error })
+}
+
 impl Reader {
     /// A certificate with the revision it was read at: write it back with
     /// [`Writer::expect_cert`] so that a change made meanwhile is not overwritten.
@@ -335,6 +340,30 @@ impl Reader {
     /// handed over as such, and the walk goes on.
     pub fn each_cert(&self, f: impl FnMut(Result<CertRecord, Undecodable>)) -> Result<()> {
         self.each(CERTS, f)
+    }
+
+    /// Every certificate record still encoded, in batches of `size` (key, bytes), for a
+    /// caller that decodes them on several threads; decode each with [`decode_cert`].
+    pub(crate) fn each_cert_encoded(
+        &self,
+        size: usize,
+        mut f: impl FnMut(Vec<(String, Vec<u8>)>),
+    ) -> Result<()> {
+        guard(&self.file, "reading", || {
+            let t = self.tx.open_table(CERTS)?;
+            let mut batch = Vec::with_capacity(size);
+            for item in t.iter()? {
+                let (k, v) = item?;
+                batch.push((k.value().to_owned(), v.value().to_vec()));
+                if batch.len() == size {
+                    f(std::mem::replace(&mut batch, Vec::with_capacity(size)));
+                }
+            }
+            if !batch.is_empty() {
+                f(batch);
+            }
+            Ok(())
+        })
     }
 
     /// Every app record, streamed as [`Reader::each_cert`].

@@ -21,7 +21,7 @@ use terminus_tls::{
 };
 
 use crate::checksum;
-use crate::db::{Store, Undecodable};
+use crate::db::{decode_cert, Reader, Store, Undecodable};
 use crate::error::{Result, StoreError};
 use crate::records::{AppRecord, CertRecord, CertVersion, DomainRecord};
 use crate::seal::MasterKey;
@@ -421,27 +421,7 @@ fn walk(
     report: &mut LoadReport,
 ) -> Result<()> {
     let reader = store.read()?;
-    let mut interner = Interner::default();
-    reader.each_cert(|item| match item {
-        Ok(record) if reserved.certs.contains(&record.name) => {
-            report.skipped.push(Skipped::Shadowed {
-                kind: "certificate",
-                name: record.name,
-            })
-        }
-        Ok(record) => match entry(store.master_key(), &record, &mut interner) {
-            Ok(e) => {
-                certs.replace(e);
-                report.certs += 1;
-            }
-            Err(q) => report.quarantined.push(q),
-        },
-        Err(bad) => report.quarantined.push(Quarantine {
-            name: bad.key,
-            code: R17,
-            reason: bad.error.to_string(),
-        }),
-    })?;
+    load_certs(&reader, store.master_key(), certs, reserved, report)?;
     reader.each_app(|item| match item {
         Ok(app) if reserved.apps.contains(&app.name) => report.skipped.push(Skipped::Shadowed {
             kind: "app",
@@ -612,6 +592,90 @@ pub(crate) fn verify_version(v: &CertVersion) -> Result<(), String> {
         return Err("the stored checksum is malformed".into());
     }
     Ok(())
+}
+
+/// What one loading thread found.
+#[derive(Default)]
+struct CertsLoaded {
+    certs: usize,
+    quarantined: Vec<Quarantine>,
+    shadowed: Vec<String>,
+}
+
+/// Records per batch handed to a loading thread.
+const LOAD_BATCH: usize = 1024;
+
+/// Loads the stored certificates into `certs`. One thread reads the table; the records are
+/// decoded, checked against their checksums and indexed on as many threads as there are
+/// cores (at most four): at a million certificates that work is most of a start.
+fn load_certs(
+    reader: &Reader,
+    master: &Arc<MasterKey>,
+    certs: &CertIndex,
+    reserved: &Reserved,
+    report: &mut LoadReport,
+) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let (send, receive) = std::sync::mpsc::sync_channel::<Vec<(String, Vec<u8>)>>(threads * 2);
+    let receive = std::sync::Mutex::new(receive);
+    let load = || {
+        let mut out = CertsLoaded::default();
+        let mut interner = Interner::default();
+        loop {
+            let batch = receive.lock().unwrap_or_else(|p| p.into_inner()).recv();
+            let Ok(batch) = batch else { return out };
+            for (key, bytes) in batch {
+                match decode_cert(key, &bytes) {
+                    Ok(record) if reserved.certs.contains(&record.name) => {
+                        out.shadowed.push(record.name)
+                    }
+                    Ok(record) => match entry(master, &record, &mut interner) {
+                        Ok(e) => {
+                            certs.replace(e);
+                            out.certs += 1;
+                        }
+                        Err(q) => out.quarantined.push(q),
+                    },
+                    Err(bad) => out.quarantined.push(Quarantine {
+                        name: bad.key,
+                        code: R17,
+                        reason: bad.error.to_string(),
+                    }),
+                }
+            }
+        }
+    };
+    let (walked, parts) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(load)).collect();
+        let walked = reader.each_cert_encoded(LOAD_BATCH, |batch| {
+            // The workers end only when the sender is dropped: a send cannot fail.
+            let _ = send.send(batch);
+        });
+        drop(send);
+        let parts: Vec<CertsLoaded> = workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect();
+        (walked, parts)
+    });
+    let mut quarantined = Vec::new();
+    let mut shadowed = Vec::new();
+    for part in parts {
+        report.certs += part.certs;
+        quarantined.extend(part.quarantined);
+        shadowed.extend(part.shadowed);
+    }
+    // In the table's order, as one thread would have found them.
+    quarantined.sort_by(|a, b| a.name.cmp(&b.name));
+    shadowed.sort();
+    report.quarantined.extend(quarantined);
+    report
+        .skipped
+        .extend(shadowed.into_iter().map(|name| Skipped::Shadowed {
+            kind: "certificate",
+            name,
+        }));
+    walked
 }
 
 /// Shares identical intermediate chains between entries (many certificates from one CA).

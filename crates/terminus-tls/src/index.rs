@@ -134,6 +134,12 @@ impl CertEntry {
         self.not_after
     }
 
+    /// Whether the private key can be read (a sealed key opens with this router's key). The
+    /// key is not built or kept: the first handshake does that.
+    pub fn key_opens(&self) -> bool {
+        self.key.private_key().is_ok()
+    }
+
     pub fn leaf(&self) -> &CertificateDer<'static> {
         &self.leaf
     }

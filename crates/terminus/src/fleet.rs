@@ -91,28 +91,21 @@ pub async fn open(
 
 /// Takes out of service every stored certificate whose key this router's fleet key cannot
 /// open, loudly: a router started with another fleet's key must not serve what it cannot sign
-/// with, and must say why.
-pub fn quarantine_foreign_keys(store: &Store, certs: &CertIndex, metrics: &ControlMetrics) {
-    let Ok(reader) = store.read() else { return };
-    let mut foreign = Vec::new();
-    let _ = reader.each_cert(|r| {
-        if let Ok(r) = r {
-            if let Some(entry) = certs.get(&r.name) {
-                if !store.key_opens(&r) {
-                    foreign.push((r.name, entry));
-                }
-            }
+/// with, and must say why. Reads the index, not the store: nothing is decoded again.
+pub fn quarantine_foreign_keys(certs: &CertIndex, metrics: &ControlMetrics) {
+    for entry in certs.entries() {
+        if entry.key_opens() {
+            continue;
         }
-    });
-    for (name, entry) in foreign {
         // Only what was checked: a change made meanwhile (through the API) stays.
+        let name = entry.name();
         if !certs
-            .get(&name)
+            .get(name)
             .is_some_and(|now| std::sync::Arc::ptr_eq(&now, &entry))
         {
             continue;
         }
-        certs.remove(&name);
+        certs.remove(name);
         metrics.quarantined.inc();
         tracing::error!(code = terminus_store::R17, certificate = %name, "CERTIFICATE QUARANTINED: its private key does not open with this router's fleet key; every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)");
     }

@@ -558,14 +558,14 @@ pub async fn start_inheriting(
             control.clone(),
             f.revision,
         );
-        let (store, certs, metrics) = (f.store.clone(), certs.clone(), control_metrics.clone());
+        let (certs, metrics) = (certs.clone(), control_metrics.clone());
         tokio::spawn(async move {
             // Opening every stored key takes seconds at a million certificates, so it runs
             // once serving has begun; a certificate whose key does not open cannot complete a
             // handshake meanwhile (its key is opened on first use), and the watch waits for
             // the scan so that no change it brings is taken out of service by mistake.
             let scan = tokio::task::spawn_blocking(move || {
-                crate::fleet::quarantine_foreign_keys(&store, &certs, &metrics)
+                crate::fleet::quarantine_foreign_keys(&certs, &metrics)
             });
             let _ = scan.await;
             watch.await
