@@ -21,6 +21,7 @@ use crate::info::ConnInfo;
 use crate::proxy_header::Rejected;
 use crate::shutdown::Tracker;
 use crate::state::Shared;
+use crate::streams::Streams;
 use crate::tls_io::TlsIo;
 
 #[allow(clippy::too_many_arguments)]
@@ -192,6 +193,8 @@ async fn serve_http<I>(
         idle: shared.settings.idle_timeout,
         request_head: shared.settings.request_head_timeout,
     };
+    // HTTP/2 streams run on this task (see streams.rs).
+    let mut streams = Streams::default();
     let mut watch = Watch::default();
     let watchdog = tokio::time::sleep(limits.interval());
     tokio::pin!(watchdog);
@@ -211,7 +214,7 @@ async fn serve_http<I>(
             }
         }
         tokio::select! {
-            result = conn.as_mut() => break result,
+            result = std::future::poll_fn(|cx| streams.poll_with(conn.as_mut(), cx)) => break result,
             _ = stop.changed(), if !stopping => stopping = true,
             _ = &mut watchdog => match activity.look(&mut watch, Instant::now(), &limits) {
                 Verdict::Wait(next) => watchdog.as_mut().reset(next),
