@@ -42,8 +42,7 @@ pub(crate) async fn serve(
     let peer = match listener.proxy {
         None => peer,
         Some(proxy) => {
-            let read = client_address(&shared, &mut tcp, peer, &proxy);
-            tokio::pin!(read);
+            let mut read = Box::pin(client_address(&shared, &mut tcp, peer, &proxy));
             let read = tokio::select! {
                 _ = stop.changed() => {
                     // After an upgrade the header is read (bounded as always) and the
@@ -86,12 +85,21 @@ pub(crate) async fn serve(
         tracker,
         _slot: slot,
     };
+    // Each stage is boxed, so the task holds only the one running: held inline, the stages'
+    // states do not all share their space, and every idle connection would carry all of them.
     if !tls {
-        serve_http(shared.clone(), tcp, info, stop, plain_last_words).await;
+        Box::pin(serve_http(
+            shared.clone(),
+            tcp,
+            info,
+            stop,
+            plain_last_words,
+        ))
+        .await;
         return;
     }
-    let handshake = crate::handshake::handshake(&shared, tcp);
-    tokio::pin!(handshake);
+    // Dropped once done: the handshake's state is needed only until it completes.
+    let mut pending = Box::pin(crate::handshake::handshake(&shared, tcp));
     let handshake = tokio::select! {
         _ = stop.changed() => {
             if !shared.handing_over() {
@@ -99,17 +107,25 @@ pub(crate) async fn serve(
             }
             // Another process has taken over the listeners: this client did nothing wrong,
             // so its handshake completes (bounded by handshake_timeout) and it is served.
-            handshake.await
+            (&mut pending).await
         }
-        result = &mut handshake => result,
+        result = &mut pending => result,
     };
+    drop(pending);
     if let Some((stream, tls_info)) = handshake {
         if tls_info.alpn.as_deref() == Some(terminus_tls::ALPN_H2) {
             info.activity = Activity::new(false);
         }
         info.tls = Some(tls_info);
         let stream = TlsIo::new(stream);
-        serve_http(shared.clone(), stream, info, stop, tls_last_words).await;
+        Box::pin(serve_http(
+            shared.clone(),
+            stream,
+            info,
+            stop,
+            tls_last_words,
+        ))
+        .await;
     }
 }
 
@@ -184,8 +200,15 @@ async fn serve_http<I>(
     let info = Arc::new(info);
     let svc_shared = shared.clone();
     let svc_info = info.clone();
-    let service =
-        service_fn(move |req| crate::service::handle(svc_shared.clone(), svc_info.clone(), req));
+    // Boxed: hyper moves the request's future several times on its way to being polled (into
+    // its HTTP/2 stream, that into the executor); a pointer moves cheaper than the whole state.
+    let service = service_fn(move |req| {
+        Box::pin(crate::service::handle(
+            svc_shared.clone(),
+            svc_info.clone(),
+            req,
+        ))
+    });
     let io = TrackedIo::new(io, activity.clone()).with_last_words(last_words);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
