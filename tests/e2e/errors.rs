@@ -131,6 +131,23 @@ async fn closed_without_response_is_503_h13() {
 }
 
 #[tokio::test]
+async fn a_response_over_100_headers_is_502_h25() {
+    // 90: the router adds a few of its own, and the test client also stops at 100.
+    let under = Backend::many_headers(90).await;
+    let r = router_for(&[&under], |_| {}).await;
+    let (reply, _) = request(&r, "/").await;
+    assert_eq!(reply.status, 200);
+    r.shutdown().await;
+
+    let over = Backend::many_headers(101).await;
+    let r = router_for(&[&over], |_| {}).await;
+    let (reply, line) = request(&r, "/").await;
+    assert_eq!(reply.status, 502);
+    assert!(line.starts_with("at=error code=H25 "), "{line}");
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn closed_mid_response_is_logged_h18() {
     let closer = Backend::close_mid_body().await;
     let r = router_for(&[&closer], |_| {}).await;

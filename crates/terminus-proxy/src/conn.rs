@@ -21,6 +21,7 @@ use crate::info::ConnInfo;
 use crate::proxy_header::Rejected;
 use crate::shutdown::Tracker;
 use crate::state::Shared;
+use crate::streams::Streams;
 use crate::tls_io::TlsIo;
 
 #[allow(clippy::too_many_arguments)]
@@ -41,8 +42,7 @@ pub(crate) async fn serve(
     let peer = match listener.proxy {
         None => peer,
         Some(proxy) => {
-            let read = client_address(&shared, &mut tcp, peer, &proxy);
-            tokio::pin!(read);
+            let mut read = Box::pin(client_address(&shared, &mut tcp, peer, &proxy));
             let read = tokio::select! {
                 _ = stop.changed() => {
                     // After an upgrade the header is read (bounded as always) and the
@@ -85,12 +85,21 @@ pub(crate) async fn serve(
         tracker,
         _slot: slot,
     };
+    // Each stage is boxed, so the task holds only the one running: held inline, the stages'
+    // states do not all share their space, and every idle connection would carry all of them.
     if !tls {
-        serve_http(shared.clone(), tcp, info, stop, plain_last_words).await;
+        Box::pin(serve_http(
+            shared.clone(),
+            tcp,
+            info,
+            stop,
+            plain_last_words,
+        ))
+        .await;
         return;
     }
-    let handshake = crate::handshake::handshake(&shared, tcp);
-    tokio::pin!(handshake);
+    // Dropped once done: the handshake's state is needed only until it completes.
+    let mut pending = Box::pin(crate::handshake::handshake(&shared, tcp));
     let handshake = tokio::select! {
         _ = stop.changed() => {
             if !shared.handing_over() {
@@ -98,17 +107,25 @@ pub(crate) async fn serve(
             }
             // Another process has taken over the listeners: this client did nothing wrong,
             // so its handshake completes (bounded by handshake_timeout) and it is served.
-            handshake.await
+            (&mut pending).await
         }
-        result = &mut handshake => result,
+        result = &mut pending => result,
     };
+    drop(pending);
     if let Some((stream, tls_info)) = handshake {
         if tls_info.alpn.as_deref() == Some(terminus_tls::ALPN_H2) {
             info.activity = Activity::new(false);
         }
         info.tls = Some(tls_info);
         let stream = TlsIo::new(stream);
-        serve_http(shared.clone(), stream, info, stop, tls_last_words).await;
+        Box::pin(serve_http(
+            shared.clone(),
+            stream,
+            info,
+            stop,
+            tls_last_words,
+        ))
+        .await;
     }
 }
 
@@ -183,8 +200,15 @@ async fn serve_http<I>(
     let info = Arc::new(info);
     let svc_shared = shared.clone();
     let svc_info = info.clone();
-    let service =
-        service_fn(move |req| crate::service::handle(svc_shared.clone(), svc_info.clone(), req));
+    // Boxed: hyper moves the request's future several times on its way to being polled (into
+    // its HTTP/2 stream, that into the executor); a pointer moves cheaper than the whole state.
+    let service = service_fn(move |req| {
+        Box::pin(crate::service::handle(
+            svc_shared.clone(),
+            svc_info.clone(),
+            req,
+        ))
+    });
     let io = TrackedIo::new(io, activity.clone()).with_last_words(last_words);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -192,6 +216,8 @@ async fn serve_http<I>(
         idle: shared.settings.idle_timeout,
         request_head: shared.settings.request_head_timeout,
     };
+    // HTTP/2 streams run on this task (see streams.rs).
+    let mut streams = Streams::default();
     let mut watch = Watch::default();
     let watchdog = tokio::time::sleep(limits.interval());
     tokio::pin!(watchdog);
@@ -211,7 +237,7 @@ async fn serve_http<I>(
             }
         }
         tokio::select! {
-            result = conn.as_mut() => break result,
+            result = std::future::poll_fn(|cx| streams.poll_with(conn.as_mut(), cx)) => break result,
             _ = stop.changed(), if !stopping => stopping = true,
             _ = &mut watchdog => match activity.look(&mut watch, Instant::now(), &limits) {
                 Verdict::Wait(next) => watchdog.as_mut().reset(next),

@@ -20,6 +20,7 @@ pub mod proxy_header;
 mod service;
 mod shutdown;
 mod state;
+mod streams;
 mod tls_io;
 mod upgrade;
 

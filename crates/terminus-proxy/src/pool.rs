@@ -206,9 +206,10 @@ where
                 Ok(Ok(stream)) => stream,
             };
         let _ = stream.set_nodelay(true);
+        // hyper's default header limit (100, as HAProxy's 101): an explicit limit makes hyper
+        // allocate and fill arrays of that many entries for every response it parses.
         let (sender, connection) = http1::Builder::new()
             .max_buf_size(MAX_RESPONSE_HEAD)
-            .max_headers(1000)
             .handshake(TokioIo::new(BackendIo(stream)))
             .await
             .map_err(|_| Fault::ConnectRefused)?;

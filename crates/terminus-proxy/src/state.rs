@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
 use terminus_config::Config;
@@ -16,6 +16,7 @@ use terminus_tls::{AcmeChallenges, CertIndex, TlsPolicy};
 
 use crate::body::RequestBody;
 use crate::pool;
+use crate::streams::StreamExec;
 
 /// The most an HTTP/2 stream queues for a client beyond what the socket takes (hyper's default
 /// is 400 KiB per stream, 100 MiB over 256 streams of a client that never reads).
@@ -88,11 +89,11 @@ pub struct Shared {
     pub challenges: Arc<AcmeChallenges>,
     pub(crate) pool: pool::Pool<RequestBody>,
     /// HTTP/1.1 or HTTP/2, told apart by the first bytes (plaintext, or TLS without ALPN).
-    pub(crate) http: auto::Builder<TokioExecutor>,
+    pub(crate) http: auto::Builder<StreamExec>,
     /// ALPN said `http/1.1`.
-    pub(crate) http1: auto::Builder<TokioExecutor>,
+    pub(crate) http1: auto::Builder<StreamExec>,
     /// ALPN said `h2`.
-    pub(crate) http2: auto::Builder<TokioExecutor>,
+    pub(crate) http2: auto::Builder<StreamExec>,
     /// Set when another process has taken over the listeners (binary upgrade): the drain
     /// then closes HTTP/1 connections after a response rather than while idle. Shared by
     /// every generation a reload makes, so connections accepted before a reload see it too.
@@ -113,11 +114,11 @@ impl std::fmt::Debug for Shared {
 fn builders(
     settings: &Settings,
 ) -> (
-    auto::Builder<TokioExecutor>,
-    auto::Builder<TokioExecutor>,
-    auto::Builder<TokioExecutor>,
+    auto::Builder<StreamExec>,
+    auto::Builder<StreamExec>,
+    auto::Builder<StreamExec>,
 ) {
-    let mut http = auto::Builder::new(TokioExecutor::new());
+    let mut http = auto::Builder::new(StreamExec);
     http.http1()
         .timer(TokioTimer::new())
         // The connection's watchdog times heads (request_head, from the first byte) and the

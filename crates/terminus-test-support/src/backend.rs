@@ -229,6 +229,30 @@ impl Backend {
         .await
     }
 
+    /// Answers every request on a connection with `200 OK` carrying `headers` header lines
+    /// in all (`content-length: 0` and `x-n: i` for the rest).
+    pub async fn many_headers(headers: usize) -> Self {
+        let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n");
+        for i in 1..headers {
+            head.push_str(&format!("x-n: {i}\r\n"));
+        }
+        head.push_str("\r\n");
+        let head: Arc<[u8]> = head.into_bytes().into();
+        Self::raw("many-headers", move |mut tcp, n| {
+            let head = head.clone();
+            async move {
+                let mut buf = [0u8; 4096];
+                while matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {
+                    n.arrived();
+                    if tcp.write_all(&head).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await
+    }
+
     async fn raw<F, Fut>(name: &str, each: F) -> Self
     where
         F: Fn(TcpStream, Arrivals) -> Fut + Send + Sync + 'static,
