@@ -113,6 +113,13 @@ pub fn client_config_with(
     Ok(Arc::new(config))
 }
 
+/// `config` offering HTTP/2 only (ALPN `h2`), for clients that speak HTTP/2.
+pub fn h2_only(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
 /// One HTTPS/1.1 `GET /` with `Connection: close`; returns the response status.
 pub fn probe(addr: SocketAddr, server_name: &str, timeout: Duration) -> anyhow::Result<u16> {
     let config = client_config(false, AcceptAnyCertificate::new())?;

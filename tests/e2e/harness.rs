@@ -336,6 +336,11 @@ impl Builder {
     /// Starts the binary on this config, under `limits` (e.g. `ulimit -n 64`, set by the shell
     /// before it execs the router; empty for none).
     pub async fn spawn(self, limits: &str) -> Process {
+        self.spawn_logging(limits, None).await
+    }
+
+    /// [`Builder::spawn`] with `RUST_LOG` set to `filter` (the logging default otherwise).
+    pub async fn spawn_logging(self, limits: &str, filter: Option<&str>) -> Process {
         use std::sync::{Arc, Mutex};
         use tokio::io::{AsyncBufReadExt, BufReader};
         let path = self.dir.path().join("terminus.toml");
@@ -345,7 +350,11 @@ impl Builder {
         } else {
             format!("{limits}; ")
         };
-        let mut child = tokio::process::Command::new("sh")
+        let mut command = tokio::process::Command::new("sh");
+        if let Some(filter) = filter {
+            command.env("RUST_LOG", filter);
+        }
+        let mut child = command
             .arg("-c")
             .arg(format!("{limit}exec \"$0\" serve --config \"$1\""))
             .arg(env!("CARGO_BIN_EXE_terminus"))

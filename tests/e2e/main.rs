@@ -26,6 +26,7 @@ mod secrets;
 mod selection;
 mod shutdown;
 mod sni;
+mod spans;
 mod swap;
 mod tickets;
 mod tls_edges;

@@ -5,14 +5,17 @@
 //!   handshakes/s and how many resumed.
 //! - `lat`: a fixed request rate (open loop) over K keep-alive connections; reports latency
 //!   percentiles.
-//! - `idle`: opens M connections (handshake and, unless `--no-request`, one request), prints its
-//!   line once they are all open, then holds them.
+//! - `idle`: opens M connections (handshake and, unless `--no-request`, one request, HTTP/1.1 or
+//!   with `--h2` HTTP/2), prints its line once they are all open, then holds them.
+//! - `ws`: K WebSocket connections echoing small messages, each with a window of messages in
+//!   flight; reports echoed messages per second.
 //!
 //! It runs on one thread (a current-thread tokio runtime): the harness pins it to one CPU.
 
 mod handshake;
 mod idle;
 mod lat;
+mod ws;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -29,6 +32,7 @@ use tokio_rustls::TlsConnector;
 pub use handshake::HandshakeArgs;
 pub use idle::IdleArgs;
 pub use lat::LatArgs;
+pub use ws::WsArgs;
 
 /// Any single connect, handshake or request/response taking longer than this is an error.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +45,8 @@ pub enum Mode {
     Lat(LatArgs),
     /// Open connections and hold them idle.
     Idle(IdleArgs),
+    /// WebSocket echo of small messages, pipelined, over keep-open connections.
+    Ws(WsArgs),
 }
 
 /// Where to connect and which name to ask for.
@@ -65,6 +71,7 @@ pub fn run(mode: Mode) -> anyhow::Result<()> {
             Mode::Handshake(args) => handshake::run(args).await,
             Mode::Lat(args) => lat::run(args).await,
             Mode::Idle(args) => idle::run(args).await,
+            Mode::Ws(args) => ws::run(args).await,
         }
     })
 }
@@ -131,6 +138,20 @@ impl Dialer {
     /// TCP connect (no Nagle) and TLS handshake.
     async fn connect(&self) -> anyhow::Result<TlsStream<TcpStream>> {
         self.connect_as(self.name.clone()).await
+    }
+
+    /// The server name asked for (SNI and Host).
+    fn host(&self) -> String {
+        match &self.name {
+            ServerName::DnsName(d) => d.as_ref().to_owned(),
+            other => other.to_str().into_owned(),
+        }
+    }
+
+    /// The same dialer offering only HTTP/2 (ALPN `h2`).
+    fn h2(mut self) -> Self {
+        self.config = crate::tls::h2_only(&self.config);
+        self
     }
 
     /// [`Dialer::connect`] asking for another server name.

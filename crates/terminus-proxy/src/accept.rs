@@ -16,6 +16,7 @@ use terminus_metrics::ListenerMetrics;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::shutdown::Tracker;
 use crate::state::Shared;
@@ -184,10 +185,14 @@ pub(crate) async fn accept_loop(
         let port = port.clone();
         let tracker = tracker.clone();
         let options = options.clone();
-        tokio::spawn(async move {
-            let _guard = guard;
-            crate::conn::serve(shared, tcp, peer, port, options, tracker, stop, slot).await;
-        });
+        let span = crate::conn::span(peer, &address);
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                crate::conn::serve(shared, tcp, peer, port, options, tracker, stop, slot).await;
+            }
+            .instrument(span),
+        );
     }
 }
 

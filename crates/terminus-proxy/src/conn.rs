@@ -24,6 +24,20 @@ use crate::state::Shared;
 use crate::streams::Streams;
 use crate::tls_io::TlsIo;
 
+/// The connection's span: every log line of the connection and of its requests carries it (at
+/// debug level; at the default level nothing is built). The client's address behind a PROXY
+/// protocol header, the SNI and the ALPN protocol are recorded once known.
+pub(crate) fn span(peer: SocketAddr, listener: &str) -> tracing::Span {
+    tracing::debug_span!(
+        "conn",
+        %peer,
+        listener,
+        client = tracing::field::Empty,
+        sni = tracing::field::Empty,
+        alpn = tracing::field::Empty,
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -39,6 +53,7 @@ pub(crate) async fn serve(
     let _open = shared
         .metrics
         .open_connection(if tls { "https" } else { "http" });
+    let behind_proxy = listener.proxy.is_some();
     let peer = match listener.proxy {
         None => peer,
         Some(proxy) => {
@@ -70,6 +85,12 @@ pub(crate) async fn serve(
             }
         }
     };
+    // The span of this task, entered by the accept loop: requests (HTTP/2 streams run on tasks
+    // of their own) name it as their parent.
+    let span = tracing::Span::current();
+    if behind_proxy {
+        span.record("client", tracing::field::display(peer));
+    }
     let trusted = shared
         .settings
         .trusted_proxies
@@ -83,6 +104,7 @@ pub(crate) async fn serve(
         tls: None,
         activity: Activity::new(true),
         tracker,
+        span,
         _slot: slot,
     };
     // Each stage is boxed, so the task holds only the one running: held inline, the stages'
@@ -115,6 +137,11 @@ pub(crate) async fn serve(
     if let Some((stream, tls_info)) = handshake {
         if tls_info.alpn.as_deref() == Some(terminus_tls::ALPN_H2) {
             info.activity = Activity::new(false);
+        }
+        if !info.span.is_disabled() {
+            let alpn = tls_info.alpn.as_deref().unwrap_or_default();
+            info.span
+                .record("alpn", String::from_utf8_lossy(alpn).as_ref());
         }
         info.tls = Some(tls_info);
         let stream = TlsIo::new(stream);

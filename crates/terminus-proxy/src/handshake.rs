@@ -191,6 +191,10 @@ pub(crate) async fn handshake(
     let caps = ClientCaps::from_hello(&hello);
     let acme_only = hello.alpn().is_some_and(terminus_tls::only_acme_tls);
     let sni: Option<Box<str>> = hello.server_name().map(Into::into);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // The connection's span (see conn.rs).
+        tracing::Span::current().record("sni", sni.as_deref().unwrap_or_default());
+    }
     if acme_only {
         Box::pin(answer_tls_alpn(shared, start, sni.as_deref(), deadline)).await;
         return None;

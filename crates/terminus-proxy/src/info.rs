@@ -24,6 +24,9 @@ pub(crate) struct ConnInfo {
     pub activity: Arc<Activity>,
     /// Upgraded tunnels count as live connections for shutdown.
     pub tracker: Tracker,
+    /// The connection's span (disabled, and free, below debug level): the parent of its
+    /// requests' spans.
+    pub span: tracing::Span,
     /// The connection's place in its listener's count; an upgraded tunnel keeps it.
     pub _slot: Slot,
 }

@@ -12,6 +12,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use terminus_route::{host_of_authority, normalize, App, Route};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::access_log::AccessLog;
 use crate::body::{ClientBodyState, RequestBody, ResponseBody};
@@ -30,7 +31,17 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let http1 = req.version() != Version::HTTP_2;
-    let mut response = respond(shared.clone(), conn, req).await?;
+    // Its id and host are recorded by `respond` once known. The span covers routing, the
+    // backend attempts and the response head; the body streams under the connection's span.
+    let span = tracing::debug_span!(
+        parent: &conn.span,
+        "request",
+        id = tracing::field::Empty,
+        method = %req.method(),
+        host = tracing::field::Empty,
+        path = req.uri().path(),
+    );
+    let mut response = respond(shared.clone(), conn, req).instrument(span).await?;
     // Draining after an upgrade: this HTTP/1 connection closes after this response, and the
     // client knows before it sends another request (the new process serves that one).
     if http1 && shared.handing_over() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
@@ -79,6 +90,12 @@ async fn respond(
         tls_version: conn.tls.as_ref().map(|t| t.version),
         fault: None,
     });
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let span = tracing::Span::current();
+        span.record("id", request_id.to_str().unwrap_or_default());
+        span.record("host", log.host.as_str());
+        tracing::debug!(version = ?parts.version, "request head read");
+    }
     // HTTP-01 (RFC 8555 §8.3): answered on plain HTTP before routing, for a host with a
     // pending challenge only; every other request routes as before.
     if conn.tls.is_none() && parts.method == Method::GET {
@@ -137,12 +154,18 @@ async fn respond(
             Ok(ok) => ok,
             Err(fault) => {
                 let fault = client_state.fault().unwrap_or(fault);
+                tracing::debug!(code = fault.code(), "no response from a backend");
                 return Ok(error_response(fault, log, &shared, in_flight));
             }
         };
 
     let status = response.status();
     log.status = status.as_u16();
+    tracing::debug!(
+        status = log.status,
+        backend = log.backend.map(tracing::field::display),
+        "response head from the backend"
+    );
     let switching = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
     headers::rewrite_response(response.headers_mut(), &shared.settings.via_h1, switching);
     if switching {
@@ -356,6 +379,7 @@ async fn forward(
         tried += 1;
         log.dyno = Some((app.name().into(), index + 1));
         log.backend = Some(addr);
+        tracing::debug!(backend = %addr, "sending to the backend");
         match send(shared, addr, request, body, log).await {
             Ok(ok) => return Ok(ok),
             Err(Attempt::Failed(fault)) => return Err(fault),

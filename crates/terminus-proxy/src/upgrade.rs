@@ -7,6 +7,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::activity::{Activity, Limits, TrackedIo, Verdict, Watch};
 use crate::info::ConnInfo;
@@ -24,7 +25,8 @@ pub(crate) fn spawn_tunnel(
     let idle = shared.settings.idle_timeout;
     let live = conn.tracker.enter();
     let open = shared.metrics.open_connection(conn.proto);
-    tokio::spawn(async move {
+    let span = conn.span.clone();
+    let tunnel = async move {
         let _live = live;
         let _open = open;
         // Keeps the connection's place in its listener's count.
@@ -70,5 +72,6 @@ pub(crate) fn spawn_tunnel(
                 },
             }
         }
-    });
+    };
+    tokio::spawn(tunnel.instrument(span));
 }

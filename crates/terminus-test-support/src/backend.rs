@@ -104,6 +104,9 @@ impl Backend {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                // WebSocket echoes are small writes: without this, Nagle holds each one back
+                // until the previous is acknowledged (a delayed ACK, 40 ms).
+                let _ = tcp.set_nodelay(true);
                 let (n, name) = (n.clone(), name_owned.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {

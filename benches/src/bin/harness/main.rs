@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p terminus-benches --bin harness -- [--quick] [--runs N]
-//!     [--scenarios ka,hs_full,hs_full_rsa,hs_resumed,h2,lat,idle] [--json PATH]
+//!     [--scenarios ka,hs_full,hs_full_rsa,hs_resumed,h2,lat,idle,idle_h2,bulk_down,bulk_up,ws]
+//!     [--json PATH]
 //! ```
 //!
 //! Exit status: 0 when every proxy started and every scenario had successful requests (the
@@ -25,7 +26,7 @@ use terminus_benches::procfs;
 
 use crate::proxies::{Certs, Env, Proxy};
 use crate::report::Report;
-use crate::scenarios::{Ctx, Scenario, Settings};
+use crate::scenarios::{Backend, Ctx, Scenario, Settings};
 use terminus_benches::procs::{TempDir, LOAD_CPU};
 
 #[derive(Debug, Parser)]
@@ -48,6 +49,9 @@ enum Command {
     Client(Mode),
     /// Print the generated HAProxy, nginx and backend configs (example ports and paths).
     PrintConfigs,
+    /// The echo backend of the `bulk_up` and `ws` scenarios (the test suite's echo server).
+    #[command(hide = true)]
+    Backend { addr: std::net::SocketAddr },
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
             print_configs();
             Ok(true)
         }
+        Some(Command::Backend { addr }) => echo_backend(addr).map(|()| true),
         None => run(cli.run),
     };
     match result {
@@ -107,6 +112,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Serves the echo backend on `addr` until killed.
+fn echo_backend(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    runtime.block_on(async move {
+        let _backend = terminus_test_support::Backend::echo_on(addr, "echo")
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        std::future::pending::<anyhow::Result<()>>().await
+    })
 }
 
 fn print_configs() {
@@ -127,7 +146,7 @@ fn print_configs() {
     println!("# nginx.conf (nginx -p DIR/ -c DIR/nginx.conf -e DIR/error.log)");
     println!("{}", proxies::nginx_config(listen, backend, &cert));
     println!("# backend nginx.conf");
-    println!("{}", proxies::backend_config(backend));
+    println!("{}", proxies::backend_config(backend, &tmp.join("backend")));
     println!(
         "# terminus\nterminus serve --listen {listen} --cert {} --key {} --backend {backend} \
          --admin 127.0.0.1:PORT --threads 1 --no-access-log",
@@ -183,21 +202,31 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     // Declared first, dropped last: every process below is stopped before it is removed.
     let tmp = TempDir::new(args.keep_temp)?;
     let certs = Certs::generate(tmp.path())?;
+    let exe = std::env::current_exe().context("the harness's own path")?;
     let (backend, backend_addr) = proxies::start_backend(&tools, tmp.path())?;
+    // Only when a scenario needs it.
+    let echo = if scenarios.iter().any(|s| s.backend() == Backend::Echo) {
+        Some(proxies::start_echo(tmp.path(), &tools, &exe)?)
+    } else {
+        None
+    };
     let env = Env {
         root: tmp.path(),
         tools: &tools,
         terminus: &terminus,
-        backend: backend_addr,
         certs: &certs,
     };
     let ctx = Ctx {
         settings: &settings,
         tools: &tools,
         dir: tmp.path(),
-        exe: std::env::current_exe().context("the harness's own path")?,
+        exe,
         backend_pid: backend.pid(),
         ticks_per_second: procfs::clock_ticks_per_second() as f64,
+    };
+    let backend_of = |scenario: Scenario| match (scenario.backend(), &echo) {
+        (Backend::Echo, Some((process, addr))) => (*addr, process.pid()),
+        _ => (backend_addr, backend.pid()),
     };
     let started = Instant::now();
     let mut report = Report::new(&scenarios, &settings);
@@ -208,13 +237,24 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             let mut order = proxies.clone();
             let shift = (run - 1) % order.len().max(1);
             order.rotate_left(shift);
+            let (addr, pid) = backend_of(scenario);
+            let ctx = Ctx {
+                backend_pid: pid,
+                ..ctx.clone()
+            };
             for &proxy in &order {
                 instance += 1;
-                measure_one(&env, &ctx, &mut report, scenario, proxy, run, instance);
+                let at = Target {
+                    backend: addr,
+                    run,
+                    instance,
+                };
+                measure_one(&env, &ctx, &mut report, scenario, proxy, at);
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
     }
+    drop(echo);
     drop(backend);
 
     let notes = notes(&settings, &machine, &report);
@@ -248,6 +288,14 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(report.failures.is_empty())
 }
 
+/// Where one measurement's proxy forwards to, which run it belongs to, its instance number.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    backend: std::net::SocketAddr,
+    run: usize,
+    instance: usize,
+}
+
 /// Starts a fresh proxy, runs one scenario on it, records the outcome, stops the proxy.
 fn measure_one(
     env: &Env<'_>,
@@ -255,16 +303,20 @@ fn measure_one(
     report: &mut Report,
     scenario: Scenario,
     proxy: Proxy,
-    run: usize,
-    instance: usize,
+    at: Target,
 ) {
+    let Target {
+        backend,
+        run,
+        instance,
+    } = at;
     let label = format!(
         "[{} {run}/{}] {}",
         scenario.name(),
         ctx.settings.runs,
         proxy.name()
     );
-    let mut running = match proxies::start(env, proxy, scenario.key(), instance) {
+    let mut running = match proxies::start(env, proxy, scenario.key(), backend, instance) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{label}: failed to start: {e:#}");
@@ -342,8 +394,11 @@ fn notes(settings: &Settings, machine: &serde_json::Value, report: &Report) -> V
             "ka: wrk -t1 -c64 -d{d}s; h2: h2load -t1 -c32 -m10 -D {d}; hs_*: rustls client, 16 \
              connections in flight, each a new TLS connection with one GET (hs_full*: no tickets or \
              session ids stored or offered; hs_resumed: one shared session cache); lat: open loop at \
-             {rate} req/s over 16 keep-alive connections; idle: RSS growth with {n} idle TLS \
-             connections (each made one request)",
+             {rate} req/s over 16 keep-alive connections; idle (idle_h2): RSS growth with {n} idle \
+             TLS connections, each made one HTTP/1.1 (HTTP/2) request; bulk_down (bulk_up): wrk \
+             -c16 downloading (POSTing) 1 MiB bodies, streamed by every proxy (nginx: \
+             proxy_request_buffering off, proxy_max_temp_file_size 0); ws: 32 WebSocket \
+             connections echoing 64 B messages, 16 in flight on each, through to an echo backend",
             d = settings.duration,
             rate = settings.lat_rate,
             n = settings.idle_connections

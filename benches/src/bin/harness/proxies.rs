@@ -173,6 +173,19 @@ http {{
             proxy_http_version 1.1;
             proxy_set_header Connection \"\";
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            # bodies stream through both ways, as HAProxy and terminus do: uploads are not
+            # buffered first, responses are buffered in memory only (never in temp files)
+            client_max_body_size 0;
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
+        }}
+        # WebSocket: nginx forwards an Upgrade only when told to
+        location = /ws {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection \"upgrade\";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
         }}
     }}
 }}
@@ -182,8 +195,9 @@ http {{
     )
 }
 
-/// The backend: nginx answering `200 ok` to everything, one process, no logs.
-pub(crate) fn backend_config(listen: SocketAddr) -> String {
+/// The backend: nginx answering `200 ok` to everything but `/bulk/`, where `dir/bulk/` holds the
+/// 1 MiB file of `bulk_down`; one process, no logs.
+pub(crate) fn backend_config(listen: SocketAddr, dir: &Path) -> String {
     format!(
         "daemon off;
 master_process off;
@@ -203,9 +217,15 @@ http {{
             default_type text/plain;
             return 200 \"ok\\n\";
         }}
+        location /bulk/ {{
+            root {dir};
+            default_type application/octet-stream;
+            sendfile on;
+        }}
     }}
 }}
-"
+",
+        dir = dir.display()
     )
 }
 
@@ -234,11 +254,37 @@ fn nginx_command(tools: &Tools, cpu: u32, dir: &Path, config: &str) -> anyhow::R
 pub(crate) fn start_backend(tools: &Tools, root: &Path) -> anyhow::Result<(Spawned, SocketAddr)> {
     let addr = free_port()?;
     let dir = workdir(root, "backend")?;
-    let mut cmd = nginx_command(tools, LOAD_CPU, &dir, &backend_config(addr))?;
+    let bulk = workdir(&dir, "bulk")?;
+    let file = bulk.join(crate::scenarios::BULK_PATH.trim_start_matches("/bulk/"));
+    fs::write(&file, vec![b'x'; crate::scenarios::BULK_BYTES]).context("write the bulk file")?;
+    let mut cmd = nginx_command(tools, LOAD_CPU, &dir, &backend_config(addr, &dir))?;
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
         .stdin(Stdio::null());
-    let mut backend = Spawned::start("backend", cmd, Some(dir.join("error.log")))?;
+    let backend = Spawned::start("backend", cmd, Some(dir.join("error.log")))?;
+    wait_backend(backend, addr)
+}
+
+/// The echo backend (`harness backend`, the test suite's echo server), pinned to the load CPU.
+pub(crate) fn start_echo(
+    root: &Path,
+    tools: &Tools,
+    exe: &Path,
+) -> anyhow::Result<(Spawned, SocketAddr)> {
+    let addr = free_port()?;
+    let log = workdir(root, "echo")?.join("stderr.log");
+    let mut cmd = pinned(&tools.taskset, LOAD_CPU, exe);
+    cmd.arg("backend")
+        .arg(addr.to_string())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).context("log file")?)
+        .stdin(Stdio::null());
+    let backend = Spawned::start("echo backend", cmd, Some(log))?;
+    wait_backend(backend, addr)
+}
+
+/// Waits until a backend answers `GET /` with 200.
+fn wait_backend(mut backend: Spawned, addr: SocketAddr) -> anyhow::Result<(Spawned, SocketAddr)> {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = backend.exited() {
@@ -266,7 +312,6 @@ pub(crate) struct Env<'a> {
     pub(crate) root: &'a Path,
     pub(crate) tools: &'a Tools,
     pub(crate) terminus: &'a Path,
-    pub(crate) backend: SocketAddr,
     pub(crate) certs: &'a Certs,
 }
 
@@ -283,6 +328,7 @@ pub(crate) fn start(
     env: &Env<'_>,
     proxy: Proxy,
     key: KeyType,
+    backend: SocketAddr,
     instance: usize,
 ) -> anyhow::Result<Running> {
     let addr = free_port()?;
@@ -301,7 +347,7 @@ pub(crate) fn start(
                 .arg("--key")
                 .arg(&cert.key)
                 .arg("--backend")
-                .arg(env.backend.to_string())
+                .arg(backend.to_string())
                 .arg("--admin")
                 .arg(admin.to_string())
                 .arg("--threads")
@@ -312,7 +358,7 @@ pub(crate) fn start(
         }
         Proxy::Haproxy => {
             let conf = dir.join("haproxy.cfg");
-            fs::write(&conf, haproxy_config(addr, env.backend, &cert.bundle))
+            fs::write(&conf, haproxy_config(addr, backend, &cert.bundle))
                 .context("write haproxy config")?;
             let mut cmd = pinned(&env.tools.taskset, PROXY_CPU, &env.tools.haproxy);
             cmd.arg("-db").arg("-f").arg(&conf);
@@ -322,7 +368,7 @@ pub(crate) fn start(
             env.tools,
             PROXY_CPU,
             &dir,
-            &nginx_config(addr, env.backend, cert),
+            &nginx_config(addr, backend, cert),
         )?,
     };
     // Logs are discarded for every proxy alike: terminus's access log is its stdout.

@@ -27,6 +27,20 @@ pub(crate) enum Scenario {
     H2,
     Lat,
     Idle,
+    BulkDown,
+    BulkUp,
+    Ws,
+    IdleH2,
+}
+
+/// Which backend a scenario's proxies forward to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// nginx: `200 ok` for everything, and a 1 MiB file under `/bulk/`.
+    Nginx,
+    /// The test suite's echo backend (`harness backend`): reads every request body to its end
+    /// before it answers, and echoes WebSocket messages on `/ws`.
+    Echo,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,9 +86,19 @@ pub(crate) struct Settings {
 /// Connections in flight for the handshake scenarios, and keep-alive connections for `lat`.
 const HS_CONCURRENCY: usize = 16;
 const LAT_CONNECTIONS: usize = 16;
+/// Keep-alive connections of the bulk scenarios, each moving one 1 MiB body at a time.
+const BULK_CONNECTIONS: usize = 16;
+/// The bulk body size.
+pub(crate) const BULK_BYTES: usize = 1 << 20;
+/// The file the backend serves for `bulk_down` (under its `/bulk/` location).
+pub(crate) const BULK_PATH: &str = "/bulk/1m";
+/// WebSocket connections, messages in flight on each, and the message size.
+const WS_CONNECTIONS: usize = 32;
+const WS_WINDOW: usize = 16;
+const WS_MESSAGE_BYTES: usize = 64;
 
 impl Scenario {
-    pub(crate) const ALL: [Scenario; 7] = [
+    pub(crate) const ALL: [Scenario; 11] = [
         Scenario::Ka,
         Scenario::HsFull,
         Scenario::HsFullRsa,
@@ -82,6 +106,10 @@ impl Scenario {
         Scenario::H2,
         Scenario::Lat,
         Scenario::Idle,
+        Scenario::IdleH2,
+        Scenario::BulkDown,
+        Scenario::BulkUp,
+        Scenario::Ws,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -93,6 +121,17 @@ impl Scenario {
             Scenario::H2 => "h2",
             Scenario::Lat => "lat",
             Scenario::Idle => "idle",
+            Scenario::IdleH2 => "idle_h2",
+            Scenario::BulkDown => "bulk_down",
+            Scenario::BulkUp => "bulk_up",
+            Scenario::Ws => "ws",
+        }
+    }
+
+    pub(crate) fn backend(self) -> Backend {
+        match self {
+            Scenario::BulkUp | Scenario::Ws => Backend::Echo,
+            _ => Backend::Nginx,
         }
     }
 
@@ -131,6 +170,14 @@ impl Scenario {
                 &format!("RSS KiB/conn (n={})", s.idle_connections),
                 Lower,
             )],
+            Scenario::IdleH2 => vec![metric(
+                &format!("RSS KiB/conn h2 (n={})", s.idle_connections),
+                Lower,
+            )],
+            Scenario::BulkDown | Scenario::BulkUp => {
+                vec![metric("MiB/s", Higher), metric("proxy cpu µs/MiB", Lower)]
+            }
+            Scenario::Ws => vec![metric("msg/s", Higher), metric("proxy cpu µs/msg", Lower)],
         }
     }
 }
@@ -179,7 +226,7 @@ pub(crate) struct Measurement {
 }
 
 /// What the scenarios run with.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Ctx<'a> {
     pub(crate) settings: &'a Settings,
     pub(crate) tools: &'a Tools,
@@ -295,8 +342,63 @@ pub(crate) fn measure(
                 detail: r,
             })
         }
-        Scenario::Idle => idle(ctx, proxy),
+        Scenario::Idle => idle(ctx, proxy, false),
+        Scenario::IdleH2 => idle(ctx, proxy, true),
+        Scenario::BulkDown | Scenario::BulkUp => {
+            let mut cmd = pinned(&ctx.tools.taskset, LOAD_CPU, &ctx.tools.wrk);
+            cmd.args(["-t1", &format!("-c{BULK_CONNECTIONS}"), &format!("-d{d}s")]);
+            let url = if scenario == Scenario::BulkUp {
+                cmd.arg("-s").arg(upload_script(ctx.dir)?);
+                format!("https://{HOST}:{}/up", addr.port())
+            } else {
+                format!("https://{HOST}:{}{BULK_PATH}", addr.port())
+            };
+            cmd.arg(url);
+            let (out, usage) = ctx.sample(pid, || run_bounded("wrk", cmd, ctx.dir, ctx.limit()))?;
+            let w = parse_wrk(&out.stdout)?;
+            // One 1 MiB body per request: requests are MiB.
+            Ok(per_request(w.ok, w.errors, w.rate, usage, w.detail))
+        }
+        Scenario::Ws => {
+            let mut cmd = ctx.client("ws", addr);
+            cmd.args([
+                "-c",
+                &WS_CONNECTIONS.to_string(),
+                "--window",
+                &WS_WINDOW.to_string(),
+                "--size",
+                &WS_MESSAGE_BYTES.to_string(),
+                "-d",
+                &d.to_string(),
+            ]);
+            let (out, usage) =
+                ctx.sample(pid, || run_bounded("tlsload", cmd, ctx.dir, ctx.limit()))?;
+            let r = last_json(&out.stdout)?;
+            let (ok, errors) = (count(&r, "ok"), count(&r, "errors"));
+            Ok(per_request(
+                ok,
+                errors,
+                number(&r, "rate"),
+                usage,
+                r.clone(),
+            ))
+        }
     }
+}
+
+/// A wrk script that POSTs a [`BULK_BYTES`] body (wrk adds its Content-Length), written once
+/// into `dir`.
+fn upload_script(dir: &Path) -> anyhow::Result<PathBuf> {
+    let path = dir.join("upload.lua");
+    if !path.exists() {
+        let script = format!(
+            "wrk.method = \"POST\"\n\
+             wrk.body = string.rep(\"x\", {BULK_BYTES})\n\
+             wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n"
+        );
+        std::fs::write(&path, script).context("write the upload script")?;
+    }
+    Ok(path)
 }
 
 /// Throughput and the proxy's CPU per successful request.
@@ -315,15 +417,19 @@ fn per_request(ok: u64, errors: u64, rate: f64, usage: Usage, detail: Value) -> 
     }
 }
 
-/// RSS of the proxy before and after N idle connections are open, per connection.
-fn idle(ctx: &Ctx<'_>, proxy: &mut Running) -> anyhow::Result<Measurement> {
+/// RSS of the proxy before and after N idle connections are open (HTTP/1.1, or HTTP/2 with
+/// `h2`), per connection.
+fn idle(ctx: &Ctx<'_>, proxy: &mut Running, h2: bool) -> anyhow::Result<Measurement> {
     let pid = proxy.process.pid();
     let n = ctx.settings.idle_connections;
     std::thread::sleep(Duration::from_millis(500));
     let before = procfs::tree_rss_kib(pid);
     let mut cmd = ctx.client("idle", proxy.addr);
-    cmd.args(["-n", &n.to_string(), "--hold", "600"])
-        .stdin(Stdio::null())
+    cmd.args(["-n", &n.to_string(), "--hold", "600"]);
+    if h2 {
+        cmd.arg("--h2");
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut client = Spawned::start("tlsload idle", cmd, None)?;
