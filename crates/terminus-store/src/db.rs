@@ -299,8 +299,8 @@ pub struct Undecodable {
 }
 
 /// A record from [`Reader::each_cert_encoded`], decoded as [`Reader::each_cert`] does.
-pub(crate) fn decode_cert(key: String, bytes: &[u8]) -> Result<CertRecord, Undecodable> {
-    decode_from_verified_file(bytes).map_err(|error| Undecodable { key, error })
+pub(crate) fn decode_cert(bytes: &[u8]) -> Result<CertRecord> {
+    decode_from_verified_file(bytes)
 }
 
 impl Reader {

@@ -625,7 +625,7 @@ fn load_certs(
             let batch = receive.lock().unwrap_or_else(|p| p.into_inner()).recv();
             let Ok(batch) = batch else { return out };
             for (key, bytes) in batch {
-                match decode_cert(key, &bytes) {
+                match decode_cert(&bytes) {
                     Ok(record) if reserved.certs.contains(&record.name) => {
                         out.shadowed.push(record.name)
                     }
@@ -636,10 +636,10 @@ fn load_certs(
                         }
                         Err(q) => out.quarantined.push(q),
                     },
-                    Err(bad) => out.quarantined.push(Quarantine {
-                        name: bad.key,
+                    Err(error) => out.quarantined.push(Quarantine {
+                        name: key,
                         code: R17,
-                        reason: bad.error.to_string(),
+                        reason: error.to_string(),
                     }),
                 }
             }
