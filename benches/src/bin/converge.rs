@@ -424,6 +424,16 @@ async fn scale(
             seconds(router_ticks),
             seconds(etcd_cpu() - etcd_before)
         );
+        if let Some(pid) = children.0.last().map(Child::id) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if let Ok(kib) = terminus_benches::procfs::rss_kib(pid) {
+                println!(
+                    "    RSS 5 s later: {:.0} MiB, {:.2} KiB per certificate",
+                    kib as f64 / 1024.0,
+                    kib as f64 / n.max(1) as f64
+                );
+            }
+        }
         let log = std::fs::read_to_string(dir.join("r0.log")).unwrap_or_default();
         for phase in [
             "fleet store listed",
