@@ -815,7 +815,7 @@ async fn acm_in_a_fleet(challenge: &str) {
     }
     let fleet = Fleet::start().await;
     let ports = pebble::Ports::new();
-    let acme = ports.acme_toml(challenge);
+    let acme = pebble::acme_toml(&ports, challenge);
     let endpoints = fleet.etcd.endpoints();
     let a = Node::start(fleet.config_with("a", &endpoints, FLEET_KEY, &acme)).await;
     let b = fleet.router("b").await;
@@ -959,8 +959,8 @@ async fn acm_an_order_left_by_a_stopped_router_is_finished_by_another() {
     }
     let fleet = Fleet::start().await;
     let ports = pebble::Ports::new();
-    let acme = ports.acme_dns_toml();
-    let hold = ports.hold();
+    let acme = pebble::acme_dns_toml(&ports);
+    let hold = pebble::hold(&ports);
     std::fs::write(&hold, "").unwrap();
     let endpoints = fleet.etcd.endpoints();
     let mut a = Node::start(fleet.config_with("a", &endpoints, FLEET_KEY, &acme)).await;

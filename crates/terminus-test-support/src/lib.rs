@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod client;
 pub mod logs;
+pub mod pebble;
 pub mod pki;
 pub mod raw_tls;
 pub mod tempdir;
