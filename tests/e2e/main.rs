@@ -14,6 +14,7 @@ mod exhaustion;
 mod guards;
 mod harness;
 mod hostile;
+mod keepalive;
 mod lifecycle;
 mod listing;
 mod process;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -70,6 +71,11 @@ pub(crate) struct Activity {
     heads: AtomicBool,
     in_flight: AtomicUsize,
     cut: AtomicU8,
+    /// The last response left the HTTP/1 connection reusable (see [`Activity::reusable`]).
+    reusable: AtomicBool,
+    /// The connection is being taken apart to wait for its next request without its HTTP/1
+    /// state: a shutdown of the stream is then not a close.
+    recycling: AtomicBool,
 }
 
 /// What the watchdog should do after a look.
@@ -104,6 +110,8 @@ impl Activity {
             heads: AtomicBool::new(heads),
             in_flight: AtomicUsize::new(0),
             cut: AtomicU8::new(Cut::None as u8),
+            reusable: AtomicBool::new(false),
+            recycling: AtomicBool::new(false),
         })
     }
 
@@ -186,6 +194,37 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// Whether the HTTP/1 connection, after the response now being sent, would wait for
+    /// another request: a request arriving says no until its own response says yes.
+    pub(crate) fn reusable(&self, yes: bool) {
+        self.reusable.store(yes, Ordering::Relaxed);
+    }
+
+    /// Nothing in flight and the last response left the connection reusable: starts taking it
+    /// apart (once; see [`TrackedIo`]'s shutdown).
+    pub(crate) fn start_recycling(&self) -> bool {
+        if self.in_flight.load(Ordering::Relaxed) != 0
+            || self.recycling.load(Ordering::Relaxed)
+            || !self.reusable.swap(false, Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.recycling.store(true, Ordering::Relaxed);
+        true
+    }
+
+    /// Nothing in flight and the last response left the connection reusable.
+    pub(crate) fn waiting_reusable(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && self.reusable.load(Ordering::Relaxed)
+            && !self.recycling.load(Ordering::Relaxed)
+    }
+
+    /// Ends the taking apart; whether it had begun.
+    pub(crate) fn end_recycling(&self) -> bool {
+        self.recycling.swap(false, Ordering::Relaxed)
+    }
+
     /// One look by the watchdog at `now`.
     pub(crate) fn look(&self, watch: &mut Watch, now: Instant, limits: &Limits) -> Verdict {
         let every = limits.interval();
@@ -250,6 +289,8 @@ pub(crate) struct TrackedIo<I> {
     activity: Arc<Activity>,
     first_read: bool,
     last_words: Option<LastWords<I>>,
+    /// Bytes read (and reported) already, handed back to be read again first.
+    unread: Bytes,
 }
 
 impl<I> TrackedIo<I> {
@@ -260,7 +301,24 @@ impl<I> TrackedIo<I> {
             activity,
             first_read: true,
             last_words: None,
+            unread: Bytes::new(),
         }
+    }
+
+    /// Puts `bytes`, which came before anything not yet read, back in front of the stream.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        if self.unread.is_empty() {
+            self.unread = bytes;
+        } else if !bytes.is_empty() {
+            let mut both = BytesMut::with_capacity(bytes.len() + self.unread.len());
+            both.extend_from_slice(&bytes);
+            both.extend_from_slice(&self.unread);
+            self.unread = both.freeze();
+        }
+    }
+
+    pub(crate) fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 
     /// Writes [`REQUEST_TIMEOUT`] with `last_words` if the watchdog cut the connection for it.
@@ -285,6 +343,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for TrackedIo<I> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -335,6 +398,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for TrackedIo<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // HTTP/1 ending the connection so that it can wait for its next request without
+        // hyper's buffers: the stream stays open.
+        if this.activity.recycling.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         let r = Pin::new(&mut this.inner).poll_shutdown(cx);
         if r.is_pending() {
             this.activity.blocked();
@@ -469,5 +537,50 @@ mod tests {
             c.look(&mut Watch::default(), Instant::now(), &LIMITS),
             Verdict::Wait(_)
         ));
+    }
+
+    #[test]
+    fn recycling_needs_a_reusable_response_and_nothing_in_flight() {
+        let a = Activity::new(true);
+        assert!(!a.start_recycling(), "no response yet");
+        let req = a.request();
+        a.reusable(true);
+        assert!(!a.waiting_reusable() && !a.start_recycling(), "in flight");
+        drop(req);
+        assert!(a.waiting_reusable());
+        assert!(a.start_recycling());
+        assert!(!a.start_recycling(), "once");
+        assert!(a.end_recycling());
+        assert!(!a.end_recycling());
+        // A response that leaves the connection to close, or a request that arrives, says no.
+        a.reusable(true);
+        a.reusable(false);
+        assert!(!a.start_recycling());
+    }
+
+    #[tokio::test]
+    async fn unread_bytes_come_back_first_in_order_and_are_not_reported_again() {
+        use tokio::io::AsyncReadExt;
+        let (mut client, server) = tokio::io::duplex(64);
+        let a = Activity::new(true);
+        let mut io = TrackedIo::new(server, a.clone());
+        a.moved.store(false, Ordering::Relaxed);
+        io.unread(Bytes::from_static(b"third"));
+        io.unread(Bytes::from_static(b"first second "));
+        let mut buf = [0u8; 6];
+        io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"first ");
+        assert!(io.has_unread());
+        assert!(
+            !a.moved.load(Ordering::Relaxed),
+            "replayed bytes are not news"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut client, b" fourth")
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; b"second third fourth".len()];
+        io.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, b"second third fourth");
+        assert!(a.moved.load(Ordering::Relaxed));
     }
 }

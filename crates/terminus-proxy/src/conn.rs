@@ -1,15 +1,18 @@
 //! One client connection: the TLS handshake (see [`crate::handshake`]), then HTTP/1.1 or
 //! HTTP/2 until it closes, the router shuts down, or its watchdog cuts it.
 
+use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use http::HeaderValue;
-use hyper::service::service_fn;
+use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use terminus_metrics::ProxyProtocolLabels;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -19,6 +22,7 @@ use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watc
 use crate::fault::Fault;
 use crate::info::ConnInfo;
 use crate::proxy_header::Rejected;
+use crate::service::Svc;
 use crate::shutdown::Tracker;
 use crate::state::Shared;
 use crate::streams::Streams;
@@ -110,18 +114,17 @@ pub(crate) async fn serve(
     // Each stage is boxed, so the task holds only the one running: held inline, the stages'
     // states do not all share their space, and every idle connection would carry all of them.
     if !tls {
-        Box::pin(serve_http(
-            shared.clone(),
-            tcp,
-            info,
-            stop,
-            plain_last_words,
-        ))
-        .await;
+        let serving: Serving = Box::pin(serve_http(shared, tcp, info, stop, plain_last_words));
+        serving.await;
         return;
     }
-    // Dropped once done: the handshake's state is needed only until it completes.
-    let mut pending = Box::pin(crate::handshake::handshake(&shared, tcp));
+    // Dropped once done: the handshake's state is needed only until it completes. The stream
+    // comes out boxed: held inline, its 1.2 KB would stay in this task for the connection's life.
+    let mut pending = Box::pin(async {
+        crate::handshake::handshake(&shared, tcp)
+            .await
+            .map(|(stream, tls)| (Box::new(TlsIo::new(stream)), tls))
+    });
     let handshake = tokio::select! {
         _ = stop.changed() => {
             if !shared.handing_over() {
@@ -143,18 +146,21 @@ pub(crate) async fn serve(
             info.span
                 .record("alpn", String::from_utf8_lossy(alpn).as_ref());
         }
+        let http1 = tls_info.alpn.as_deref() == Some(terminus_tls::ALPN_HTTP11);
         info.tls = Some(tls_info);
-        let stream = TlsIo::new(stream);
-        Box::pin(serve_http(
-            shared.clone(),
-            stream,
-            info,
-            stop,
-            tls_last_words,
-        ))
-        .await;
+        // Made in a statement of its own: a temporary would keep its (unboxed) size in this
+        // task across the await.
+        let serving: Serving = if http1 {
+            Box::pin(serve_http1(shared, stream, info, stop, tls_last_words))
+        } else {
+            Box::pin(serve_http(shared, stream, info, stop, tls_last_words))
+        };
+        serving.await;
     }
 }
+
+/// A connection's HTTP stage, boxed (see `serve`).
+type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The client's address on a PROXY protocol listener: the header's, or the connection's own when
 /// the header carries none (or, with `optional`, there is none). Untrusted sources are refused
@@ -183,7 +189,7 @@ fn plain_last_words(tcp: &mut TcpStream, bytes: &[u8]) {
 }
 
 /// TLS: the bytes and a close_notify, encrypted and written as far as the socket takes them now.
-fn tls_last_words(stream: &mut TlsIo, bytes: &[u8]) {
+fn tls_last_words(stream: &mut Box<TlsIo>, bytes: &[u8]) {
     let (tcp, session) = stream.get_mut();
     if session.writer().write_all(bytes).is_ok() {
         session.send_close_notify();
@@ -208,6 +214,64 @@ impl Write for TryWrite<'_> {
     }
 }
 
+/// What the watchdog's look asks of the connection.
+enum Tick {
+    /// Nothing: it looks again later.
+    Wait,
+    /// Idle: close politely (after the in-flight response, if any).
+    Close,
+    /// Drop the connection now.
+    Drop,
+}
+
+/// One look by the watchdog: re-arms it, and marks and logs a cut.
+fn tick(
+    shared: &Shared,
+    info: &ConnInfo,
+    watch: &mut Watch,
+    limits: &Limits,
+    watchdog: std::pin::Pin<&mut tokio::time::Sleep>,
+    closing: &mut bool,
+) -> Tick {
+    let activity = &info.activity;
+    match activity.look(watch, Instant::now(), limits) {
+        Verdict::Wait(next) => {
+            watchdog.reset(next);
+            Tick::Wait
+        }
+        // Nothing in flight and nothing moved (including a client that never sent a byte):
+        // close politely, or, if asked once already, drop.
+        Verdict::Idle if !*closing => {
+            *closing = true;
+            watchdog.reset(Instant::now() + limits.interval());
+            Tick::Close
+        }
+        Verdict::Idle => Tick::Drop,
+        // The client stopped reading a response: drop the connection (logged H28 by the
+        // response body as it is dropped).
+        Verdict::Stalled => {
+            activity.mark_cut(Cut::Stalled);
+            Tick::Drop
+        }
+        // A request head started but did not finish: 408 as the stream is dropped.
+        Verdict::HeadTimeout => {
+            activity.mark_cut(Cut::HeadTimeout);
+            crate::access_log::AccessLog::connection(shared, info, Fault::RequestHeadTimeout)
+                .emit();
+            Tick::Drop
+        }
+    }
+}
+
+fn limits(shared: &Shared) -> Limits {
+    Limits {
+        idle: shared.settings.idle_timeout,
+        request_head: shared.settings.request_head_timeout,
+    }
+}
+
+/// HTTP/2 (ALPN `h2`), or either protocol told apart by its first bytes (plaintext, or TLS
+/// without ALPN).
 async fn serve_http<I>(
     shared: Arc<Shared>,
     io: I,
@@ -221,28 +285,17 @@ async fn serve_http<I>(
     // ALPN already said which protocol: skip hyper-util's sniffing of the first bytes.
     let builder = match info.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
         Some(terminus_tls::ALPN_H2) => &shared.http2,
-        Some(terminus_tls::ALPN_HTTP11) => &shared.http1,
         _ => &shared.http,
     };
     let info = Arc::new(info);
-    let svc_shared = shared.clone();
-    let svc_info = info.clone();
-    // Boxed: hyper moves the request's future several times on its way to being polled (into
-    // its HTTP/2 stream, that into the executor); a pointer moves cheaper than the whole state.
-    let service = service_fn(move |req| {
-        Box::pin(crate::service::handle(
-            svc_shared.clone(),
-            svc_info.clone(),
-            req,
-        ))
-    });
+    let service = Svc {
+        shared: shared.clone(),
+        conn: info.clone(),
+    };
     let io = TrackedIo::new(io, activity.clone()).with_last_words(last_words);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let limits = Limits {
-        idle: shared.settings.idle_timeout,
-        request_head: shared.settings.request_head_timeout,
-    };
+    let limits = limits(&shared);
     // HTTP/2 streams run on this task (see streams.rs).
     let mut streams = Streams::default();
     let mut watch = Watch::default();
@@ -266,29 +319,243 @@ async fn serve_http<I>(
         tokio::select! {
             result = std::future::poll_fn(|cx| streams.poll_with(conn.as_mut(), cx)) => break result,
             _ = stop.changed(), if !stopping => stopping = true,
-            _ = &mut watchdog => match activity.look(&mut watch, Instant::now(), &limits) {
-                Verdict::Wait(next) => watchdog.as_mut().reset(next),
-                // Nothing in flight and nothing moved (including a client that never sent a
-                // byte): close politely, or, if asked once already, drop.
-                Verdict::Idle if !closing => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                    watchdog.as_mut().reset(Instant::now() + limits.interval());
+            _ = &mut watchdog => match tick(&shared, &info, &mut watch, &limits, watchdog.as_mut(), &mut closing) {
+                Tick::Wait => {}
+                Tick::Close => conn.as_mut().graceful_shutdown(),
+                Tick::Drop => break Ok(()),
+            },
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+type Http1Conn<I> = http1::UpgradeableConnection<TokioIo<TrackedIo<I>>, Svc>;
+
+/// An HTTP/1.1 connection (ALPN `http/1.1`) between requests holds no HTTP state: once a
+/// response is done and the connection would wait for another request, hyper's connection is
+/// taken apart (its read and write buffers go with it) and the stream waits on its own; the
+/// next bytes start a new one, with the same service and any bytes hyper had read ahead.
+/// (nginx frees its request buffers between keep-alive requests the same way.)
+enum Http1<I> {
+    Serving(std::pin::Pin<Box<Http1Conn<I>>>),
+    // The count is held for its drop.
+    Waiting(TrackedIo<I>, Svc, #[allow(dead_code)] Counted),
+    /// Closing politely: TLS close_notify, then FIN.
+    Closing(TrackedIo<I>),
+    Gone,
+}
+
+impl<I> Http1<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn serve(shared: &Shared, io: TrackedIo<I>, service: Svc) -> Self {
+        Self::Serving(Box::pin(
+            shared
+                .http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        ))
+    }
+
+    fn waiting(io: TrackedIo<I>, service: Svc) -> Self {
+        let counted = Counted::new(&service.shared);
+        Self::Waiting(io, service, counted)
+    }
+
+    /// Close after the in-flight response (now, if there is none).
+    fn close(&mut self) {
+        match std::mem::replace(self, Self::Gone) {
+            Self::Serving(mut conn) => {
+                conn.as_mut().graceful_shutdown();
+                *self = Self::Serving(conn);
+            }
+            Self::Waiting(io, _, _) | Self::Closing(io) => *self = Self::Closing(io),
+            Self::Gone => {}
+        }
+    }
+
+    fn poll(
+        &mut self,
+        shared: &Shared,
+        activity: &Activity,
+        quiet: &mut Quiet,
+        closing: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), BoxError>> {
+        loop {
+            match self {
+                Self::Serving(conn) => match conn.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        if closing || !quiet.elapsed(activity, cx) || !activity.start_recycling() {
+                            return Poll::Pending;
+                        }
+                        // Idle, or idle once the response's last bytes are written: hyper
+                        // ends the connection then, and the stream is not shut down.
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Ready(Ok(())) => {
+                        if !activity.end_recycling() {
+                            return Poll::Ready(Ok(()));
+                        }
+                        let Self::Serving(conn) = std::mem::replace(self, Self::Gone) else {
+                            unreachable!()
+                        };
+                        // None after an upgrade, which a reusable exchange is not.
+                        let Some(parts) = std::pin::Pin::into_inner(conn).into_parts() else {
+                            return Poll::Ready(Ok(()));
+                        };
+                        let mut io = parts.io.into_inner();
+                        io.unread(parts.read_buf);
+                        // Not needed again until the next response: it goes too.
+                        quiet.timer = None;
+                        *self = if closing {
+                            Self::Closing(io)
+                        } else if io.has_unread() {
+                            Self::serve(shared, io, parts.service)
+                        } else {
+                            Self::waiting(io, parts.service)
+                        };
+                    }
+                },
+                Self::Waiting(io, _, _) => {
+                    // A small read on the stack: nothing is held while the client is away.
+                    let mut buf = [0u8; 512];
+                    let mut read = ReadBuf::new(&mut buf);
+                    match std::pin::Pin::new(&mut *io).poll_read(cx, &mut read) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                        Poll::Ready(Ok(())) => {
+                            let Self::Waiting(mut io, service, _) =
+                                std::mem::replace(self, Self::Gone)
+                            else {
+                                unreachable!()
+                            };
+                            *self = if read.filled().is_empty() {
+                                // The client closed: so do we, as hyper would.
+                                Self::Closing(io)
+                            } else {
+                                io.unread(Bytes::copy_from_slice(read.filled()));
+                                Self::serve(shared, io, service)
+                            };
+                        }
+                    }
                 }
-                Verdict::Idle => break Ok(()),
-                // The client stopped reading a response: drop the connection (logged H28 by
-                // the response body as it is dropped).
-                Verdict::Stalled => {
-                    activity.mark_cut(Cut::Stalled);
-                    break Ok(());
+                Self::Closing(io) => {
+                    return std::pin::Pin::new(io)
+                        .poll_shutdown(cx)
+                        .map(|r| r.map_err(Into::into));
                 }
-                // A request head started but did not finish: 408 as the stream is dropped.
-                Verdict::HeadTimeout => {
-                    activity.mark_cut(Cut::HeadTimeout);
-                    crate::access_log::AccessLog::connection(&shared, &info, Fault::RequestHeadTimeout)
-                        .emit();
-                    break Ok(());
-                }
+                Self::Gone => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Counts a connection as waiting without HTTP state while it lives.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Counted {
+    fn new(shared: &Shared) -> Self {
+        shared
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(shared.waiting.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// How long an HTTP/1 connection keeps hyper's state after a response before it is taken
+/// apart to wait: taking it apart and making it again costs about as much as a seventh of a
+/// request, so a connection busy with back-to-back requests keeps it, and one a browser
+/// leaves open lets it go almost at once.
+const KEEP_STATE_FOR: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Times the quiet after a response (see [`KEEP_STATE_FOR`]).
+#[derive(Default)]
+struct Quiet {
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl Quiet {
+    /// Whether the connection has been reusable and idle for [`KEEP_STATE_FOR`]; starts the
+    /// clock when it first is. A request in between is seen by the caller's recycling check.
+    fn elapsed(&mut self, activity: &Activity, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            if !activity.waiting_reusable() {
+                return false;
+            }
+            let at = Instant::now() + KEEP_STATE_FOR;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        let Some(timer) = &mut self.timer else {
+            return false;
+        };
+        if timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.armed = false;
+        true
+    }
+}
+
+async fn serve_http1<I>(
+    shared: Arc<Shared>,
+    io: I,
+    info: ConnInfo,
+    mut stop: watch::Receiver<bool>,
+    last_words: LastWords<I>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = info.activity.clone();
+    let info = Arc::new(info);
+    let service = Svc {
+        shared: shared.clone(),
+        conn: info.clone(),
+    };
+    let io = TrackedIo::new(io, activity.clone()).with_last_words(last_words);
+    // A connection opened ahead of its first request (a browser's preconnect) waits as one
+    // between requests does.
+    let mut conn = Http1::waiting(io, service);
+    let mut quiet = Quiet::default();
+    let limits = limits(&shared);
+    let mut watch = Watch::default();
+    let watchdog = tokio::time::sleep(limits.interval());
+    tokio::pin!(watchdog);
+    let mut stopping = *stop.borrow_and_update();
+    let mut closing = false;
+    let result = loop {
+        if stopping && !closing {
+            closing = true;
+            // After an upgrade, the connection is closed after its next response
+            // (`Connection: close`, see service.rs), not now: a request may be on its way.
+            if !shared.handing_over() {
+                conn.close();
+            }
+        }
+        tokio::select! {
+            result = std::future::poll_fn(|cx| conn.poll(&shared, &activity, &mut quiet, closing, cx)) => break result,
+            _ = stop.changed(), if !stopping => stopping = true,
+            _ = &mut watchdog => match tick(&shared, &info, &mut watch, &limits, watchdog.as_mut(), &mut closing) {
+                Tick::Wait => {}
+                Tick::Close => conn.close(),
+                Tick::Drop => break Ok(()),
             },
         }
     };

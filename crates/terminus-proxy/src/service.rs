@@ -31,6 +31,21 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let http1 = req.version() != Version::HTTP_2;
+    // Whether hyper keeps an HTTP/1.1 connection open after this exchange, judged as it does
+    // and no further: a request with a body may not have been read to its end.
+    let reusable = req.version() == Version::HTTP_11
+        && hyper::body::Body::is_end_stream(req.body())
+        && req.method() != Method::CONNECT
+        && !req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                let t = t.trim();
+                t.eq_ignore_ascii_case("close") || t.eq_ignore_ascii_case("upgrade")
+            });
     // Its id and host are recorded by `respond` once known. The span covers routing, the
     // backend attempts and the response head; the body streams under the connection's span.
     let span = tracing::debug_span!(
@@ -41,13 +56,21 @@ pub(crate) async fn handle(
         host = tracing::field::Empty,
         path = req.uri().path(),
     );
-    let mut response = respond(shared.clone(), conn, req).instrument(span).await?;
+    let mut response = respond(shared.clone(), conn.clone(), req)
+        .instrument(span)
+        .await?;
     // Draining after an upgrade: this HTTP/1 connection closes after this response, and the
     // client knows before it sends another request (the new process serves that one).
     if http1 && shared.handing_over() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if reusable
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && !response.headers().contains_key(CONNECTION)
+    {
+        conn.activity.reusable(true);
     }
     Ok(response)
 }
@@ -339,6 +362,29 @@ fn is_upgrade(parts: &http::request::Parts) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// The service hyper calls for each request of a connection.
+#[derive(Clone)]
+pub(crate) struct Svc {
+    pub shared: Arc<Shared>,
+    pub conn: Arc<ConnInfo>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for Svc {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    // Boxed: hyper moves the request's future several times on its way to being polled (into
+    // its HTTP/2 stream, that into the executor); a pointer moves cheaper than the whole state.
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+    >;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // Until its response says otherwise, a request in progress keeps the connection whole.
+        self.conn.activity.reusable(false);
+        Box::pin(handle(self.shared.clone(), self.conn.clone(), req))
+    }
 }
 
 fn origin_form(uri: &Uri) -> Uri {

@@ -1,11 +1,12 @@
 //! What every connection shares: the settings taken from the config, the certificate index,
 //! the route table, the TLS policy, metrics, the backend pool and the HTTP server builders.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::conn::auto;
 use ipnet::IpNet;
@@ -90,14 +91,17 @@ pub struct Shared {
     pub(crate) pool: pool::Pool<RequestBody>,
     /// HTTP/1.1 or HTTP/2, told apart by the first bytes (plaintext, or TLS without ALPN).
     pub(crate) http: auto::Builder<StreamExec>,
-    /// ALPN said `http/1.1`.
-    pub(crate) http1: auto::Builder<StreamExec>,
+    /// ALPN said `http/1.1`: hyper's own builder, whose connections can be taken apart
+    /// between requests (see conn.rs).
+    pub(crate) http1: http1::Builder,
     /// ALPN said `h2`.
     pub(crate) http2: auto::Builder<StreamExec>,
     /// Set when another process has taken over the listeners (binary upgrade): the drain
     /// then closes HTTP/1 connections after a response rather than while idle. Shared by
     /// every generation a reload makes, so connections accepted before a reload see it too.
     pub(crate) handing_over: Arc<AtomicBool>,
+    /// HTTP/1 connections waiting for a request without HTTP state (see conn.rs).
+    pub(crate) waiting: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -114,12 +118,12 @@ impl std::fmt::Debug for Shared {
 fn builders(
     settings: &Settings,
 ) -> (
-    auto::Builder<StreamExec>,
+    http1::Builder,
     auto::Builder<StreamExec>,
     auto::Builder<StreamExec>,
 ) {
-    let mut http = auto::Builder::new(StreamExec);
-    http.http1()
+    let mut http1 = http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         // The connection's watchdog times heads (request_head, from the first byte) and the
         // wait for them (idle); hyper's own timer would start before the first byte and
@@ -131,13 +135,20 @@ fn builders(
         // one chunk).
         .max_buf_size(settings.max_request_head)
         .max_headers(settings.max_headers);
+    let mut http = auto::Builder::new(StreamExec);
+    // The same HTTP/1 settings where the first bytes tell the protocol.
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.idle_timeout + settings.request_head_timeout)
+        .max_buf_size(settings.max_request_head)
+        .max_headers(settings.max_headers);
     http.http2()
         .timer(TokioTimer::new())
         // h2 answers a larger header block with 431 and resets the stream.
         .max_header_list_size(u32::try_from(settings.max_request_head).unwrap_or(u32::MAX))
         .max_send_buf_size(H2_SEND_BUFFER)
         .max_concurrent_streams(256);
-    (http.clone().http1_only(), http.clone().http2_only(), http)
+    (http1, http.clone().http2_only(), http)
 }
 
 impl Shared {
@@ -167,6 +178,7 @@ impl Shared {
             http2,
             http,
             handing_over: Arc::new(AtomicBool::new(false)),
+            waiting: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -192,12 +204,18 @@ impl Shared {
             http2,
             http,
             handing_over: self.handing_over.clone(),
+            waiting: self.waiting.clone(),
         })
     }
 
     /// Whether this process is draining after handing its listeners to a new one.
     pub(crate) fn handing_over(&self) -> bool {
         self.handing_over.load(Ordering::Acquire)
+    }
+
+    /// HTTP/1.1 client connections waiting for their next request with no HTTP state held.
+    pub fn waiting_connections(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Idle backend connections in the pool.
