@@ -14,11 +14,20 @@ if docker info >/dev/null 2>&1; then
   # The container test (tests/container) runs the compose example too.
   ./scripts/ensure-packages.sh docker-compose:docker-compose
 fi
+# cargo-deny, when missing, is built meanwhile: the release build's long link uses one core.
+mkdir -p target
+./scripts/supply-chain.sh --install-only >target/cargo-deny-install.log 2>&1 &
+deny_install=$!
 echo "== release binaries (the container test builds its image from them)"
 cargo build --release --locked --bin terminus --bin terminus-echo
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 echo "== supply chain: cargo deny (RustSec advisories from the offline snapshot, licenses, bans, sources)"
+if ! wait "$deny_install"; then
+  cat target/cargo-deny-install.log >&2
+  echo "installing cargo-deny failed (log above)" >&2
+  exit 1
+fi
 ./scripts/supply-chain.sh
 echo "== example config and its certificates"
 ./config/gen-certs.sh config/certs >/dev/null
