@@ -41,6 +41,17 @@ async fn stateless(r: &TestRouter, n: usize) {
     .await;
 }
 
+/// A connection that made one request (`path`) and now waits without HTTP state; the bytes read
+/// past that response.
+async fn waiting_after(r: &TestRouter, path: &str) -> (Stream, Vec<u8>) {
+    let mut s = connect(r).await;
+    let mut pending = Vec::new();
+    s.write_all(get(path).as_bytes()).await.unwrap();
+    response(&mut s, &mut pending).await;
+    stateless(r, 1).await;
+    (s, pending)
+}
+
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: www.example.com\r\n\r\n")
 }
@@ -119,12 +130,8 @@ async fn requests_with_waits_between_them_are_served_on_one_connection() {
 async fn pipelined_requests_are_answered_in_order() {
     let echo = Backend::echo("web").await;
     let r = router(&echo, |_| {}).await;
-    let mut s = connect(&r).await;
-    let mut pending = Vec::new();
     // After a first exchange, so that the burst meets a connection that was waiting.
-    s.write_all(get("/first").as_bytes()).await.unwrap();
-    response(&mut s, &mut pending).await;
-    stateless(&r, 1).await;
+    let (mut s, mut pending) = waiting_after(&r, "/first").await;
     let burst: String = (0..20).map(|i| get(&format!("/p/{i}"))).collect();
     s.write_all(burst.as_bytes()).await.unwrap();
     for i in 0..20 {
@@ -144,11 +151,7 @@ async fn pipelined_requests_are_answered_in_order() {
 async fn a_request_split_across_the_wait_is_read_whole() {
     let echo = Backend::echo("web").await;
     let r = router(&echo, |_| {}).await;
-    let mut s = connect(&r).await;
-    let mut pending = Vec::new();
-    s.write_all(get("/one").as_bytes()).await.unwrap();
-    response(&mut s, &mut pending).await;
-    stateless(&r, 1).await;
+    let (mut s, mut pending) = waiting_after(&r, "/one").await;
     for piece in [
         "G",
         "ET /two HT",
@@ -227,11 +230,7 @@ async fn connection_close_and_http_1_0_end_the_connection_politely() {
         "GET /close HTTP/1.1\r\nhost: www.example.com\r\nconnection: close\r\n\r\n",
         "GET /old HTTP/1.0\r\nhost: www.example.com\r\n\r\n",
     ] {
-        let mut s = connect(&r).await;
-        let mut pending = Vec::new();
-        s.write_all(get("/first").as_bytes()).await.unwrap();
-        response(&mut s, &mut pending).await;
-        stateless(&r, 1).await;
+        let (mut s, mut pending) = waiting_after(&r, "/first").await;
         s.write_all(request.as_bytes()).await.unwrap();
         let (head, _) = response(&mut s, &mut pending).await;
         assert!(head.contains(" 200"), "{head}");
@@ -247,11 +246,7 @@ async fn connection_close_and_http_1_0_end_the_connection_politely() {
 async fn a_client_closing_a_waiting_connection_gets_a_close_in_return() {
     let echo = Backend::echo("web").await;
     let r = router(&echo, |_| {}).await;
-    let mut s = connect(&r).await;
-    let mut pending = Vec::new();
-    s.write_all(get("/one").as_bytes()).await.unwrap();
-    response(&mut s, &mut pending).await;
-    stateless(&r, 1).await;
+    let (mut s, _) = waiting_after(&r, "/one").await;
     // close_notify and FIN from the client; the router answers with its own and closes.
     s.shutdown().await.unwrap();
     assert!(closed_politely(&mut s, Duration::from_secs(3)).await);
@@ -281,11 +276,7 @@ async fn the_idle_and_request_head_timeouts_apply_after_a_request() {
         started.elapsed()
     );
     // A head begun after a response and never finished: 408.
-    let mut s = connect(&r).await;
-    let mut pending = Vec::new();
-    s.write_all(get("/one").as_bytes()).await.unwrap();
-    response(&mut s, &mut pending).await;
-    stateless(&r, 1).await;
+    let (mut s, _) = waiting_after(&r, "/one").await;
     s.write_all(b"GET /slow HTTP/1.1\r\nhost: www.exa")
         .await
         .unwrap();

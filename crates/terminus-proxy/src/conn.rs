@@ -410,8 +410,6 @@ where
                         };
                         let mut io = parts.io.into_inner();
                         io.unread(parts.read_buf);
-                        // Not needed again until the next response: it goes too.
-                        quiet.timer = None;
                         *self = if closing {
                             Self::Closing(io)
                         } else if io.has_unread() {
@@ -481,35 +479,25 @@ impl Drop for Counted {
 /// leaves open lets it go almost at once.
 const KEEP_STATE_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Times the quiet after a response (see [`KEEP_STATE_FOR`]).
+/// Times the quiet after a response (see [`KEEP_STATE_FOR`]): a timer while it runs.
 #[derive(Default)]
-struct Quiet {
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    armed: bool,
-}
+struct Quiet(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
 
 impl Quiet {
     /// Whether the connection has been reusable and idle for [`KEEP_STATE_FOR`]; starts the
     /// clock when it first is. A request in between is seen by the caller's recycling check.
     fn elapsed(&mut self, activity: &Activity, cx: &mut Context<'_>) -> bool {
-        if !self.armed {
-            if !activity.waiting_reusable() {
-                return false;
-            }
-            let at = Instant::now() + KEEP_STATE_FOR;
-            match &mut self.timer {
-                Some(timer) => timer.as_mut().reset(at),
-                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-            }
-            self.armed = true;
-        }
-        let Some(timer) = &mut self.timer else {
-            return false;
+        let timer = match &mut self.0 {
+            Some(timer) => timer,
+            None if activity.waiting_reusable() => self.0.insert(Box::pin(
+                tokio::time::sleep_until(Instant::now() + KEEP_STATE_FOR),
+            )),
+            None => return false,
         };
         if timer.as_mut().poll(cx).is_pending() {
             return false;
         }
-        self.armed = false;
+        self.0 = None;
         true
     }
 }
