@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use terminus_proxy::headers::{request_id, rewrite_request, rewrite_response, Forwarding};
+use terminus_proxy::headers::{
+    request_id, rewrite_request, rewrite_response, ClientAddr, Forwarding,
+};
 
 fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
     let mut headers = HeaderMap::new();
@@ -76,8 +78,9 @@ fn bench_headers(c: &mut Criterion) {
     let port = HeaderValue::from_static("443");
     let via = HeaderValue::from_static("1.1 terminus");
     let id = HeaderValue::from_static("6f1e0c3a-8f0b-4a43-9d7e-2b1f7f0c9a11");
+    let client = ClientAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)));
     let forwarding = Forwarding {
-        client_ip: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 23)),
+        client: &client,
         trusted: false,
         proto: "https",
         port: &port,

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use terminus_proxy::headers::{
-    request_id, rewrite_request, rewrite_response, valid_request_id, Forwarding,
+    request_id, rewrite_request, rewrite_response, valid_request_id, ClientAddr, Forwarding,
 };
 
 pub(crate) const TOKENS: &[&[u8]] = &[
@@ -84,7 +84,7 @@ pub fn header_rewrite(data: &[u8]) {
     rewrite_request(
         &mut request,
         &Forwarding {
-            client_ip: settings.client_ip,
+            client: &ClientAddr::new(settings.client_ip),
             trusted: settings.trusted,
             proto: settings.proto,
             port: &port,

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use crate::accept::{ListenerOptions, ProxyListener, Slot};
 use crate::activity::{Activity, Cut, LastWords, Limits, TrackedIo, Verdict, Watch};
 use crate::fault::Fault;
+use crate::headers::ClientAddr;
 use crate::info::ConnInfo;
 use crate::proxy_header::Rejected;
 use crate::service::Svc;
@@ -102,6 +103,7 @@ pub(crate) async fn serve(
         .any(|net| net.contains(&peer.ip()));
     let mut info = ConnInfo {
         peer,
+        client: ClientAddr::new(peer.ip()),
         trusted,
         port,
         proto: if tls { "https" } else { "http" },

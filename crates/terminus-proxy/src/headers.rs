@@ -19,7 +19,6 @@ pub const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Spellings with `_` for `-` of these are dropped: some servers (CGI, nginx with
 /// underscores_in_headers) read `X_Forwarded_For` as `X-Forwarded-For`.
@@ -47,10 +46,32 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// The client address as `X-Forwarded-For` carries it, written out once per connection rather
+/// than formatted for every request.
+#[derive(Debug, Clone)]
+pub struct ClientAddr(HeaderValue);
+
+impl ClientAddr {
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = String::new();
+        push_ip(&mut text, ip);
+        Self(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).unwrap_or_else(|_| {
+                // An address's text is digits, dots, colons and hex letters, always a valid value.
+                HeaderValue::from_static("unknown")
+            }),
+        )
+    }
+
+    fn as_str(&self) -> &str {
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
 /// Facts about the request that the rewrite needs.
 #[derive(Debug, Clone)]
 pub struct Forwarding<'a> {
-    pub client_ip: IpAddr,
+    pub client: &'a ClientAddr,
     /// The peer is a trusted proxy: its X-Forwarded-Proto/Port/Request-Start are kept.
     pub trusted: bool,
     pub proto: &'static str,
@@ -68,51 +89,44 @@ pub struct Forwarding<'a> {
 /// Strips hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`, `TE`,
 /// `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`. With `keep_upgrade`, `Upgrade`
 /// survives and `Connection: upgrade` is set again.
+///
+/// The names present are matched in passes over the map's names, and only those are removed:
+/// a lookup costs a hash and a probe, and most messages carry one of these headers at most
+/// (a backend's `Connection: keep-alive`) or none.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            // Bytes, not text: one non-UTF-8 byte must not hide the names beside it.
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for name in named {
-            if !(keep_upgrade && name == UPGRADE) {
-                headers.remove(&name);
-            }
-        }
-        headers.remove(CONNECTION);
-    }
-    for name in [
-        KEEP_ALIVE,
-        http::header::TE,
-        http::header::TRAILER,
-        http::header::TRANSFER_ENCODING,
-    ] {
+    let upgrade_present = headers.contains_key(UPGRADE);
+    let doomed: Vec<HeaderName> = {
+        let connection = headers.get_all(CONNECTION);
+        // Bytes, not text: one non-UTF-8 byte must not hide the names beside it.
+        let named = |name: &HeaderName| {
+            connection
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .any(|t| {
+                    t.trim_ascii()
+                        .eq_ignore_ascii_case(name.as_str().as_bytes())
+                })
+        };
+        headers
+            .keys()
+            .filter(|name| {
+                !(keep_upgrade && *name == UPGRADE) && (is_hop_by_hop(name) || named(name))
+            })
+            .cloned()
+            .collect()
+    };
+    for name in doomed {
         headers.remove(name);
     }
-    let proxy_headers: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in proxy_headers {
-        headers.remove(name);
-    }
-    if keep_upgrade && headers.contains_key(UPGRADE) {
+    if keep_upgrade && upgrade_present {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
-/// A header [`strip_hop_by_hop`] removes or rewrites (besides those `Connection` names, which
-/// need a `Connection` header). One pass over the names with this is cheaper than a lookup per
-/// name, and most requests carry none of them.
+/// A header [`strip_hop_by_hop`] removes or rewrites (besides those `Connection` names).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     let name = name.as_str();
     matches!(
@@ -123,6 +137,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Rewrites a request's headers for the backend.
 pub fn rewrite_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
+    // Room for what is added below (X-Forwarded-For, -Proto, -Port, X-Request-Start,
+    // X-Request-Id, Via, Host): the map grows once at most instead of up to twice.
+    headers.reserve(7);
     strip_hop_by_hop(headers, f.upgrade);
     remove_spoofable(headers);
     if let Some(ip) = f.real_ip {
@@ -134,12 +151,14 @@ pub fn rewrite_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     }
 
     let mut xff = fold(headers, &X_FORWARDED_FOR);
-    if !xff.is_empty() {
+    if xff.is_empty() {
+        headers.insert(X_FORWARDED_FOR, f.client.0.clone());
+    } else {
         xff.push_str(", ");
-    }
-    push_ip(&mut xff, f.client_ip);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR, v);
+        xff.push_str(f.client.as_str());
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
     }
 
     set_unless_trusted(
@@ -273,7 +292,7 @@ mod tests {
         rewrite_request(
             headers,
             &Forwarding {
-                client_ip: "203.0.113.7".parse().unwrap(),
+                client: &ClientAddr::new("203.0.113.7".parse().unwrap()),
                 trusted,
                 proto: "https",
                 port: &port,

@@ -8,12 +8,15 @@ use terminus_tls::CertEntry;
 
 use crate::accept::Slot;
 use crate::activity::Activity;
+use crate::headers::ClientAddr;
 use crate::shutdown::Tracker;
 
 /// What the request handler needs to know about the connection a request came on.
 #[derive(Debug)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as X-Forwarded-For carries it.
+    pub client: ClientAddr,
     /// The peer is a trusted proxy.
     pub trusted: bool,
     /// The listener's port, for X-Forwarded-Port.

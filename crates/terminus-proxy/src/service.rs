@@ -31,21 +31,17 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let http1 = req.version() != Version::HTTP_2;
+    let connection = ConnectionTokens::of(req.headers());
+    let upgrade = req.version() == Version::HTTP_11
+        && connection.upgrade
+        && req.headers().contains_key(UPGRADE);
     // Whether hyper keeps an HTTP/1.1 connection open after this exchange, judged as it does
     // and no further: a request with a body may not have been read to its end.
     let reusable = req.version() == Version::HTTP_11
         && hyper::body::Body::is_end_stream(req.body())
         && req.method() != Method::CONNECT
-        && !req
-            .headers()
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| {
-                let t = t.trim();
-                t.eq_ignore_ascii_case("close") || t.eq_ignore_ascii_case("upgrade")
-            });
+        && !connection.close
+        && !connection.upgrade;
     // Its id and host are recorded by `respond` once known. The span covers routing, the
     // backend attempts and the response head; the body streams under the connection's span.
     let span = tracing::debug_span!(
@@ -56,7 +52,7 @@ pub(crate) async fn handle(
         host = tracing::field::Empty,
         path = req.uri().path(),
     );
-    let mut response = respond(shared.clone(), conn.clone(), req)
+    let mut response = respond(shared.clone(), conn.clone(), req, upgrade)
         .instrument(span)
         .await?;
     // Draining after an upgrade: this HTTP/1 connection closes after this response, and the
@@ -75,10 +71,12 @@ pub(crate) async fn handle(
     Ok(response)
 }
 
+/// `upgrade`: the request asks for a protocol upgrade (WebSocket).
 async fn respond(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
+    upgrade: bool,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let (mut parts, body) = req.into_parts();
     let in_flight = conn.activity.request();
@@ -131,7 +129,6 @@ async fn respond(
         Err(fault) => return Ok(error_response(fault, log, &shared, in_flight)),
     };
 
-    let upgrade = is_upgrade(&parts);
     let client_upgrade = if upgrade {
         parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -149,7 +146,7 @@ async fn respond(
     headers::rewrite_request(
         &mut parts.headers,
         &Forwarding {
-            client_ip: conn.peer.ip(),
+            client: &conn.client,
             trusted: conn.trusted,
             proto: conn.proto,
             port: &conn.port,
@@ -352,16 +349,28 @@ impl HeadSize {
     }
 }
 
-fn is_upgrade(parts: &http::request::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.headers.contains_key(UPGRADE)
-        && parts
-            .headers
+/// The `close` and `upgrade` options of a request's `Connection` header, found in one pass.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ConnectionTokens {
+    close: bool,
+    upgrade: bool,
+}
+
+impl ConnectionTokens {
+    fn of(headers: &http::HeaderMap) -> Self {
+        let mut found = Self::default();
+        for token in headers
             .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        {
+            let token = token.trim();
+            found.close |= token.eq_ignore_ascii_case("close");
+            found.upgrade |= token.eq_ignore_ascii_case("upgrade");
+        }
+        found
+    }
 }
 
 /// The service hyper calls for each request of a connection.
@@ -598,6 +607,35 @@ fn challenge_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_options_are_found_in_every_line_and_any_case() {
+        let tokens = |lines: &[&str]| {
+            let mut h = http::HeaderMap::new();
+            for l in lines {
+                h.append(CONNECTION, HeaderValue::from_str(l).unwrap());
+            }
+            ConnectionTokens::of(&h)
+        };
+        let none = ConnectionTokens::default();
+        assert_eq!(tokens(&[]), none);
+        assert_eq!(tokens(&["keep-alive"]), none);
+        assert_eq!(tokens(&["upgraded, closed"]), none);
+        assert_eq!(
+            tokens(&["keep-alive, Upgrade"]),
+            ConnectionTokens {
+                close: false,
+                upgrade: true
+            }
+        );
+        assert_eq!(
+            tokens(&["x", " CLOSE "]),
+            ConnectionTokens {
+                close: true,
+                upgrade: false
+            }
+        );
+    }
 
     #[test]
     fn head_size_counts_what_http1_sends() {
