@@ -90,38 +90,44 @@ pub struct Forwarding<'a> {
 /// `Trailer`, `Transfer-Encoding`, `Upgrade` and `Proxy-*`. With `keep_upgrade`, `Upgrade`
 /// survives and `Connection: upgrade` is set again.
 ///
-/// The names present are matched in passes over the map's names, and only those are removed:
-/// a lookup costs a hash and a probe, and most messages carry one of these headers at most
-/// (a backend's `Connection: keep-alive`) or none.
+/// Only the names present are removed (a lookup costs a hash and a probe, and most messages
+/// carry one of these headers at most, a backend's `Connection: keep-alive`, or none): the fixed
+/// ones are found in one pass over the names, and each name `Connection` lists beyond them is
+/// looked up once.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let upgrade_present = headers.contains_key(UPGRADE);
-    let doomed: Vec<HeaderName> = {
-        let connection = headers.get_all(CONNECTION);
-        // Bytes, not text: one non-UTF-8 byte must not hide the names beside it.
-        let named = |name: &HeaderName| {
-            connection
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .any(|t| {
-                    t.trim_ascii()
-                        .eq_ignore_ascii_case(name.as_str().as_bytes())
-                })
-        };
-        headers
-            .keys()
-            .filter(|name| {
-                !(keep_upgrade && *name == UPGRADE) && (is_hop_by_hop(name) || named(name))
-            })
-            .cloned()
-            .collect()
-    };
+    let mut kept_upgrade = false;
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            if keep_upgrade && *name == UPGRADE {
+                kept_upgrade = true;
+                return false;
+            }
+            is_hop_by_hop(name)
+        })
+        .cloned()
+        .collect();
+    // Bytes, not text: one non-UTF-8 byte must not hide the names beside it. A token that is
+    // not UTF-8 cannot be a header name.
+    for token in headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
+    {
+        if !token.is_empty() && !is_fixed_hop_by_hop(token) && headers.contains_key(token) {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                doomed.push(name);
+            }
+        }
+    }
     for name in doomed {
         headers.remove(name);
     }
-    if keep_upgrade && upgrade_present {
+    if kept_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
@@ -133,6 +139,24 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         name,
         "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
     ) || name.starts_with("proxy-")
+}
+
+/// [`is_hop_by_hop`] for a name as `Connection` lists it, in any case.
+fn is_fixed_hop_by_hop(token: &str) -> bool {
+    [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ]
+    .iter()
+    .any(|n| token.eq_ignore_ascii_case(n))
+        || token
+            .as_bytes()
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
 /// Rewrites a request's headers for the backend.
