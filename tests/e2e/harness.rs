@@ -181,6 +181,17 @@ impl Builder {
     }
 }
 
+/// A router with one app, `web`, on `backend` for `*.example.com` (a wildcard ECDSA
+/// certificate); `tweak` adds to the config before the start.
+pub async fn web_router(backend: SocketAddr, tweak: impl FnOnce(&mut Builder)) -> TestRouter {
+    let mut b = Builder::new();
+    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
+    b.app("web", &[backend])
+        .domain("*.example.com", "web", None);
+    tweak(&mut b);
+    b.start().await
+}
+
 pub struct TestRouter {
     pub router: terminus::Router,
     pub ca: Ca,

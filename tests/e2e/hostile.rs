@@ -7,20 +7,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use terminus_test_support::{
-    logs, send_h1, send_h2, unique_request_id, Backend, ClientOptions, KeyType, TlsClient,
+    logs, send_h1, send_h2, unique_request_id, Backend, ClientOptions, TlsClient,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::harness::{Builder, TestRouter};
-
-async fn router(backend: &Backend, tweak: impl FnOnce(&mut Builder)) -> TestRouter {
-    let mut b = Builder::new();
-    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
-    b.app("web", &[backend.addr])
-        .domain("*.example.com", "web", None);
-    tweak(&mut b);
-    b.start().await
-}
+use crate::harness::{web_router, TestRouter};
 
 /// Writes `bytes`, then reads until the router closes (at most `limit`).
 async fn exchange(
@@ -46,7 +37,7 @@ async fn tls_h1(r: &TestRouter) -> impl AsyncRead + AsyncWrite + Unpin {
 #[tokio::test]
 async fn a_malformed_chunked_body_is_400_h26_and_its_backend_connection_is_not_reused() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     // A pooled backend connection, which the bad request will take.
     assert_eq!(
         r.get("www.example.com", "www.example.com", "/")
@@ -93,7 +84,7 @@ async fn a_malformed_chunked_body_is_400_h26_and_its_backend_connection_is_not_r
 #[tokio::test]
 async fn a_head_that_does_not_arrive_in_time_is_408_and_keep_alive_waits_on_idle() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |b| {
+    let r = web_router(echo.addr, |b| {
         b.timeout("request_head = \"500ms\"")
             .timeout("idle = \"5s\"");
     })
@@ -163,7 +154,7 @@ async fn a_head_that_does_not_arrive_in_time_is_408_and_keep_alive_waits_on_idle
 #[tokio::test]
 async fn heads_over_max_request_head_are_431_on_http1_and_http2() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     // Header lines under the 8 KiB line limit, 40 KiB in all: over the 32 KiB default.
     let request = |version: http::Version, kib: usize| {
         let mut req = if version == http::Version::HTTP_2 {
@@ -231,13 +222,13 @@ async fn a_client_x_real_ip_is_removed_or_replaced_by_the_client_address() {
             send_h1(conn.stream, vec![req]).await.unwrap().remove(0)
         }
     };
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     let reply = spoofed(&r).await;
     assert!(reply.echoed("x-real-ip").is_empty(), "{}", reply.text());
     assert!(reply.echoed("x_real_ip").is_empty(), "{}", reply.text());
     r.shutdown().await;
 
-    let r = router(&echo, |b| {
+    let r = web_router(echo.addr, |b| {
         b.proxy("set_x_real_ip = true");
     })
     .await;
@@ -249,7 +240,7 @@ async fn a_client_x_real_ip_is_removed_or_replaced_by_the_client_address() {
 #[tokio::test]
 async fn plain_http_on_the_tls_port_gets_a_readable_400() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     let tcp = tokio::net::TcpStream::connect(r.https()).await.unwrap();
     let response = exchange(
         tcp,

@@ -5,19 +5,10 @@
 
 use std::time::Duration;
 
-use terminus_test_support::{Backend, ClientOptions, KeyType, TlsClient};
+use terminus_test_support::{Backend, ClientOptions, TlsClient};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Builder, TestRouter};
-
-async fn router(echo: &Backend, tweak: impl FnOnce(&mut Builder)) -> TestRouter {
-    let mut b = Builder::new();
-    b.cert("wild", &["*.example.com"], KeyType::EcdsaP256);
-    b.app("web", &[echo.addr])
-        .domain("*.example.com", "web", None);
-    tweak(&mut b);
-    b.start().await
-}
+use crate::harness::{web_router, TestRouter};
 
 type Stream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
@@ -54,6 +45,14 @@ async fn waiting_after(r: &TestRouter, path: &str) -> (Stream, Vec<u8>) {
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nhost: www.example.com\r\n\r\n")
+}
+
+/// The next response is a 200 from the echo backend for `path` that keeps the connection.
+async fn kept_echo(s: &mut (impl AsyncRead + Unpin), pending: &mut Vec<u8>, path: &str) {
+    let (head, body) = response(s, pending).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    assert_eq!(uri(&body), path);
 }
 
 /// One response with a Content-Length body: its head (lowercased) and body. `pending` holds
@@ -108,7 +107,7 @@ async fn closed_politely(s: &mut Stream, within: Duration) -> bool {
 #[tokio::test]
 async fn requests_with_waits_between_them_are_served_on_one_connection() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     let mut s = connect(&r).await;
     // Connected ahead of its first request, it waits the same way.
     stateless(&r, 1).await;
@@ -116,10 +115,7 @@ async fn requests_with_waits_between_them_are_served_on_one_connection() {
     for i in 0..5 {
         let path = format!("/wait/{i}");
         s.write_all(get(&path).as_bytes()).await.unwrap();
-        let (head, body) = response(&mut s, &mut pending).await;
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        assert!(!head.contains("connection: close"), "{head}");
-        assert_eq!(uri(&body), path);
+        kept_echo(&mut s, &mut pending, &path).await;
         stateless(&r, 1).await;
     }
     assert_eq!(echo.requests(), 5);
@@ -129,16 +125,13 @@ async fn requests_with_waits_between_them_are_served_on_one_connection() {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     // After a first exchange, so that the burst meets a connection that was waiting.
     let (mut s, mut pending) = waiting_after(&r, "/first").await;
     let burst: String = (0..20).map(|i| get(&format!("/p/{i}"))).collect();
     s.write_all(burst.as_bytes()).await.unwrap();
     for i in 0..20 {
-        let (head, body) = response(&mut s, &mut pending).await;
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        assert!(!head.contains("connection: close"), "{head}");
-        assert_eq!(uri(&body), format!("/p/{i}"));
+        kept_echo(&mut s, &mut pending, &format!("/p/{i}")).await;
     }
     // And the connection is still good for more.
     s.write_all(get("/after").as_bytes()).await.unwrap();
@@ -150,7 +143,7 @@ async fn pipelined_requests_are_answered_in_order() {
 #[tokio::test]
 async fn a_request_split_across_the_wait_is_read_whole() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     let (mut s, mut pending) = waiting_after(&r, "/one").await;
     for piece in [
         "G",
@@ -172,7 +165,7 @@ async fn a_request_split_across_the_wait_is_read_whole() {
 #[tokio::test]
 async fn requests_with_bodies_and_without_alternate_on_one_connection() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     let mut s = connect(&r).await;
     let mut pending = Vec::new();
     for i in 0..3 {
@@ -202,7 +195,7 @@ async fn a_websocket_upgrade_after_a_request_on_the_same_connection() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     let mut s = connect(&r).await;
     let mut pending = Vec::new();
     s.write_all(get("/before").as_bytes()).await.unwrap();
@@ -225,7 +218,7 @@ async fn a_websocket_upgrade_after_a_request_on_the_same_connection() {
 #[tokio::test]
 async fn connection_close_and_http_1_0_end_the_connection_politely() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     for request in [
         "GET /close HTTP/1.1\r\nhost: www.example.com\r\nconnection: close\r\n\r\n",
         "GET /old HTTP/1.0\r\nhost: www.example.com\r\n\r\n",
@@ -245,7 +238,7 @@ async fn connection_close_and_http_1_0_end_the_connection_politely() {
 #[tokio::test]
 async fn a_client_closing_a_waiting_connection_gets_a_close_in_return() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |_| {}).await;
+    let r = web_router(echo.addr, |_| {}).await;
     let (mut s, _) = waiting_after(&r, "/one").await;
     // close_notify and FIN from the client; the router answers with its own and closes.
     s.shutdown().await.unwrap();
@@ -257,7 +250,7 @@ async fn a_client_closing_a_waiting_connection_gets_a_close_in_return() {
 #[tokio::test]
 async fn the_idle_and_request_head_timeouts_apply_after_a_request() {
     let echo = Backend::echo("web").await;
-    let r = router(&echo, |b| {
+    let r = web_router(echo.addr, |b| {
         b.timeout("idle = \"400ms\"");
         b.timeout("request_head = \"300ms\"");
     })

@@ -272,6 +272,26 @@ fn limits(shared: &Shared) -> Limits {
     }
 }
 
+/// What both HTTP stages start from: the connection's info shared with its requests, the
+/// service hyper calls, and the stream wrapped to report activity to the watchdog.
+fn serving<I>(
+    shared: &Arc<Shared>,
+    io: I,
+    info: ConnInfo,
+    last_words: LastWords<I>,
+) -> (Arc<ConnInfo>, Svc, TrackedIo<I>)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let io = TrackedIo::new(io, info.activity.clone()).with_last_words(last_words);
+    let info = Arc::new(info);
+    let service = Svc {
+        shared: shared.clone(),
+        conn: info.clone(),
+    };
+    (info, service, io)
+}
+
 /// HTTP/2 (ALPN `h2`), or either protocol told apart by its first bytes (plaintext, or TLS
 /// without ALPN).
 async fn serve_http<I>(
@@ -283,18 +303,12 @@ async fn serve_http<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = info.activity.clone();
     // ALPN already said which protocol: skip hyper-util's sniffing of the first bytes.
     let builder = match info.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
         Some(terminus_tls::ALPN_H2) => &shared.http2,
         _ => &shared.http,
     };
-    let info = Arc::new(info);
-    let service = Svc {
-        shared: shared.clone(),
-        conn: info.clone(),
-    };
-    let io = TrackedIo::new(io, activity.clone()).with_last_words(last_words);
+    let (info, service, io) = serving(&shared, io, info, last_words);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let limits = limits(&shared);
@@ -513,13 +527,7 @@ async fn serve_http1<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = info.activity.clone();
-    let info = Arc::new(info);
-    let service = Svc {
-        shared: shared.clone(),
-        conn: info.clone(),
-    };
-    let io = TrackedIo::new(io, activity.clone()).with_last_words(last_words);
+    let (info, service, io) = serving(&shared, io, info, last_words);
     // A connection opened ahead of its first request (a browser's preconnect) waits as one
     // between requests does.
     let mut conn = Http1::waiting(io, service);
@@ -540,7 +548,7 @@ async fn serve_http1<I>(
             }
         }
         tokio::select! {
-            result = std::future::poll_fn(|cx| conn.poll(&shared, &activity, &mut quiet, closing, cx)) => break result,
+            result = std::future::poll_fn(|cx| conn.poll(&shared, &info.activity, &mut quiet, closing, cx)) => break result,
             _ = stop.changed(), if !stopping => stopping = true,
             _ = &mut watchdog => match tick(&shared, &info, &mut watch, &limits, watchdog.as_mut(), &mut closing) {
                 Tick::Wait => {}
