@@ -63,7 +63,8 @@ struct RunArgs {
     /// certs:add and certs:update repetitions.
     #[arg(long, default_value_t = 20)]
     changes: usize,
-    /// The terminus binary (default: built in release mode into this target directory).
+    /// The terminus binary (default: built beside this benchmark, with its profile: release with
+    /// `--release`).
     #[arg(long)]
     terminus: Option<PathBuf>,
     /// Use the terminus binary already built.
