@@ -14,16 +14,12 @@ if docker info >/dev/null 2>&1; then
   # The container test (tests/container) runs the compose example too.
   ./scripts/ensure-packages.sh docker-compose:docker-compose
 fi
-# cargo-deny, when missing, is built meanwhile (its build and ours share the two cores).
+# cargo-deny, when missing, is built meanwhile: the release build's long link uses one core.
 mkdir -p target
 ./scripts/supply-chain.sh --install-only >target/cargo-deny-install.log 2>&1 &
 deny_install=$!
-# Optimised binaries come from the `ci` profile (release without its whole-program link, which
-# alone took minutes of one core): the container test builds its image from them, the harness and
-# the scale benchmark smoke-test them. Benchmark figures come from --release builds.
-export TERMINUS_PROFILE=ci
-echo "== optimised binaries (profile ci; the container test builds its image from them)"
-cargo build --profile ci --locked --bin terminus --bin terminus-echo
+echo "== release binaries (the container test builds its image from them)"
+cargo build --release --locked --bin terminus --bin terminus-echo
 echo "== cargo test (workspace)"
 cargo test --workspace --locked
 echo "== supply chain: cargo deny (RustSec advisories from the offline snapshot, licenses, bans, sources)"
@@ -37,8 +33,8 @@ echo "== example config and its certificates"
 ./config/gen-certs.sh config/certs >/dev/null
 cargo run --locked -q --bin terminus -- check-config --config config/terminus.toml
 echo "== benchmark harness, quick mode (a smoke test of the harness, not a performance gate)"
-cargo run --profile ci --locked -p terminus-benches --bin harness -- --quick
+cargo run --release --locked -p terminus-benches --bin harness -- --quick
 echo "== scale benchmark on 2,000 certificates (a smoke test of the benchmark, not a measurement)"
 rm -rf target/scale-smoke
-cargo run --profile ci --locked -p terminus-benches --bin scale -- run --no-build \
+cargo run --release --locked -p terminus-benches --bin scale -- run --no-build \
   --work target/scale-smoke --counts 2000 --duration 1 --runs 1 --changes 2

@@ -77,41 +77,28 @@ pub fn ensure() -> anyhow::Result<Tools> {
     })
 }
 
-/// The terminus binary to benchmark: `explicit`, or `terminus` beside this harness in its own
-/// target directory and profile (`release` when run with `--release`), built there first unless
-/// `no_build`.
+/// The terminus binary to benchmark: `explicit`, or `release/terminus` in this harness's own
+/// target directory, built there first unless `no_build`.
 pub fn terminus(explicit: Option<&Path>, no_build: bool) -> anyhow::Result<PathBuf> {
     if let Some(path) = explicit {
         anyhow::ensure!(path.is_file(), "{} does not exist", path.display());
         return Ok(path.to_path_buf());
     }
     let exe = env::current_exe().context("cannot find the harness's own path")?;
-    // TARGET/<profile directory>/harness
-    let (profile_dir, target) = exe
+    // TARGET/<profile>/harness
+    let target = exe
         .parent()
-        .and_then(|dir| Some((dir, dir.parent()?)))
+        .and_then(Path::parent)
         .context("the harness is not in a cargo target directory; pass --terminus")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(name) => name,
-        None => anyhow::bail!("the harness is not in a cargo target directory; pass --terminus"),
-    };
-    let binary = profile_dir.join("terminus");
+    let binary = target.join("release/terminus");
     if !no_build {
         let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         eprintln!(
-            "harness: building terminus (profile {profile}) into {}",
+            "harness: building terminus (release) into {}",
             target.display()
         );
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--profile",
-                profile,
-                "--bin",
-                "terminus",
-                "--target-dir",
-            ])
+            .args(["build", "--release", "--bin", "terminus", "--target-dir"])
             .arg(target)
             .current_dir(repo_root())
             .status()
@@ -120,7 +107,7 @@ pub fn terminus(explicit: Option<&Path>, no_build: bool) -> anyhow::Result<PathB
     }
     anyhow::ensure!(
         binary.is_file(),
-        "{} does not exist: build it with `cargo build --profile {profile} --bin terminus` or pass --terminus",
+        "{} does not exist: build it with `cargo build --release --bin terminus` or pass --terminus",
         binary.display()
     );
     Ok(binary)

@@ -81,8 +81,8 @@ struct RunArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// The terminus binary [default: terminus beside this harness, in its target directory and
-    /// profile (release with `--release`), built first].
+    /// The terminus binary [default: release/terminus in this harness's target directory,
+    /// built first].
     #[arg(long)]
     terminus: Option<PathBuf>,
     /// Do not build terminus; use the binary that is there.

@@ -63,8 +63,7 @@ struct RunArgs {
     /// certs:add and certs:update repetitions.
     #[arg(long, default_value_t = 20)]
     changes: usize,
-    /// The terminus binary (default: built beside this benchmark, with its profile: release with
-    /// `--release`).
+    /// The terminus binary (default: built in release mode into this target directory).
     #[arg(long)]
     terminus: Option<PathBuf>,
     /// Use the terminus binary already built.
