@@ -87,7 +87,7 @@ impl Control {
         if !store.key_opens(record) {
             self.certs.remove(name);
             self.metrics.quarantined.inc();
-            tracing::error!(code = R17, certificate = %name, "CERTIFICATE QUARANTINED: its private key does not open with this router's fleet key; every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)");
+            tracing::error!(code = R17, certificate = %name, "{}", terminus_store::fleet::FOREIGN_KEY_QUARANTINE);
             return;
         }
         if let Err(q) = terminus_store::publish_cert(&store, &self.certs, record) {

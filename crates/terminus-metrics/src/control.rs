@@ -34,7 +34,8 @@ pub struct ControlMetrics {
     /// When the config file was last applied (start or reload), in Unix seconds.
     pub config_last_reload: Gauge,
     pub api_changes: Family<ApiChangeLabels, Counter>,
-    /// Stored certificates not served because their checksum failed (R17).
+    /// Stored certificates not served (R17): the checksum failed, the record does not decode,
+    /// or the private key cannot be used (a fleet router holding another fleet key).
     pub quarantined: Counter,
     /// 1 while the store is open and loaded, 0 when it is damaged or unreadable (or none is
     /// configured): the API cannot change anything then.
@@ -57,7 +58,7 @@ impl ControlMetrics {
         );
         registry.register(
             names::STORE_QUARANTINED,
-            "Stored certificates quarantined (R17: checksum mismatch or undecodable)",
+            "Stored certificates quarantined (R17: checksum mismatch, undecodable, or a private key that cannot be used)",
             m.quarantined.clone(),
         );
         registry.register(

@@ -134,10 +134,10 @@ impl CertEntry {
         self.not_after
     }
 
-    /// Whether the private key can be read (a sealed key opens with this router's key). The
-    /// key is not built or kept: the first handshake does that.
-    pub fn key_opens(&self) -> bool {
-        self.key.private_key().is_ok()
+    /// Whether the private key can be read (a sealed key opens with this router's key), and
+    /// why not. The key is not built or kept: the first handshake does that.
+    pub fn check_key(&self) -> Result<(), KeyError> {
+        self.key.private_key().map(drop)
     }
 
     pub fn leaf(&self) -> &CertificateDer<'static> {
@@ -191,7 +191,7 @@ type Slot = Arc<[Arc<CertEntry>]>;
 
 /// Called with the name and reason when a certificate cannot be built and is taken out of
 /// service.
-type QuarantineHook = Box<dyn Fn(&str, &str) + Send + Sync>;
+type QuarantineHook = Box<dyn Fn(&str, &KeyError) + Send + Sync>;
 
 pub struct CertIndex {
     provider: Arc<CryptoProvider>,
@@ -244,8 +244,9 @@ impl CertIndex {
         self
     }
 
-    /// Reports certificates taken out of service because their key cannot be built.
-    pub fn on_quarantine(mut self, f: impl Fn(&str, &str) + Send + Sync + 'static) -> Self {
+    /// Reports certificates taken out of service because their key cannot be built: once per
+    /// entry, whether a handshake or [`CertIndex::quarantine_current`] found it first.
+    pub fn on_quarantine(mut self, f: impl Fn(&str, &KeyError) + Send + Sync + 'static) -> Self {
         self.on_quarantine = Some(Box::new(f));
         self
     }
@@ -491,9 +492,9 @@ impl CertIndex {
     pub fn resolve(&self, sni: Option<&str>, caps: &ClientCaps) -> Option<Resolved> {
         for _ in 0..3 {
             let (entry, by) = self.select(sni, caps)?;
-            match self.certified_key(&entry) {
+            match self.build_key(&entry) {
                 Ok(key) => return Some(Resolved { entry, key, by }),
-                Err(e) => self.quarantine(&entry, &e.to_string()),
+                Err(e) => self.quarantine(&entry, &e),
             }
         }
         None
@@ -501,19 +502,22 @@ impl CertIndex {
 
     /// The served form of an entry: from the cache, or built now (CPU only, no I/O).
     pub fn certified_key(&self, entry: &CertEntry) -> Result<Arc<CertifiedKey>, IndexError> {
+        self.build_key(entry).map_err(|source| IndexError::Load {
+            name: entry.name.to_string(),
+            source,
+        })
+    }
+
+    fn build_key(&self, entry: &CertEntry) -> Result<Arc<CertifiedKey>, KeyError> {
         if let Some(key) = self.keys.get(&entry.id) {
             return Ok(key);
         }
-        let load = |source: KeyError| IndexError::Load {
-            name: entry.name.to_string(),
-            source,
-        };
-        let der = entry.key.private_key().map_err(load)?;
+        let der = entry.key.private_key()?;
         let signing = self
             .provider
             .key_provider
             .load_private_key(der)
-            .map_err(|e| load(KeyError::Unusable(e)))?;
+            .map_err(KeyError::Unusable)?;
         let mut chain = Vec::with_capacity(1 + entry.intermediates.len());
         chain.push(entry.leaf.clone());
         chain.extend(entry.intermediates.iter().cloned());
@@ -522,27 +526,50 @@ impl CertIndex {
         Ok(key)
     }
 
+    /// Takes an entry out of service from the control plane (a scan found its key unusable),
+    /// if it is still the one under its name: a change made meanwhile stays. The quarantine
+    /// hook hears of it unless a handshake found it first. Returns whether the entry was
+    /// current.
+    pub fn quarantine_current(&self, entry: &Arc<CertEntry>, why: &KeyError) -> bool {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.get(&entry.name).is_none_or(|cur| cur.id != entry.id) {
+            return false;
+        }
+        if !entry.failed.swap(true, Ordering::Relaxed) {
+            if let Some(f) = &self.on_quarantine {
+                f(&entry.name, why);
+            }
+        }
+        self.unpublish(entry);
+        true
+    }
+
     /// Takes an entry out of service from the handshake path: the mark is lock-free and
     /// selection skips it at once; the index is tidied only if no writer is busy (otherwise the
     /// next writer to touch these names, or a later handshake, does it).
-    fn quarantine(&self, entry: &Arc<CertEntry>, reason: &str) {
+    fn quarantine(&self, entry: &Arc<CertEntry>, why: &KeyError) {
         if entry.failed.swap(true, Ordering::Relaxed) {
             return;
         }
         if let Some(f) = &self.on_quarantine {
-            f(&entry.name, reason);
+            f(&entry.name, why);
         }
         if let Ok(_w) = self.writer.try_lock() {
-            let current = self
-                .by_name
-                .remove_if(&entry.name, |_, cur| cur.id == entry.id)
-                .is_some();
-            if current {
-                for pattern in entry.names.iter() {
-                    self.slot_remove(pattern, entry.id);
-                }
-                self.changed();
+            self.unpublish(entry);
+        }
+    }
+
+    /// Removes `entry` if it is the one under its name. The caller holds the writer lock.
+    fn unpublish(&self, entry: &CertEntry) {
+        let current = self
+            .by_name
+            .remove_if(&entry.name, |_, cur| cur.id == entry.id)
+            .is_some();
+        if current {
+            for pattern in entry.names.iter() {
+                self.slot_remove(pattern, entry.id);
             }
+            self.changed();
         }
     }
 }
@@ -877,11 +904,57 @@ mod tests {
         assert!(s.get("bad").is_none());
         assert_eq!(
             quarantined.lock().unwrap().as_slice(),
-            [format!(
-                "bad: certificate 'bad' cannot be loaded: {}",
-                KeyError::DoesNotOpen
-            )]
+            [format!("bad: {}", KeyError::DoesNotOpen)]
         );
+    }
+
+    /// A scan and a handshake can both find a key that does not open: the hook hears of it
+    /// once, whichever comes first, and a replacement made meanwhile is left alone.
+    #[test]
+    fn a_quarantine_is_reported_once_whether_a_handshake_or_a_scan_finds_it() {
+        let broken = |name: &str, host: &str| {
+            let like = entry("like", &[host], &PKCS_ECDSA_P256_SHA256);
+            CertEntry::new(
+                name,
+                like.leaf.clone(),
+                Arc::from(Vec::new()),
+                vec![HostPattern::parse(host).unwrap()],
+                KeyKind::EcdsaP256,
+                like.not_after,
+                Box::new(BrokenKey),
+            )
+        };
+        let quarantined = Arc::new(Mutex::new(Vec::new()));
+        let q = quarantined.clone();
+        let s = index().on_quarantine(move |name, _| q.lock().unwrap().push(name.to_owned()));
+        let first = s
+            .insert(broken("handshake-first", "a.example.com"))
+            .unwrap();
+        let second = s.insert(broken("scan-first", "b.example.com")).unwrap();
+        let replaced = s.insert(broken("replaced", "c.example.com")).unwrap();
+
+        assert!(s.resolve(Some("a.example.com"), &ClientCaps::ALL).is_none());
+        let why = first.check_key().unwrap_err();
+        assert!(
+            !s.quarantine_current(&first, &why),
+            "the handshake took it out"
+        );
+        let why = second.check_key().unwrap_err();
+        assert!(s.quarantine_current(&second, &why));
+        assert!(s.resolve(Some("b.example.com"), &ClientCaps::ALL).is_none());
+        s.replace(entry(
+            "replaced",
+            &["c.example.com"],
+            &PKCS_ECDSA_P256_SHA256,
+        ));
+        assert!(!s.quarantine_current(&replaced, &KeyError::DoesNotOpen));
+
+        assert_eq!(
+            quarantined.lock().unwrap().as_slice(),
+            ["handshake-first", "scan-first"]
+        );
+        assert!(s.get("handshake-first").is_none() && s.get("scan-first").is_none());
+        assert!(s.resolve(Some("c.example.com"), &ClientCaps::ALL).is_some());
     }
 
     #[test]

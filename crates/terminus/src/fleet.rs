@@ -9,7 +9,7 @@ use terminus_metrics::ControlMetrics;
 use terminus_store::backend::Revision;
 use terminus_store::fleet::{sync, Etcd, FleetState};
 use terminus_store::Store;
-use terminus_tls::CertIndex;
+use terminus_tls::{CertIndex, KeyError};
 
 use crate::startup::StartError;
 
@@ -90,23 +90,99 @@ pub async fn open(
 }
 
 /// Takes out of service every stored certificate whose key this router's fleet key cannot
-/// open, loudly: a router started with another fleet's key must not serve what it cannot sign
-/// with, and must say why. Reads the index, not the store: nothing is decoded again.
-pub fn quarantine_foreign_keys(certs: &CertIndex, metrics: &ControlMetrics) {
+/// open: a router started with another fleet's key must not serve what it cannot sign with.
+/// Reads the index, not the store: nothing is decoded again. What it finds is reported by the
+/// index's quarantine hook ([`report_quarantine`]), once, also when a handshake found it first.
+pub fn quarantine_foreign_keys(certs: &CertIndex) {
     for entry in certs.entries() {
-        if entry.key_opens() {
-            continue;
+        if let Err(why) = entry.check_key() {
+            // Only what was checked: a change made meanwhile (through the API) stays.
+            certs.quarantine_current(&entry, &why);
         }
-        // Only what was checked: a change made meanwhile (through the API) stays.
-        let name = entry.name();
-        if !certs
-            .get(name)
-            .is_some_and(|now| std::sync::Arc::ptr_eq(&now, &entry))
-        {
-            continue;
+    }
+}
+
+/// The index's quarantine hook: a certificate whose key cannot be used is counted and logged
+/// loudly (R17), whether the start-up scan or a handshake found it; on a fleet router a key
+/// that does not open says which setting to fix.
+pub fn report_quarantine(
+    fleet: bool,
+    metrics: &ControlMetrics,
+) -> impl Fn(&str, &KeyError) + Send + Sync + 'static {
+    let quarantined = metrics.quarantined.clone();
+    move |name, why| {
+        quarantined.inc();
+        if fleet && *why == KeyError::DoesNotOpen {
+            tracing::error!(code = terminus_store::R17, certificate = %name, "{}", terminus_store::fleet::FOREIGN_KEY_QUARANTINE);
+        } else {
+            tracing::error!(code = terminus_store::R17, certificate = %name, reason = %why, "CERTIFICATE QUARANTINED: its private key cannot be used; the other certificates are served");
         }
-        certs.remove(name);
-        metrics.quarantined.inc();
-        tracing::error!(code = terminus_store::R17, certificate = %name, "CERTIFICATE QUARANTINED: its private key does not open with this router's fleet key; every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::PrivateKeyDer;
+    use terminus_tls::{CertEntry, ClientCaps, KeySource, PrepareOptions};
+
+    /// A sealed key from another fleet: it never opens.
+    #[derive(Debug)]
+    struct ForeignKey;
+    impl KeySource for ForeignKey {
+        fn private_key(&self) -> Result<PrivateKeyDer<'static>, KeyError> {
+            Err(KeyError::DoesNotOpen)
+        }
+    }
+
+    /// The start-up scan runs once serving has begun: a handshake that reaches a foreign key
+    /// first must not leave it unlogged and uncounted, and the scan must not report it twice.
+    #[test]
+    fn a_foreign_key_a_handshake_finds_before_the_scan_is_logged_and_counted_once() {
+        terminus_test_support::logs::capture();
+        let provider = Arc::new(terminus_tls::provider(true));
+        let ca = terminus_test_support::Ca::root("Quarantine Test Root");
+        let leaf = ca.leaf(
+            &["foreign.quarantine.test"],
+            terminus_test_support::KeyType::EcdsaP256,
+        );
+        let p = terminus_tls::prepare(
+            leaf.cert_pem.as_bytes(),
+            leaf.key_pem.as_bytes(),
+            &PrepareOptions::default(),
+            &provider,
+            crate::startup::unix_now(),
+        )
+        .unwrap();
+        let metrics = ControlMetrics::register(&mut terminus_metrics::MetricsRegistry::default());
+        let certs = CertIndex::new(provider, 8).on_quarantine(report_quarantine(true, &metrics));
+        certs
+            .insert(CertEntry::new(
+                "foreign-quarantine",
+                p.chain[0].clone(),
+                Arc::from(Vec::new()),
+                p.leaf.names,
+                p.key_kind,
+                p.leaf.not_after,
+                Box::new(ForeignKey),
+            ))
+            .unwrap();
+
+        let handshake = certs.resolve(Some("foreign.quarantine.test"), &ClientCaps::ALL);
+        assert!(handshake.is_none(), "nothing it cannot sign with is served");
+        quarantine_foreign_keys(&certs);
+
+        assert_eq!(metrics.quarantined.get(), 1);
+        let lines: Vec<String> = terminus_test_support::logs::all()
+            .into_iter()
+            .filter(|l| l.contains("certificate=foreign-quarantine"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains("code=R17")
+                && lines[0].contains("does not open with this router's fleet key"),
+            "{}",
+            lines[0]
+        );
     }
 }

@@ -357,13 +357,13 @@ pub async fn start_inheriting(
             .on_change(move |n| {
                 loaded.set(i64::try_from(n).unwrap_or(i64::MAX));
             })
-            .on_quarantine(|name, why| {
-                tracing::error!(
-                    certificate = name,
-                    reason = why,
-                    "certificate taken out of service"
-                );
-            }),
+            .on_quarantine(crate::fleet::report_quarantine(
+                matches!(
+                    config.store.as_ref().map(|s| &s.backend),
+                    Some(StoreBackend::Etcd(_))
+                ),
+                &control_metrics,
+            )),
     );
     ExpiryCollector::register(
         &mut registry,
@@ -558,15 +558,14 @@ pub async fn start_inheriting(
             control.clone(),
             f.revision,
         );
-        let (certs, metrics) = (certs.clone(), control_metrics.clone());
+        let certs = certs.clone();
         tokio::spawn(async move {
             // Opening every stored key takes seconds at a million certificates, so it runs
             // once serving has begun; a certificate whose key does not open cannot complete a
             // handshake meanwhile (its key is opened on first use), and the watch waits for
             // the scan so that no change it brings is taken out of service by mistake.
-            let scan = tokio::task::spawn_blocking(move || {
-                crate::fleet::quarantine_foreign_keys(&certs, &metrics)
-            });
+            let scan =
+                tokio::task::spawn_blocking(move || crate::fleet::quarantine_foreign_keys(&certs));
             let _ = scan.await;
             watch.await
         })

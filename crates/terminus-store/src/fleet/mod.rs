@@ -11,6 +11,10 @@
 //! certificate records are sealed with the fleet key before they leave the router, so etcd,
 //! its backups and its snapshots hold no usable key.
 
+/// Logged (R17) for each certificate a router cannot serve because its key was sealed with
+/// another fleet key, whichever path finds it: the start-up scan, a handshake, or the watch.
+pub const FOREIGN_KEY_QUARANTINE: &str = "CERTIFICATE QUARANTINED: its private key does not open with this router's fleet key; every router of a fleet needs the same key (store.key_file or TERMINUS_STORE_KEY)";
+
 pub mod orders;
 pub mod sync;
 pub mod tickets;
