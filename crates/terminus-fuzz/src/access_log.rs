@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Version};
-use terminus_metrics::ProxyMetrics;
+use terminus_metrics::Requests;
 use terminus_proxy::{AccessLog, Fault};
 
 pub(crate) const TOKENS: &[&[u8]] = &[
@@ -66,11 +66,9 @@ const KEYS: [&str; 18] = [
 ];
 const OPTIONAL: [&str; 3] = ["code", "desc", "cause"];
 
-fn metrics() -> ProxyMetrics {
-    static METRICS: OnceLock<ProxyMetrics> = OnceLock::new();
-    METRICS
-        .get_or_init(|| ProxyMetrics::register(&mut Default::default()))
-        .clone()
+fn requests() -> Requests {
+    static REQUESTS: OnceLock<Requests> = OnceLock::new();
+    REQUESTS.get_or_init(Requests::default).clone()
 }
 
 pub fn access_log(data: &[u8]) {
@@ -87,7 +85,7 @@ pub fn access_log(data: &[u8]) {
         .map(|&(_, f)| f);
     let now = Instant::now();
     let log = AccessLog {
-        metrics: metrics(),
+        requests: requests(),
         // Already "written": dropping it must not log or count anything.
         emitted: true,
         write: false,

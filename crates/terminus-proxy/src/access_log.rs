@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Version};
-use terminus_metrics::ProxyMetrics;
+use terminus_metrics::Requests;
 
 use crate::fault::Fault;
 use crate::info::ConnInfo;
@@ -26,7 +26,8 @@ pub const ACCESS_TARGET: &str = "terminus::access";
 #[derive(Debug)]
 #[doc(hidden)] // public for the access_log fuzz target only
 pub struct AccessLog {
-    pub metrics: ProxyMetrics,
+    /// Counts the request once it is done.
+    pub requests: Requests,
     pub emitted: bool,
     /// Write the line (counting happens either way).
     pub write: bool,
@@ -148,7 +149,7 @@ impl AccessLog {
     /// never completed): no method, path, host or request id.
     pub(crate) fn connection(shared: &Shared, conn: &ConnInfo, fault: Fault) -> Self {
         AccessLog {
-            metrics: shared.metrics.clone(),
+            requests: shared.metrics.requests.clone(),
             emitted: false,
             write: shared.settings.access_log,
             method: None,
@@ -174,7 +175,7 @@ impl AccessLog {
             return;
         }
         let code = self.fault.map(Fault::code).unwrap_or("");
-        self.metrics.request(self.status, code);
+        self.requests.inc(self.status, code);
         if !self.write {
             return;
         }
@@ -203,7 +204,7 @@ mod tests {
 
     fn sample() -> AccessLog {
         AccessLog {
-            metrics: ProxyMetrics::register(&mut Default::default()),
+            requests: terminus_metrics::ProxyMetrics::register(&mut Default::default()).requests,
             emitted: true,
             write: true,
             method: Some(Method::GET),

@@ -83,7 +83,7 @@ async fn respond(
     let request_id = headers::request_id(&parts.headers);
     let authority = request_authority(&parts);
     let mut log = Box::new(AccessLog {
-        metrics: shared.metrics.clone(),
+        requests: shared.metrics.requests.clone(),
         emitted: false,
         write: shared.settings.access_log,
         method: Some(parts.method.clone()),
