@@ -69,9 +69,13 @@ pub(crate) struct Pool<B> {
     inner: Arc<Inner<B>>,
 }
 
+/// Backend addresses come from the config, not from clients, so a fast hash (looked up two or
+/// three times per request) needs no flooding resistance.
+type ByBackend<V> = DashMap<SocketAddr, V, foldhash::fast::RandomState>;
+
 struct Inner<B> {
-    idle: DashMap<SocketAddr, Vec<Idle<B>>>,
-    quarantined: DashMap<SocketAddr, Instant>,
+    idle: ByBackend<Vec<Idle<B>>>,
+    quarantined: ByBackend<Instant>,
     /// The timeouts change on a config reload (nanoseconds, read without a lock).
     connect_timeout: Nanos,
     idle_timeout: Nanos,
@@ -146,8 +150,8 @@ where
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                idle: DashMap::new(),
-                quarantined: DashMap::new(),
+                idle: ByBackend::default(),
+                quarantined: ByBackend::default(),
                 connect_timeout: Nanos::new(connect_timeout),
                 idle_timeout: Nanos::new(idle_timeout),
                 quarantine_for: Nanos::new(quarantine_for),
