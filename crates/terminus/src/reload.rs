@@ -98,7 +98,6 @@ impl Reloader {
     /// resolution): call it from a blocking task.
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let result = self.try_reload();
-        self.metrics.reload(result.is_ok(), unix_now());
         match &result {
             Ok(report) => {
                 for setting in &report.needs_restart {
@@ -121,6 +120,8 @@ impl Reloader {
                 "config reload rejected; the running config is unchanged"
             ),
         }
+        // Counted after the line is written: whoever sees the count finds the line.
+        self.metrics.reload(result.is_ok(), unix_now());
         result
     }
 
