@@ -5,7 +5,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -25,6 +25,7 @@ use crate::info::ConnInfo;
 use crate::proxy_header::Rejected;
 use crate::service::Svc;
 use crate::shutdown::Tracker;
+use crate::side::Side;
 use crate::state::Shared;
 use crate::streams::Streams;
 use crate::tls_io::TlsIo;
@@ -321,8 +322,10 @@ async fn serve_http<I>(
     let http2 = std::ptr::eq(builder, &shared.http2);
     // The stop may have come during the handshake (after an upgrade, which lets it finish).
     let mut stopping = *stop.borrow_and_update();
+    let mut stop_changed = std::pin::pin!(stop.changed());
+    let mut side = Side::default();
     let mut closing = false;
-    let result = loop {
+    let result = std::future::poll_fn(|cx| loop {
         if stopping && !closing {
             closing = true;
             // After an upgrade, an HTTP/1 connection is closed after its next response
@@ -332,16 +335,33 @@ async fn serve_http<I>(
                 conn.as_mut().graceful_shutdown();
             }
         }
-        tokio::select! {
-            result = std::future::poll_fn(|cx| streams.poll_with(conn.as_mut(), cx)) => break result,
-            _ = stop.changed(), if !stopping => stopping = true,
-            _ = &mut watchdog => match tick(&shared, &info, &mut watch, &limits, watchdog.as_mut(), &mut closing) {
-                Tick::Wait => {}
-                Tick::Close => conn.as_mut().graceful_shutdown(),
-                Tick::Drop => break Ok(()),
-            },
+        if side.due(cx) {
+            let mut side_cx = Context::from_waker(side.waker());
+            if !stopping && stop_changed.as_mut().poll(&mut side_cx).is_ready() {
+                stopping = true;
+                side.again();
+                continue;
+            }
+            if watchdog.as_mut().poll(&mut side_cx).is_ready() {
+                match tick(
+                    &shared,
+                    &info,
+                    &mut watch,
+                    &limits,
+                    watchdog.as_mut(),
+                    &mut closing,
+                ) {
+                    Tick::Wait => {}
+                    Tick::Close => conn.as_mut().graceful_shutdown(),
+                    Tick::Drop => return Poll::Ready(Ok(())),
+                }
+                side.again();
+                continue;
+            }
         }
-    };
+        return streams.poll_with(conn.as_mut(), cx);
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
@@ -399,13 +419,15 @@ where
         activity: &Activity,
         quiet: &mut Quiet,
         closing: bool,
+        side: (bool, &Waker),
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), BoxError>> {
         loop {
             match self {
                 Self::Serving(conn) => match conn.as_mut().poll(cx) {
                     Poll::Pending => {
-                        if closing || !quiet.elapsed(activity, cx) || !activity.start_recycling() {
+                        if closing || !quiet.elapsed(activity, side) || !activity.start_recycling()
+                        {
                             return Poll::Pending;
                         }
                         // Idle, or idle once the response's last bytes are written: hyper
@@ -502,15 +524,22 @@ struct Quiet(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
 impl Quiet {
     /// Whether the connection has been reusable and idle for [`KEEP_STATE_FOR`]; starts the
     /// clock when it first is. A request in between is seen by the caller's recycling check.
-    fn elapsed(&mut self, activity: &Activity, cx: &mut Context<'_>) -> bool {
+    /// `side`: whether the side sources are due, and their waker (see [`Side`]): a running
+    /// timer is polled only once one of them fired.
+    fn elapsed(&mut self, activity: &Activity, (due, waker): (bool, &Waker)) -> bool {
         let timer = match &mut self.0 {
-            Some(timer) => timer,
+            Some(timer) if due => timer,
+            Some(_) => return false,
             None if activity.waiting_reusable() => self.0.insert(Box::pin(
                 tokio::time::sleep_until(Instant::now() + KEEP_STATE_FOR),
             )),
             None => return false,
         };
-        if timer.as_mut().poll(cx).is_pending() {
+        if timer
+            .as_mut()
+            .poll(&mut Context::from_waker(waker))
+            .is_pending()
+        {
             return false;
         }
         self.0 = None;
@@ -537,8 +566,10 @@ async fn serve_http1<I>(
     let watchdog = tokio::time::sleep(limits.interval());
     tokio::pin!(watchdog);
     let mut stopping = *stop.borrow_and_update();
+    let mut stop_changed = std::pin::pin!(stop.changed());
+    let mut side = Side::default();
     let mut closing = false;
-    let result = loop {
+    let result = std::future::poll_fn(|cx| loop {
         if stopping && !closing {
             closing = true;
             // After an upgrade, the connection is closed after its next response
@@ -547,16 +578,35 @@ async fn serve_http1<I>(
                 conn.close();
             }
         }
-        tokio::select! {
-            result = std::future::poll_fn(|cx| conn.poll(&shared, &info.activity, &mut quiet, closing, cx)) => break result,
-            _ = stop.changed(), if !stopping => stopping = true,
-            _ = &mut watchdog => match tick(&shared, &info, &mut watch, &limits, watchdog.as_mut(), &mut closing) {
-                Tick::Wait => {}
-                Tick::Close => conn.close(),
-                Tick::Drop => break Ok(()),
-            },
+        let due = side.due(cx);
+        if due {
+            let mut side_cx = Context::from_waker(side.waker());
+            if !stopping && stop_changed.as_mut().poll(&mut side_cx).is_ready() {
+                stopping = true;
+                side.again();
+                continue;
+            }
+            if watchdog.as_mut().poll(&mut side_cx).is_ready() {
+                match tick(
+                    &shared,
+                    &info,
+                    &mut watch,
+                    &limits,
+                    watchdog.as_mut(),
+                    &mut closing,
+                ) {
+                    Tick::Wait => {}
+                    Tick::Close => conn.close(),
+                    Tick::Drop => return Poll::Ready(Ok(())),
+                }
+                side.again();
+                continue;
+            }
         }
-    };
+        let side = (due, side.waker());
+        return conn.poll(&shared, &info.activity, &mut quiet, closing, side, cx);
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }

@@ -19,6 +19,7 @@ mod pool;
 pub mod proxy_header;
 mod service;
 mod shutdown;
+mod side;
 mod state;
 mod streams;
 mod tls_io;
