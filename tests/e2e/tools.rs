@@ -333,6 +333,29 @@ async fn bad_config_exits_64_naming_file_and_key() {
     );
 }
 
+/// The allocator settings in `.cargo/config.toml` reach the binary (they are read when jemalloc
+/// is built): jemalloc prints its options when asked to at exit.
+#[tokio::test]
+async fn the_binary_carries_its_allocator_settings() {
+    let out = Command::new(env!("CARGO_BIN_EXE_terminus"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.background_thread: true",
+        "opt.tcache_nslots_small_min: 64",
+        "opt.tcache_nslots_small_max: 512",
+        "opt.tcache_gc_incr_bytes: 1048576",
+        "opt.tcache_gc_delay_bytes: 1048576",
+    ] {
+        assert!(stats.contains(option), "{option} missing from:\n{stats}");
+    }
+}
+
 #[tokio::test]
 async fn completions_man_page_and_per_command_help() {
     let run = |args: &'static [&'static str]| {
