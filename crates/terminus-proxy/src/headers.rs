@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE, VIA};
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE, VIA};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -61,10 +61,6 @@ impl ClientAddr {
                 HeaderValue::from_static("unknown")
             }),
         )
-    }
-
-    fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
     }
 }
 
@@ -174,16 +170,7 @@ pub fn rewrite_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         }
     }
 
-    let mut xff = fold(headers, &X_FORWARDED_FOR);
-    if xff.is_empty() {
-        headers.insert(X_FORWARDED_FOR, f.client.0.clone());
-    } else {
-        xff.push_str(", ");
-        xff.push_str(f.client.as_str());
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-    }
+    append_to_list(headers, X_FORWARDED_FOR, &f.client.0);
 
     set_unless_trusted(
         headers,
@@ -199,25 +186,34 @@ pub fn rewrite_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
         f.trusted,
     );
     headers.insert(X_REQUEST_ID, f.request_id.clone());
-    append_via(headers, f.via);
+    append_to_list(headers, VIA, f.via);
 }
 
 /// Rewrites a backend response's headers for the client.
 pub fn rewrite_response(headers: &mut HeaderMap, via: &HeaderValue, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
-    append_via(headers, via);
+    append_to_list(headers, VIA, via);
 }
 
-fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
-    let mut existing = fold(headers, &VIA);
-    if existing.is_empty() {
-        headers.insert(VIA, via.clone());
-        return;
-    }
-    existing.push_str(", ");
-    existing.push_str(via.to_str().unwrap_or_default());
-    if let Ok(v) = HeaderValue::from_str(&existing) {
-        headers.insert(VIA, v);
+/// Appends `value` to the list header `name`, its lines folded into one (a list of nothing but
+/// blanks is replaced). One lookup: most messages do not carry the header at all.
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, value: &HeaderValue) {
+    match headers.entry(name) {
+        Entry::Vacant(entry) => {
+            entry.insert(value.clone());
+        }
+        Entry::Occupied(mut entry) => {
+            let mut list = fold(entry.iter());
+            if list.is_empty() {
+                entry.insert(value.clone());
+                return;
+            }
+            list.push_str(", ");
+            list.push_str(value.to_str().unwrap_or_default());
+            if let Ok(v) = HeaderValue::from_str(&list) {
+                entry.insert(v);
+            }
+        }
     }
 }
 
@@ -267,9 +263,9 @@ fn remove_spoofable(headers: &mut HeaderMap) {
 }
 
 /// Every line of a header joined into one comma-separated list, blank elements dropped.
-fn fold(headers: &HeaderMap, name: &HeaderName) -> String {
+fn fold<'a>(lines: impl Iterator<Item = &'a HeaderValue>) -> String {
     let mut out = String::new();
-    for v in headers.get_all(name) {
+    for v in lines {
         let Ok(text) = v.to_str() else { continue };
         for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if !out.is_empty() {
