@@ -273,6 +273,84 @@ fn limits(shared: &Shared) -> Limits {
     }
 }
 
+/// What the connection's task waits on besides its connection: the stop signal and the
+/// watchdog, polled only on the wake-ups one of them caused (see [`Side`]).
+struct Aside<'a, F> {
+    side: Side,
+    stop: std::pin::Pin<&'a mut F>,
+    /// The stop signal came (or had come before serving began).
+    stopping: bool,
+    watchdog: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    watch: Watch,
+    limits: Limits,
+}
+
+/// What a look aside found.
+enum Seen {
+    /// Nothing to act on: poll the connection. `true` if the side sources were looked at.
+    Serve(bool),
+    /// The stop came, or the watchdog re-armed: look again.
+    Again,
+    /// The watchdog says close politely; then look again.
+    Close,
+    /// The watchdog says drop the connection now.
+    Drop,
+}
+
+impl<'a, F: Future> Aside<'a, F> {
+    fn new(
+        stop: std::pin::Pin<&'a mut F>,
+        stopping: bool,
+        watchdog: std::pin::Pin<&'a mut tokio::time::Sleep>,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            side: Side::default(),
+            stop,
+            stopping,
+            watchdog,
+            watch: Watch::default(),
+            limits,
+        }
+    }
+
+    fn look(
+        &mut self,
+        shared: &Shared,
+        info: &ConnInfo,
+        closing: &mut bool,
+        cx: &Context<'_>,
+    ) -> Seen {
+        if !self.side.due(cx) {
+            return Seen::Serve(false);
+        }
+        let mut side_cx = Context::from_waker(self.side.waker());
+        if !self.stopping && self.stop.as_mut().poll(&mut side_cx).is_ready() {
+            self.stopping = true;
+            self.side.again();
+            return Seen::Again;
+        }
+        if self.watchdog.as_mut().poll(&mut side_cx).is_pending() {
+            return Seen::Serve(true);
+        }
+        let seen = match tick(
+            shared,
+            info,
+            &mut self.watch,
+            &self.limits,
+            self.watchdog.as_mut(),
+            closing,
+        ) {
+            Tick::Wait => Seen::Again,
+            Tick::Close => Seen::Close,
+            Tick::Drop => return Seen::Drop,
+        };
+        // The re-armed watchdog registers its new deadline when next polled.
+        self.side.again();
+        seen
+    }
+}
+
 /// What both HTTP stages start from: the connection's info shared with its requests, the
 /// service hyper calls, and the stream wrapped to report activity to the watchdog.
 fn serving<I>(
@@ -312,21 +390,19 @@ async fn serve_http<I>(
     let (info, service, io) = serving(&shared, io, info, last_words);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let limits = limits(&shared);
     // HTTP/2 streams run on this task (see streams.rs).
     let mut streams = Streams::default();
-    let mut watch = Watch::default();
-    let watchdog = tokio::time::sleep(limits.interval());
-    tokio::pin!(watchdog);
     // HTTP/2 by ALPN; otherwise HTTP/1.1 (or, on plaintext without ALPN, either).
     let http2 = std::ptr::eq(builder, &shared.http2);
     // The stop may have come during the handshake (after an upgrade, which lets it finish).
-    let mut stopping = *stop.borrow_and_update();
-    let mut stop_changed = std::pin::pin!(stop.changed());
-    let mut side = Side::default();
+    let stopping = *stop.borrow_and_update();
+    let limits = limits(&shared);
+    let watchdog = std::pin::pin!(tokio::time::sleep(limits.interval()));
+    let stop = std::pin::pin!(stop.changed());
+    let mut aside = Aside::new(stop, stopping, watchdog, limits);
     let mut closing = false;
     let result = std::future::poll_fn(|cx| loop {
-        if stopping && !closing {
+        if aside.stopping && !closing {
             closing = true;
             // After an upgrade, an HTTP/1 connection is closed after its next response
             // (`Connection: close`, see service.rs), not now: a request may be on its way.
@@ -335,31 +411,12 @@ async fn serve_http<I>(
                 conn.as_mut().graceful_shutdown();
             }
         }
-        if side.due(cx) {
-            let mut side_cx = Context::from_waker(side.waker());
-            if !stopping && stop_changed.as_mut().poll(&mut side_cx).is_ready() {
-                stopping = true;
-                side.again();
-                continue;
-            }
-            if watchdog.as_mut().poll(&mut side_cx).is_ready() {
-                match tick(
-                    &shared,
-                    &info,
-                    &mut watch,
-                    &limits,
-                    watchdog.as_mut(),
-                    &mut closing,
-                ) {
-                    Tick::Wait => {}
-                    Tick::Close => conn.as_mut().graceful_shutdown(),
-                    Tick::Drop => return Poll::Ready(Ok(())),
-                }
-                side.again();
-                continue;
-            }
+        match aside.look(&shared, &info, &mut closing, cx) {
+            Seen::Serve(_) => return streams.poll_with(conn.as_mut(), cx),
+            Seen::Again => {}
+            Seen::Close => conn.as_mut().graceful_shutdown(),
+            Seen::Drop => return Poll::Ready(Ok(())),
         }
-        return streams.poll_with(conn.as_mut(), cx);
     })
     .await;
     if let Err(e) = result {
@@ -561,16 +618,14 @@ async fn serve_http1<I>(
     // between requests does.
     let mut conn = Http1::waiting(io, service);
     let mut quiet = Quiet::default();
+    let stopping = *stop.borrow_and_update();
     let limits = limits(&shared);
-    let mut watch = Watch::default();
-    let watchdog = tokio::time::sleep(limits.interval());
-    tokio::pin!(watchdog);
-    let mut stopping = *stop.borrow_and_update();
-    let mut stop_changed = std::pin::pin!(stop.changed());
-    let mut side = Side::default();
+    let watchdog = std::pin::pin!(tokio::time::sleep(limits.interval()));
+    let stop = std::pin::pin!(stop.changed());
+    let mut aside = Aside::new(stop, stopping, watchdog, limits);
     let mut closing = false;
     let result = std::future::poll_fn(|cx| loop {
-        if stopping && !closing {
+        if aside.stopping && !closing {
             closing = true;
             // After an upgrade, the connection is closed after its next response
             // (`Connection: close`, see service.rs), not now: a request may be on its way.
@@ -578,33 +633,15 @@ async fn serve_http1<I>(
                 conn.close();
             }
         }
-        let due = side.due(cx);
-        if due {
-            let mut side_cx = Context::from_waker(side.waker());
-            if !stopping && stop_changed.as_mut().poll(&mut side_cx).is_ready() {
-                stopping = true;
-                side.again();
-                continue;
+        match aside.look(&shared, &info, &mut closing, cx) {
+            Seen::Serve(due) => {
+                let side = (due, aside.side.waker());
+                return conn.poll(&shared, &info.activity, &mut quiet, closing, side, cx);
             }
-            if watchdog.as_mut().poll(&mut side_cx).is_ready() {
-                match tick(
-                    &shared,
-                    &info,
-                    &mut watch,
-                    &limits,
-                    watchdog.as_mut(),
-                    &mut closing,
-                ) {
-                    Tick::Wait => {}
-                    Tick::Close => conn.close(),
-                    Tick::Drop => return Poll::Ready(Ok(())),
-                }
-                side.again();
-                continue;
-            }
+            Seen::Again => {}
+            Seen::Close => conn.close(),
+            Seen::Drop => return Poll::Ready(Ok(())),
         }
-        let side = (due, side.waker());
-        return conn.poll(&shared, &info.activity, &mut quiet, closing, side, cx);
     })
     .await;
     if let Err(e) = result {
