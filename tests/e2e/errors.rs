@@ -257,6 +257,25 @@ async fn client_stalling_its_body_is_499_h28() {
 }
 
 #[tokio::test]
+async fn a_pooled_connection_the_backend_closed_is_replaced_without_an_error() {
+    // The backend closes each connection 50 ms after its response; the pool's reaper runs far
+    // later, so the next request finds the closed connection in the pool.
+    let backend = Backend::closes_idle(Duration::from_millis(50)).await;
+    let r = router_for(&[&backend], |_| {}).await;
+    for round in 1..=3 {
+        let (reply, line) = request(&r, "/").await;
+        assert_eq!(reply.status, 200, "round {round}: {line}");
+        assert_eq!(
+            backend.requests(),
+            round,
+            "one request per round reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn idle_backend_connections_are_closed_after_pool_idle() {
     let echo = Backend::echo("web").await;
     let r = router_for(&[&echo], |b| {

@@ -313,7 +313,12 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.source {
             Source::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Backend(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            // The backend connection, until it goes back to the pool, is polled here first.
+            Source::Backend(body) => match &mut this.conn {
+                Some(conn) => conn.poll_through(cx, |cx| Pin::new(&mut *body).poll_frame(cx)),
+                None => Pin::new(body).poll_frame(cx),
+            }
+            .map_err(BoxError::from),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -2,8 +2,10 @@
 //! connect failure, and the response (or a small error response with its H-code).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,7 +21,7 @@ use crate::body::{ClientBodyState, RequestBody, ResponseBody};
 use crate::fault::Fault;
 use crate::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::info::ConnInfo;
-use crate::pool::Conn;
+use crate::pool::{Conn, Runs};
 use crate::state::Shared;
 
 /// Longest request line and longest header line accepted.
@@ -190,6 +192,8 @@ async fn respond(
     headers::rewrite_response(response.headers_mut(), &shared.settings.via_h1, switching);
     if switching {
         let backend_upgrade = hyper::upgrade::on(&mut response);
+        let mut backend = backend;
+        backend.detach();
         if let Some(client_upgrade) = client_upgrade {
             crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, conn.clone());
         }
@@ -466,14 +470,20 @@ async fn send(
     log: &mut AccessLog,
 ) -> Result<(Response<Incoming>, Conn<RequestBody>), Attempt> {
     let metrics = &shared.metrics;
+    // The log carries the client's HTTP version (the request's is HTTP/1.1 by now).
+    let runs = if log.version == Version::HTTP_2 {
+        Runs::OwnTask
+    } else {
+        Runs::Inline
+    };
     for attempt in 0..2 {
         let checkout = if attempt == 0 {
-            shared.pool.checkout(addr).await
+            shared.pool.checkout(addr, runs).await
         } else {
             let started = Instant::now();
             shared
                 .pool
-                .connect(addr)
+                .connect(addr, runs)
                 .await
                 .map(|c| (c, Some(started.elapsed())))
         };
@@ -491,14 +501,25 @@ async fn send(
         let response = conn.sender.try_send_request(request);
         tokio::pin!(response);
         let first_byte = shared.settings.first_byte_timeout;
-        let result = tokio::select! {
-            biased;
-            r = &mut response => Some(r),
-            _ = async {
-                body.wait_finished().await;
-                tokio::time::sleep(first_byte).await;
-            } => None,
+        let timeout = async {
+            body.wait_finished().await;
+            tokio::time::sleep(first_byte).await;
         };
+        tokio::pin!(timeout);
+        let mut sent = false;
+        let result = std::future::poll_fn(|cx| {
+            let polled = if sent {
+                conn.poll_through(cx, |cx| response.as_mut().poll(cx))
+            } else {
+                sent = true;
+                conn.poll_after(cx, |cx| response.as_mut().poll(cx))
+            };
+            if let Poll::Ready(r) = polled {
+                return Poll::Ready(Some(r));
+            }
+            timeout.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
         match result {
             None => return Err(Attempt::Failed(Fault::FirstByteTimeout)),
             Some(Ok(response)) => {

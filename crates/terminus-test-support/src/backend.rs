@@ -195,6 +195,22 @@ impl Backend {
         .await
     }
 
+    /// Answers the first request on each connection with `200 OK`, keeping the connection open,
+    /// then closes it after `after` (as a backend with a short keep-alive timeout does).
+    pub async fn closes_idle(after: Duration) -> Self {
+        Self::raw("closes-idle", move |mut tcp, n| async move {
+            let mut buf = [0u8; 4096];
+            if matches!(tcp.read(&mut buf).await, Ok(k) if k > 0) {
+                n.arrived();
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(after).await;
+            }
+        })
+        .await
+    }
+
     /// Answers with a head promising 1000 bytes, sends 10, then closes.
     pub async fn close_mid_body() -> Self {
         Self::raw("close-mid-body", |mut tcp, n| async move {
