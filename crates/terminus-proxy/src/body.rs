@@ -60,6 +60,10 @@ impl ClientBodyState {
 
     /// Resolves once the body has been sent completely (or failed).
     pub(crate) async fn wait_finished(&self) {
+        // Most requests have no body, finished when the request was made: no waiter to enlist.
+        if self.finished() {
+            return;
+        }
         loop {
             let notified = self.done.notified();
             tokio::pin!(notified);
