@@ -116,6 +116,36 @@ async fn no_first_byte_in_time_is_503_h12() {
 }
 
 #[tokio::test]
+async fn no_first_byte_in_time_is_h12_on_time_when_the_watchdog_arms_the_timer() {
+    // A 400 ms request-head window makes the connection's watchdog look every 200 ms, less than
+    // the first-byte timeout: the timer is then armed at a later poll of the request (woken by
+    // the watchdog), not when the request is sent, and must still fire on time.
+    let silent = Backend::silent().await;
+    let r = router_for(&[&silent], |b| {
+        b.timeout("first_byte = \"1s\"")
+            .timeout("request_head = \"400ms\"");
+    })
+    .await;
+    let (reply, line) = request(&r, "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        line.starts_with("at=error code=H12 desc=\"Request timeout\""),
+        "{line}"
+    );
+    let service: u64 = line
+        .split(" service=")
+        .nth(1)
+        .and_then(|v| v.split("ms").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no service time: {line}"));
+    assert!(
+        (1000..1150).contains(&service),
+        "H12 after {service} ms, not at the 1 s deadline: {line}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
 async fn closed_without_response_is_503_h13() {
     let closer = Backend::close_early().await;
     let r = router_for(&[&closer], |_| {}).await;

@@ -266,7 +266,9 @@ fn tick(
     }
 }
 
-fn limits(shared: &Shared) -> Limits {
+/// The watchdog's limits for client connections. `service::send` relies on its interval: while
+/// an HTTP/1 request waits for its response, the connection's task is woken at least that often.
+pub(crate) fn limits(shared: &Shared) -> Limits {
     Limits {
         idle: shared.settings.idle_timeout,
         request_head: shared.settings.request_head_timeout,

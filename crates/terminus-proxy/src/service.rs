@@ -501,9 +501,23 @@ async fn send(
         let response = conn.sender.try_send_request(request);
         tokio::pin!(response);
         let first_byte = shared.settings.first_byte_timeout;
+        // An HTTP/1 client's connection task is woken by its watchdog at least every interval
+        // while a request is in flight, and hyper polls the request whenever its connection is
+        // polled: so a request sent whole, with the interval shorter than the timeout, arms
+        // its timer only at the first poll after the one that sent it that finds no response.
+        // A response already there by then (most are) never costs a timer.
+        let deadline = (runs == Runs::Inline
+            && body.finished()
+            && crate::conn::limits(shared).interval() < first_byte)
+            .then(|| sent_at + first_byte);
         let timeout = async {
-            body.wait_finished().await;
-            tokio::time::sleep(first_byte).await;
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => {
+                    body.wait_finished().await;
+                    tokio::time::sleep(first_byte).await;
+                }
+            }
         };
         tokio::pin!(timeout);
         let mut sent = false;
@@ -512,7 +526,11 @@ async fn send(
                 conn.poll_through(cx, |cx| response.as_mut().poll(cx))
             } else {
                 sent = true;
-                conn.poll_after(cx, |cx| response.as_mut().poll(cx))
+                let polled = conn.poll_after(cx, |cx| response.as_mut().poll(cx));
+                if polled.is_pending() && deadline.is_some() {
+                    return Poll::Pending;
+                }
+                polled
             };
             if let Poll::Ready(r) = polled {
                 return Poll::Ready(Some(r));
