@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, EXPECT, HOST, UPGRADE, VIA};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -27,11 +28,15 @@ use crate::state::Shared;
 /// Longest request line and longest header line accepted.
 pub(crate) const MAX_LINE: usize = 8192;
 
-pub(crate) async fn handle(
+/// A request's whole handling: `respond` under the request's span, then what the connection
+/// learns from the response. Built from combinators rather than as an `async fn` awaiting
+/// `respond(..).instrument(..)`: that kept room for `respond`'s future twice (5.2 KB in all for
+/// a 2.6 KB future; 2.7 KB now), and the whole of it is boxed, so copied, for every request.
+pub(crate) fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send {
     let http1 = req.version() != Version::HTTP_2;
     let connection = ConnectionTokens::of(req.headers());
     let upgrade = req.version() == Version::HTTP_11
@@ -54,23 +59,29 @@ pub(crate) async fn handle(
         host = tracing::field::Empty,
         path = req.uri().path(),
     );
-    let mut response = respond(shared.clone(), conn.clone(), req, upgrade)
+    respond(shared.clone(), conn.clone(), req, upgrade)
         .instrument(span)
-        .await?;
-    // Draining after an upgrade: this HTTP/1 connection closes after this response, and the
-    // client knows before it sends another request (the new process serves that one).
-    if http1 && shared.handing_over() && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    if reusable
-        && response.status() != StatusCode::SWITCHING_PROTOCOLS
-        && !response.headers().contains_key(CONNECTION)
-    {
-        conn.activity.reusable(true);
-    }
-    Ok(response)
+        .map(move |response| {
+            let Ok(mut response) = response;
+            // Draining after an upgrade: this HTTP/1 connection closes after this response,
+            // and the client knows before it sends another request (the new process serves
+            // that one).
+            if http1
+                && shared.handing_over()
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            if reusable
+                && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                && !response.headers().contains_key(CONNECTION)
+            {
+                conn.activity.reusable(true);
+            }
+            Ok(response)
+        })
 }
 
 /// `upgrade`: the request asks for a protocol upgrade (WebSocket).
