@@ -182,7 +182,7 @@ async fn respond(
     let body = RequestBody::new(body, shared.settings.idle_timeout, client_state.clone());
     let request = Request::from_parts(parts, body);
 
-    let (mut response, backend) =
+    let (mut response, mut backend) =
         match forward(&shared, &app, request, &client_state, &mut log).await {
             Ok(ok) => ok,
             Err(fault) => {
@@ -203,7 +203,6 @@ async fn respond(
     headers::rewrite_response(response.headers_mut(), &shared.settings.via_h1, switching);
     if switching {
         let backend_upgrade = hyper::upgrade::on(&mut response);
-        let mut backend = backend;
         backend.detach();
         if let Some(client_upgrade) = client_upgrade {
             crate::upgrade::spawn_tunnel(client_upgrade, backend_upgrade, &shared, conn.clone());
