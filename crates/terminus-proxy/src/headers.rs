@@ -89,10 +89,27 @@ pub struct Forwarding<'a> {
 /// Only the names present are removed (a lookup costs a hash and a probe, and most messages
 /// carry one of these headers at most, a backend's `Connection: keep-alive`, or none): the fixed
 /// ones are found in one pass over the names, and each name `Connection` lists beyond them is
-/// looked up once.
+/// looked up once. A lone `Connection` that lists only fixed names is removed with no more.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if !headers.keys().any(is_hop_by_hop) {
-        return;
+    let mut found = None;
+    for name in headers.keys().filter(|name| is_hop_by_hop(name)) {
+        if found.is_some() || *name != CONNECTION {
+            found = Some(false);
+            break;
+        }
+        found = Some(true);
+    }
+    match found {
+        None => return,
+        Some(true) => {
+            if let Entry::Occupied(connection) = headers.entry(CONNECTION) {
+                if connection.iter().all(lists_only_fixed_names) {
+                    connection.remove();
+                    return;
+                }
+            }
+        }
+        Some(false) => {}
     }
     let mut kept_upgrade = false;
     let mut doomed: Vec<HeaderName> = headers
@@ -114,7 +131,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|t| std::str::from_utf8(t.trim_ascii()).ok())
     {
-        if !token.is_empty() && !is_fixed_hop_by_hop(token) && headers.contains_key(token) {
+        if !token.is_empty()
+            && !is_fixed_hop_by_hop(token.as_bytes())
+            && headers.contains_key(token)
+        {
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 doomed.push(name);
             }
@@ -128,6 +148,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Every token of a `Connection` line is one of the fixed hop-by-hop names (or empty).
+fn lists_only_fixed_names(line: &HeaderValue) -> bool {
+    line.as_bytes().split(|&b| b == b',').all(|t| {
+        let t = t.trim_ascii();
+        t.is_empty() || is_fixed_hop_by_hop(t)
+    })
+}
+
 /// A header [`strip_hop_by_hop`] removes or rewrites (besides those `Connection` names).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     let name = name.as_str();
@@ -138,7 +166,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// [`is_hop_by_hop`] for a name as `Connection` lists it, in any case.
-fn is_fixed_hop_by_hop(token: &str) -> bool {
+fn is_fixed_hop_by_hop(token: &[u8]) -> bool {
     [
         "connection",
         "keep-alive",
@@ -148,9 +176,8 @@ fn is_fixed_hop_by_hop(token: &str) -> bool {
         "upgrade",
     ]
     .iter()
-    .any(|n| token.eq_ignore_ascii_case(n))
+    .any(|n| token.eq_ignore_ascii_case(n.as_bytes()))
         || token
-            .as_bytes()
             .get(..6)
             .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
@@ -489,6 +516,27 @@ mod tests {
         forward(&mut h, false);
         assert!(h.get("x-secret").is_none());
         assert!(h.get(CONNECTION).is_none());
+    }
+
+    #[test]
+    fn a_lone_connection_header_goes_whatever_it_lists() {
+        // Only fixed names, in any case and over several lines: the header alone goes.
+        let mut h = map(&[
+            ("connection", "Keep-Alive, close"),
+            ("connection", " ,TE"),
+            ("accept", "*/*"),
+        ]);
+        rewrite_response(&mut h, &HeaderValue::from_static("1.1 terminus"), false);
+        assert!(h.get(CONNECTION).is_none());
+        assert_eq!(get(&h, "accept"), ["*/*"]);
+        // `upgrade` listed without an Upgrade header: nothing is kept, nothing set again.
+        let mut h = map(&[("connection", "upgrade"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h, true);
+        assert!(h.get(CONNECTION).is_none());
+        // A name beyond the fixed ones still takes its header with it.
+        let mut h = map(&[("connection", "close, X-Secret"), ("x-secret", "s")]);
+        rewrite_response(&mut h, &HeaderValue::from_static("1.1 terminus"), false);
+        assert!(h.get(CONNECTION).is_none() && h.get("x-secret").is_none());
     }
 
     #[test]
