@@ -1,5 +1,5 @@
 //! Header rewriting on the request path: `rewrite_request` on a browser-like request and on a
-//! minimal one, `rewrite_response`, and a new request id. Each iteration rewrites a fresh clone
+//! minimal one, `rewrite_response` (for an HTTP/1.1 and an HTTP/2 client), and a new request id. Each iteration rewrites a fresh clone
 //! of the map (the clone is outside the measurement).
 
 use std::hint::black_box;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 use terminus_proxy::headers::{
     request_id, rewrite_request, rewrite_response, ClientAddr, Forwarding,
 };
@@ -107,16 +108,21 @@ fn bench_headers(c: &mut Criterion) {
         });
     }
     let response = backend_response();
-    group.bench_function("rewrite_response", |b| {
-        b.iter_batched(
-            || response.clone(),
-            |mut h| {
-                rewrite_response(&mut h, &via, false);
-                black_box(h)
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    for (name, client) in [
+        ("rewrite_response", Version::HTTP_11),
+        ("rewrite_response/h2", Version::HTTP_2),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || response.clone(),
+                |mut h| {
+                    rewrite_response(&mut h, &via, false, client);
+                    black_box(h)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     let request = browser_request();
     group.bench_function("request_id/new", |b| {
         b.iter(|| black_box(request_id(&request)))

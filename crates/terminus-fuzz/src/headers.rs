@@ -12,6 +12,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::Version;
 use terminus_proxy::headers::{
     request_id, rewrite_request, rewrite_response, valid_request_id, ClientAddr, Forwarding,
 };
@@ -100,7 +101,12 @@ pub fn header_rewrite(data: &[u8]) {
     check_via(&request, via_value);
 
     let mut response = headers.clone();
-    rewrite_response(&mut response, &via, settings.upgrade);
+    let client = if settings.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    rewrite_response(&mut response, &via, settings.upgrade, client);
     check_hop_by_hop(&headers, &response, settings.upgrade, false);
     check_via(&response, via_value);
 }

@@ -11,6 +11,7 @@
 use std::net::IpAddr;
 
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, UPGRADE, VIA};
+use http::Version;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -216,10 +217,32 @@ pub fn rewrite_request(headers: &mut HeaderMap, f: &Forwarding<'_>) {
     append_to_list(headers, VIA, f.via);
 }
 
-/// Rewrites a backend response's headers for the client.
-pub fn rewrite_response(headers: &mut HeaderMap, via: &HeaderValue, upgrade: bool) {
+/// Rewrites a backend response's headers for the client, whose connection speaks `client`.
+pub fn rewrite_response(
+    headers: &mut HeaderMap,
+    via: &HeaderValue,
+    upgrade: bool,
+    client: Version,
+) {
     strip_hop_by_hop(headers, upgrade);
+    if client == Version::HTTP_2 {
+        own_values(headers);
+    }
     append_to_list(headers, VIA, via);
+}
+
+/// Gives every value storage of its own. hyper's HTTP/1 client parses a response's values as
+/// slices of the backend connection's read buffer (8 KiB or more), and an HTTP/2 client's HPACK
+/// encoder keeps the values it indexes (Server, Date, Content-Type...) for the connection's life:
+/// each would keep a whole read buffer with it, 8 KiB per idle HTTP/2 connection and more on a
+/// busy one. An HTTP/1 response's head is written out at once, and its values copied with it.
+fn own_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        if let Ok(mut own) = HeaderValue::from_bytes(value.as_bytes()) {
+            own.set_sensitive(value.is_sensitive());
+            *value = own;
+        }
+    }
 }
 
 /// Appends `value` to the list header `name`, its lines folded into one (a list of nothing but
@@ -462,7 +485,12 @@ mod tests {
             forward(&mut h, false);
             assert!(h.get(name).is_none(), "{name} should be stripped");
             let mut h = map(&[(name, value), ("accept", "*/*")]);
-            rewrite_response(&mut h, &HeaderValue::from_static("1.1 terminus"), false);
+            rewrite_response(
+                &mut h,
+                &HeaderValue::from_static("1.1 terminus"),
+                false,
+                Version::HTTP_11,
+            );
             if !matches!(name, "forwarded" | "x-real-ip" | "x_forwarded_host") {
                 assert!(
                     h.get(name).is_none(),
@@ -526,7 +554,12 @@ mod tests {
             ("connection", " ,TE"),
             ("accept", "*/*"),
         ]);
-        rewrite_response(&mut h, &HeaderValue::from_static("1.1 terminus"), false);
+        rewrite_response(
+            &mut h,
+            &HeaderValue::from_static("1.1 terminus"),
+            false,
+            Version::HTTP_11,
+        );
         assert!(h.get(CONNECTION).is_none());
         assert_eq!(get(&h, "accept"), ["*/*"]);
         // `upgrade` listed without an Upgrade header: nothing is kept, nothing set again.
@@ -535,7 +568,12 @@ mod tests {
         assert!(h.get(CONNECTION).is_none());
         // A name beyond the fixed ones still takes its header with it.
         let mut h = map(&[("connection", "close, X-Secret"), ("x-secret", "s")]);
-        rewrite_response(&mut h, &HeaderValue::from_static("1.1 terminus"), false);
+        rewrite_response(
+            &mut h,
+            &HeaderValue::from_static("1.1 terminus"),
+            false,
+            Version::HTTP_11,
+        );
         assert!(h.get(CONNECTION).is_none() && h.get("x-secret").is_none());
     }
 
@@ -545,6 +583,42 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(get(&h, "upgrade"), ["websocket"]);
         assert_eq!(get(&h, "connection"), ["upgrade"]);
+    }
+
+    #[test]
+    fn a_response_for_an_http2_client_keeps_nothing_of_the_backends_read_buffer() {
+        // hyper's HTTP/1 client parses header values as slices of the connection's read buffer.
+        let head = b"server: nginx\r\ncontent-type: text/plain\r\nx-secret: s3cret\r\n";
+        let mut read = bytes::BytesMut::with_capacity(8192);
+        read.extend_from_slice(head);
+        let read = read.freeze();
+        let mut h = HeaderMap::new();
+        for line in head.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let colon = line.iter().position(|&b| b == b':').unwrap();
+            let start = line.as_ptr() as usize - head.as_ptr() as usize + colon + 2;
+            let end = line.as_ptr() as usize - head.as_ptr() as usize + line.len() - 1;
+            h.append(
+                HeaderName::from_bytes(&line[..colon]).unwrap(),
+                HeaderValue::from_maybe_shared(read.slice(start..end)).unwrap(),
+            );
+        }
+        h.get_mut("x-secret").unwrap().set_sensitive(true);
+        let via = HeaderValue::from_static("1.1 terminus");
+
+        let mut h1 = h.clone();
+        rewrite_response(&mut h1, &via, false, Version::HTTP_11);
+        assert!(
+            !read.is_unique(),
+            "an HTTP/1 client's response is written at once"
+        );
+        drop(h1);
+
+        rewrite_response(&mut h, &via, false, Version::HTTP_2);
+        assert!(read.is_unique(), "a value still holds the read buffer");
+        assert_eq!(get(&h, "server"), ["nginx"]);
+        assert_eq!(get(&h, "content-type"), ["text/plain"]);
+        assert_eq!(get(&h, "via"), ["1.1 terminus"]);
+        assert!(h["x-secret"].is_sensitive());
     }
 
     #[test]

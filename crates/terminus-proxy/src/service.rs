@@ -200,7 +200,12 @@ async fn respond(
         "response head from the backend"
     );
     let switching = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
-    headers::rewrite_response(response.headers_mut(), &shared.settings.via_h1, switching);
+    headers::rewrite_response(
+        response.headers_mut(),
+        &shared.settings.via_h1,
+        switching,
+        log.version,
+    );
     if switching {
         let backend_upgrade = hyper::upgrade::on(&mut response);
         backend.detach();
