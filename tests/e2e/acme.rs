@@ -340,7 +340,21 @@ esac
     let metrics = r.metrics().await;
     assert!(
         metrics.contains("terminus_acme_orders_total{result=\"invalid\"} 1"),
-        "the first order failed: {metrics}"
+        "the first order failed validation: {}\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("terminus_acme_orders_total"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        // What the order's failure said, if it was not the validation's.
+        terminus_test_support::logs::all()
+            .iter()
+            .filter(|l| l.contains("sticky.acme.test")
+                && !l.starts_with("DEBUG")
+                && !l.starts_with("TRACE"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(https_get(&r, &root, "sticky.acme.test").await.status, 200);
 }
