@@ -24,8 +24,6 @@ use crate::http::AcmeHttp;
 use crate::manager::{unix_now, Acme};
 use crate::timing;
 
-/// How long validation and issuance may take before the attempt ends (the order stays open
-/// and the next attempt resumes it).
 /// Problems a poll can meet that say nothing of the validation itself.
 const NOT_VALIDATION: [Option<&str>; 3] = [
     Some("urn:ietf:params:acme:error:rateLimited"),
