@@ -33,6 +33,8 @@ echo "== example config and its certificates"
 ./config/gen-certs.sh config/certs >/dev/null
 cargo run --locked -q --bin terminus -- check-config --config config/terminus.toml
 echo "== benchmark harness, quick mode (a smoke test of the harness, not a performance gate)"
+# Both benchmark binaries in one build: their long release links run side by side.
+cargo build --release --locked -p terminus-benches --bin harness --bin scale
 cargo run --release --locked -p terminus-benches --bin harness -- --quick
 echo "== scale benchmark on 2,000 certificates (a smoke test of the benchmark, not a measurement)"
 rm -rf target/scale-smoke
