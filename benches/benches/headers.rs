@@ -1,6 +1,6 @@
 //! Header rewriting on the request path: `rewrite_request` on a browser-like request and on a
-//! minimal one, `rewrite_response` (for an HTTP/1.1 and an HTTP/2 client), and a new request id. Each iteration rewrites a fresh clone
-//! of the map (the clone is outside the measurement).
+//! minimal one, `rewrite_response` (for an HTTP/1.1 and an HTTP/2 client), and a new request
+//! id. Each iteration rewrites a fresh clone of the map (the clone is outside the measurement).
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
