@@ -22,7 +22,7 @@ pub use client::{
 };
 pub use pki::{self_signed, Ca, KeyType, Leaf};
 pub use tempdir::TempDir;
-pub use wait::{eventually, eventually_async, ready_file, reserve_port, Ready};
+pub use wait::{eventually, eventually_async, ready_file, reserve_port, reserve_udp_port, Ready};
 
 /// A request id unique to this process, valid as an `X-Request-Id` (20–200 safe bytes), for
 /// finding a request's log line.

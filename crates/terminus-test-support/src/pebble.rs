@@ -12,7 +12,9 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::{get, reserve_port, send_h1, Ca, ClientOptions, KeyType, TempDir, TlsClient};
+use crate::{
+    get, reserve_port, reserve_udp_port, send_h1, Ca, ClientOptions, KeyType, TempDir, TlsClient,
+};
 
 /// pebble and pebble-challtestsrv, running until dropped.
 #[derive(Debug)]
@@ -104,7 +106,7 @@ impl PebblePorts {
 
     /// Starts challtestsrv and pebble validating on the router's ports.
     pub async fn start(self, http_port: u16, tls_port: u16) -> Pebble {
-        let dns = reserve_udp_port();
+        let dns = reserve_udp_port().unwrap();
         let challtest = self.challtest;
         let management = reserve_port().unwrap();
         let log = |name: &str| std::fs::File::create(self.dir.path().join(name)).unwrap();
@@ -176,13 +178,6 @@ impl PebblePorts {
         }
         p
     }
-}
-
-fn reserve_udp_port() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 async fn wait_listening(addr: SocketAddr, logs: &TempDir) {

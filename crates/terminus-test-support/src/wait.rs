@@ -101,9 +101,59 @@ fn parse_ready(text: &str) -> Ready {
 
 /// A loopback address nobody listens on right now. Racy by nature (another process may take
 /// the port before it is used): only for something external that must be told its port in
-/// advance (HAProxy, nginx). Anything of ours binds port 0 and reports what it bound.
+/// advance (HAProxy, nginx, pebble, etcd). Anything of ours binds port 0 and reports what it
+/// bound.
+///
+/// The port comes from below the kernel's ephemeral range: a port from inside it (what binding
+/// port 0 hands out) is also what every outgoing connection and every other port-0 bind draws
+/// next, so it is often taken again before the external process binds it. Within a process no
+/// port is handed out twice; processes start at random points of the range.
 pub fn reserve_port() -> std::io::Result<SocketAddr> {
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    reserve(|a| std::net::TcpListener::bind(a)?.local_addr())
+}
+
+/// [`reserve_port`] for UDP (a DNS server's port).
+pub fn reserve_udp_port() -> std::io::Result<SocketAddr> {
+    reserve(|a| std::net::UdpSocket::bind(a)?.local_addr())
+}
+
+/// The lowest port of the range [`reserve_port`] picks from.
+const RESERVED_LOW: u32 = 20_000;
+
+fn reserve(
+    bind: impl Fn(SocketAddr) -> std::io::Result<SocketAddr>,
+) -> std::io::Result<SocketAddr> {
+    use std::hash::{BuildHasher, RandomState};
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+
+    let high = ephemeral_low().max(RESERVED_LOW + 1_000);
+    let span = high - RESERVED_LOW;
+    // Drawn once: every RandomState has keys of its own, so a fresh draw per call would make
+    // the counter meaningless.
+    let start = *START.get_or_init(|| RandomState::new().hash_one(std::process::id()) as u32);
+    for _ in 0..500 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = RESERVED_LOW + start.wrapping_add(n) % span;
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port as u16).into();
+        if let Ok(bound) = bind(addr) {
+            return Ok(bound);
+        }
+    }
+    // Below the ephemeral range is full: fall back to the kernel's choice.
+    bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0).into())
+}
+
+/// The first port of the kernel's ephemeral range (32768 where it cannot be read).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .filter(|&low: &u32| low <= u32::from(u16::MAX))
+        .unwrap_or(32_768)
 }
 
 #[cfg(test)]
@@ -120,6 +170,31 @@ mod tests {
         assert_eq!(r.https(), "127.0.0.1:8443".parse().unwrap());
         assert_eq!(r.admin, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(r.store, "ready");
+    }
+
+    #[test]
+    fn reserved_ports_are_free_distinct_and_below_the_ephemeral_range() {
+        let low = ephemeral_low();
+        let mut seen = std::collections::HashSet::new();
+        let mut held = Vec::new();
+        for _ in 0..50 {
+            let tcp = reserve_port().unwrap();
+            let udp = reserve_udp_port().unwrap();
+            for a in [tcp, udp] {
+                assert!(a.ip().is_loopback());
+                let port = u32::from(a.port());
+                assert!(
+                    (RESERVED_LOW..low.max(RESERVED_LOW + 1_000)).contains(&port),
+                    "{port} is not below the ephemeral range ({low})"
+                );
+                assert!(seen.insert(a.port()), "port {port} handed out twice");
+            }
+            // Free: it can be bound now (and is held so the next pick cannot be it anyway).
+            held.push((
+                std::net::TcpListener::bind(tcp).unwrap(),
+                std::net::UdpSocket::bind(udp).unwrap(),
+            ));
+        }
     }
 
     #[tokio::test]
