@@ -117,8 +117,12 @@ pub fn reserve_udp_port() -> std::io::Result<SocketAddr> {
     reserve(|a| std::net::UdpSocket::bind(a)?.local_addr())
 }
 
-/// The lowest port of the range [`reserve_port`] picks from.
-const RESERVED_LOW: u32 = 20_000;
+/// The ports [`reserve_port`] picks from: from 20000 up to the kernel's ephemeral range (at
+/// least a thousand of them, where that range starts lower).
+fn reserved_range() -> std::ops::Range<u32> {
+    const LOW: u32 = 20_000;
+    LOW..ephemeral_low().max(LOW + 1_000)
+}
 
 fn reserve(
     bind: impl Fn(SocketAddr) -> std::io::Result<SocketAddr>,
@@ -130,14 +134,14 @@ fn reserve(
     static START: OnceLock<u32> = OnceLock::new();
     static NEXT: AtomicU32 = AtomicU32::new(0);
 
-    let high = ephemeral_low().max(RESERVED_LOW + 1_000);
-    let span = high - RESERVED_LOW;
+    let range = reserved_range();
+    let span = range.end - range.start;
     // Drawn once: every RandomState has keys of its own, so a fresh draw per call would make
     // the counter meaningless.
     let start = *START.get_or_init(|| RandomState::new().hash_one(std::process::id()) as u32);
     for _ in 0..500 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = RESERVED_LOW + start.wrapping_add(n) % span;
+        let port = range.start + start.wrapping_add(n) % span;
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port as u16).into();
         if let Ok(bound) = bind(addr) {
             return Ok(bound);
@@ -174,7 +178,7 @@ mod tests {
 
     #[test]
     fn reserved_ports_are_free_distinct_and_below_the_ephemeral_range() {
-        let low = ephemeral_low();
+        let range = reserved_range();
         let mut seen = std::collections::HashSet::new();
         let mut held = Vec::new();
         for _ in 0..50 {
@@ -184,8 +188,8 @@ mod tests {
                 assert!(a.ip().is_loopback());
                 let port = u32::from(a.port());
                 assert!(
-                    (RESERVED_LOW..low.max(RESERVED_LOW + 1_000)).contains(&port),
-                    "{port} is not below the ephemeral range ({low})"
+                    range.contains(&port),
+                    "{port} is not below the ephemeral range ({range:?})"
                 );
                 assert!(seen.insert(a.port()), "port {port} handed out twice");
             }
