@@ -6,7 +6,8 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use terminus_test_support::{
-    eventually, logs, send_h1, unique_request_id, Backend, ClientOptions, KeyType, Reply, TlsClient,
+    eventually, logs, send_h1, send_h2, unique_request_id, Backend, ClientOptions, KeyType, Reply,
+    TlsClient,
 };
 
 use crate::harness::{Builder, TestRouter};
@@ -128,6 +129,53 @@ async fn no_first_byte_in_time_is_h12_on_time_when_the_watchdog_arms_the_timer()
     .await;
     let (reply, line) = request(&r, "/").await;
     assert_eq!(reply.status, 503);
+    assert!(
+        line.starts_with("at=error code=H12 desc=\"Request timeout\""),
+        "{line}"
+    );
+    let service: u64 = line
+        .split(" service=")
+        .nth(1)
+        .and_then(|v| v.split("ms").next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no service time: {line}"));
+    assert!(
+        (1000..1150).contains(&service),
+        "H12 after {service} ms, not at the 1 s deadline: {line}"
+    );
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_request_gets_h12_on_time_with_the_watchdog_shorter_than_the_timeout() {
+    // The case above over HTTP/2: a stream is polled on the client connection's task only when
+    // something it waits on wakes it (the watchdog wakes the connection, not its streams), so an
+    // HTTP/2 request's first-byte timer must be armed when the request is sent, never left to a
+    // later poll (with it left, this request never gets an answer).
+    let silent = Backend::silent().await;
+    let r = router_for(&[&silent], |b| {
+        b.timeout("first_byte = \"1s\"")
+            .timeout("request_head = \"400ms\"");
+    })
+    .await;
+    let id = unique_request_id("h2-h12");
+    let conn = TlsClient::new(ClientOptions::sni("www.example.com").http2())
+        .connect(r.https())
+        .await
+        .unwrap();
+    let req = Request::get("https://www.example.com/")
+        .header("x-request-id", &id)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), send_h2(conn.stream, vec![req]))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap()
+        .remove(0);
+    assert_eq!(reply.status, 503);
+    let line = logs::find(&id, Duration::from_secs(3))
+        .await
+        .expect("log line");
     assert!(
         line.starts_with("at=error code=H12 desc=\"Request timeout\""),
         "{line}"
