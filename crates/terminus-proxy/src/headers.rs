@@ -588,7 +588,8 @@ mod tests {
     #[test]
     fn a_response_for_an_http2_client_keeps_nothing_of_the_backends_read_buffer() {
         // hyper's HTTP/1 client parses header values as slices of the connection's read buffer.
-        let head = b"server: nginx\r\ncontent-type: text/plain\r\nx-secret: s3cret\r\n";
+        let head = b"server: nginx\r\nset-cookie: a=1\r\ncontent-type: text/plain\r\n\
+            set-cookie: b=22\r\nx-secret: s3cret\r\n";
         let mut read = bytes::BytesMut::with_capacity(8192);
         read.extend_from_slice(head);
         let read = read.freeze();
@@ -616,6 +617,8 @@ mod tests {
         assert!(read.is_unique(), "a value still holds the read buffer");
         assert_eq!(get(&h, "server"), ["nginx"]);
         assert_eq!(get(&h, "content-type"), ["text/plain"]);
+        assert_eq!(get(&h, "set-cookie"), ["a=1", "b=22"]);
+        assert_eq!(get(&h, "x-secret"), ["s3cret"]);
         assert_eq!(get(&h, "via"), ["1.1 terminus"]);
         assert!(h["x-secret"].is_sensitive());
     }
