@@ -116,6 +116,16 @@ async fn no_first_byte_in_time_is_503_h12() {
     r.shutdown().await;
 }
 
+/// A 1 s first-byte timeout, and a 400 ms request-head window that makes the connection's
+/// watchdog look every 200 ms, more often than the timeout.
+async fn router_with_the_watchdog_shorter_than_first_byte(silent: &Backend) -> TestRouter {
+    router_for(&[silent], |b| {
+        b.timeout("first_byte = \"1s\"")
+            .timeout("request_head = \"400ms\"");
+    })
+    .await
+}
+
 /// The log line is an H12 whose service time is the 1 s first-byte timeout, give or take.
 fn assert_h12_at_the_1s_deadline(line: &str) {
     assert!(
@@ -140,11 +150,7 @@ async fn no_first_byte_in_time_is_h12_on_time_when_the_watchdog_arms_the_timer()
     // the first-byte timeout: the timer is then armed at a later poll of the request (woken by
     // the watchdog), not when the request is sent, and must still fire on time.
     let silent = Backend::silent().await;
-    let r = router_for(&[&silent], |b| {
-        b.timeout("first_byte = \"1s\"")
-            .timeout("request_head = \"400ms\"");
-    })
-    .await;
+    let r = router_with_the_watchdog_shorter_than_first_byte(&silent).await;
     let (reply, line) = request(&r, "/").await;
     assert_eq!(reply.status, 503);
     assert_h12_at_the_1s_deadline(&line);
@@ -158,11 +164,7 @@ async fn an_http2_request_gets_h12_on_time_with_the_watchdog_shorter_than_the_ti
     // HTTP/2 request's first-byte timer must be armed when the request is sent, never left to a
     // later poll (with it left, this request never gets an answer).
     let silent = Backend::silent().await;
-    let r = router_for(&[&silent], |b| {
-        b.timeout("first_byte = \"1s\"")
-            .timeout("request_head = \"400ms\"");
-    })
-    .await;
+    let r = router_with_the_watchdog_shorter_than_first_byte(&silent).await;
     let id = unique_request_id("h2-h12");
     let conn = TlsClient::new(ClientOptions::sni("www.example.com").http2())
         .connect(r.https())

@@ -23,8 +23,7 @@ use http::HeaderValue;
 use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use terminus_tls::{parse_pem, ALPN_H2, ALPN_HTTP11};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
@@ -72,21 +71,18 @@ fn head() -> Response<()> {
 }
 
 fn acceptor(cli: &Cli) -> anyhow::Result<TlsAcceptor> {
-    let certs = CertificateDer::pem_file_iter(&cli.cert)
-        .with_context(|| format!("reading {}", cli.cert.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cli.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&cli.key)
-        .with_context(|| format!("reading {}", cli.key.display()))?;
+    let read =
+        |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+    let pem = parse_pem(&read(&cli.cert)?, &read(&cli.key)?)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_single_cert(pem.certs, pem.key)?;
     config.alpn_protocols = match cli.mode {
-        Mode::Hyper => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        Mode::H2 => vec![b"h2".to_vec()],
-        Mode::Tls => vec![b"http/1.1".to_vec()],
+        Mode::Hyper => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
+        Mode::H2 => vec![ALPN_H2.to_vec()],
+        Mode::Tls => vec![ALPN_HTTP11.to_vec()],
     };
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -115,7 +111,7 @@ async fn serve(stream: TcpStream, acceptor: TlsAcceptor, mode: Mode) {
             }
         }
         Mode::Hyper => {
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(ALPN_H2);
             let service = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
                 Ok::<_, Infallible>(head().map(|()| Full::new(Bytes::from_static(BODY))))
             });
